@@ -1,0 +1,184 @@
+//! A cluster for integration tests: one history service and several gateways, all in
+//! this process on port 0, with a private `redis-server` for fan-out and either the
+//! embedded store or a MongoDB-wire server.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chat_gateway::{AuthMode, Gateway, Settings as GatewaySettings};
+use chat_history::{HistoryServer, MessageStore};
+use chat_testkit::mongo::MongoServer;
+use chat_testkit::redis::RedisServer;
+use chat_testkit::ws::WsClient;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// HS256 secret of every test gateway.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// Which message store history runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Embedded,
+    Mongo,
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// History + gateways + Redis; everything stops when dropped.
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub mongo: Option<MongoServer>,
+    pub history_addr: SocketAddr,
+    pub store: Arc<dyn MessageStore>,
+    pub gateways: Vec<RunningGateway>,
+    history_stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts history on `store` and `gateways` gateways sharing one Redis.
+    pub async fn start(store: Store, gateways: usize) -> anyhow::Result<Self> {
+        let _ = tracing_subscriber_init();
+        let dir = tempfile::tempdir()?;
+        let redis = RedisServer::start().await?;
+        let (store_impl, mongo): (Arc<dyn MessageStore>, _) = match store {
+            Store::Embedded => {
+                let settings = chat_history::Settings {
+                    data_dir: dir.path().to_owned(),
+                    ..Default::default()
+                };
+                (chat_history::open_store(&settings).await?, None)
+            }
+            Store::Mongo => {
+                let mongo = MongoServer::start().await?;
+                let settings = chat_history::Settings {
+                    mongodb_url: Some(mongo.url()),
+                    mongodb_db: chat_testkit::mongo::unique_db_name(),
+                    ..Default::default()
+                };
+                (chat_history::open_store(&settings).await?, Some(mongo))
+            }
+        };
+        let history = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store_impl.clone()).await?;
+        let history_addr = history.local_addr();
+        let history_stop = CancellationToken::new();
+        tokio::spawn(history.run(history_stop.clone()));
+        let mut cluster = Self {
+            redis,
+            mongo,
+            history_addr,
+            store: store_impl,
+            gateways: Vec::new(),
+            history_stop,
+            _dir: dir,
+        };
+        for _ in 0..gateways {
+            cluster.add_gateway().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Settings of a test gateway: JWT mode, Redis fan-out, one worker, port 0.
+    pub fn gateway_settings(&self) -> GatewaySettings {
+        GatewaySettings {
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            history_url: format!("http://{}", self.history_addr),
+            redis_url: Some(self.redis.url()),
+            auth_mode: AuthMode::Jwt,
+            jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+            gateway_id: chat_gateway::settings::random_gateway_id(),
+            workers: 1,
+            shutdown_grace_secs: 5,
+        }
+    }
+
+    /// Starts one more gateway; returns its index.
+    pub async fn add_gateway(&mut self) -> anyhow::Result<usize> {
+        let settings = self.gateway_settings();
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::build(&settings, shutdown.clone()).await?;
+        let addr = gateway.local_addr()?;
+        let task = tokio::spawn(gateway.run());
+        self.gateways.push(RunningGateway {
+            addr,
+            shutdown,
+            task,
+        });
+        Ok(self.gateways.len() - 1)
+    }
+
+    /// `ws://` URL of gateway `gw` with a valid token for `user`.
+    pub fn ws_url(&self, gw: usize, user: &str) -> String {
+        format!("ws://{}/v1/ws?token={}", self.gateways[gw].addr, token(user))
+    }
+
+    /// `http://` base URL of gateway `gw`.
+    pub fn http_url(&self, gw: usize) -> String {
+        format!("http://{}", self.gateways[gw].addr)
+    }
+
+    /// A connected client of `user` on gateway `gw`.
+    pub async fn client(&self, gw: usize, user: &str) -> anyhow::Result<WsClient> {
+        WsClient::connect(&self.ws_url(gw, user)).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for gw in &self.gateways {
+            gw.shutdown.cancel();
+        }
+        self.history_stop.cancel();
+    }
+}
+
+/// A token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    token_with(serde_json::json!({ "sub": user, "exp": now() + 3600 }), SECRET)
+}
+
+/// A token with any claims and secret.
+pub fn token_with(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("non-empty secret"),
+    )
+    .expect("HS256 encoding cannot fail")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init()
+}
+
+/// Seqs of `count` messages of `room` read from `client`, in arrival order.
+pub async fn collect_seqs(client: &mut WsClient, room: &str, count: usize) -> anyhow::Result<Vec<u64>> {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let m = client.next_message(room).await?;
+        seqs.push(m["seq"].as_u64().ok_or_else(|| anyhow::anyhow!("no seq in {m}"))?);
+    }
+    Ok(seqs)
+}

@@ -1,0 +1,113 @@
+//! The gateway's client of the history service.
+
+use std::time::Duration;
+
+use chat_model::{ClientMsgId, Message, RoomId, Seq, UserId};
+use chat_proto::history::history_client::HistoryClient as Grpc;
+use chat_proto::history::{AppendRequest, ListRequest, StoredMessage};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::GatewayError;
+
+/// How long one history call may take before the client is told `unavailable`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A page read from history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+    pub last_seq: Seq,
+}
+
+/// Calls the history service; cheap to clone (one shared HTTP/2 channel).
+#[derive(Debug, Clone)]
+pub struct HistoryClient {
+    grpc: Grpc<Channel>,
+    /// Kept for health checks on the same connection.
+    channel: Channel,
+}
+
+impl HistoryClient {
+    /// A client for `url` (`http://host:port`). Connects lazily and reconnects by
+    /// itself, so the gateway starts even while history is still starting.
+    pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Self {
+            grpc: Grpc::new(channel.clone()),
+            channel,
+        })
+    }
+
+    /// Stores a message; returns it and whether it was a duplicate.
+    pub async fn append(
+        &self,
+        room: &RoomId,
+        from: &UserId,
+        client_id: &ClientMsgId,
+        body: &str,
+    ) -> Result<(Message, bool), GatewayError> {
+        let reply = self
+            .grpc
+            .clone()
+            .append(AppendRequest {
+                room: room.to_string(),
+                sender: from.to_string(),
+                client_id: client_id.to_string(),
+                body: body.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let message = reply
+            .message
+            .ok_or_else(|| GatewayError::Internal("history returned no message".into()))
+            .and_then(convert)?;
+        Ok((message, reply.duplicate))
+    }
+
+    /// Reads a page: `after` for catch-up (ascending from `after + 1`), `before` for
+    /// paging back, neither for the newest messages.
+    pub async fn list(
+        &self,
+        room: &RoomId,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u32,
+    ) -> Result<Page, GatewayError> {
+        let reply = self
+            .grpc
+            .clone()
+            .list(ListRequest {
+                room: room.to_string(),
+                before,
+                after,
+                limit,
+            })
+            .await?
+            .into_inner();
+        Ok(Page {
+            messages: reply
+                .messages
+                .into_iter()
+                .map(convert)
+                .collect::<Result<_, _>>()?,
+            has_more: reply.has_more,
+            last_seq: reply.last_seq,
+        })
+    }
+
+    /// The channel, for health checks.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+}
+
+fn convert(m: StoredMessage) -> Result<Message, GatewayError> {
+    Message::try_from(m).map_err(|e| GatewayError::Internal(e.to_string()))
+}

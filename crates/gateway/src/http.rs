@@ -1,0 +1,156 @@
+//! HTTP routes: the WebSocket upgrade, the history endpoint, health and readiness.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chat_model::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
+use chat_model::{ErrorCode, RoomId, Seq, UserId};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::auth::Authenticator;
+use crate::conn::ConnId;
+use crate::error::{GatewayError, json_error};
+use crate::rooms::Hub;
+
+/// The gRPC service name history reports in its health service.
+const HISTORY_HEALTH_SERVICE: &str = "chat.history.v1.History";
+/// How long `/readyz` waits for a backend.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State shared by every route and session.
+#[derive(Debug)]
+pub struct AppState {
+    pub hub: Hub,
+    pub auth: Authenticator,
+    /// This instance's id, sent in `hello` and used in connection ids.
+    pub gateway_id: String,
+    /// Cancelled on SIGTERM: readiness turns false, upgrades are refused, sessions close
+    /// with 1001.
+    pub shutdown: CancellationToken,
+    next_conn: AtomicU64,
+}
+
+impl AppState {
+    /// State for a gateway.
+    pub fn new(hub: Hub, auth: Authenticator, gateway_id: String, shutdown: CancellationToken) -> Self {
+        Self {
+            hub,
+            auth,
+            gateway_id,
+            shutdown,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection number.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/ws", web::get().to(websocket))
+        .route("/v1/rooms/{room}/messages", web::get().to(room_messages))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+fn unauthorized(e: &crate::auth::AuthError) -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("WWW-Authenticate", "Bearer"))
+        .json(serde_json::json!({ "error": { "code": "unauthorized", "message": e.to_string() } }))
+}
+
+fn authenticate(state: &AppState, req: &HttpRequest) -> Result<UserId, HttpResponse> {
+    state.auth.authenticate(req).map_err(|e| {
+        tracing::debug!(error = %e, "authentication refused");
+        unauthorized(&e)
+    })
+}
+
+async fn websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let user = match authenticate(&state, &req) {
+        Ok(user) => user,
+        Err(refused) => return Ok(refused),
+    };
+    if state.shutdown.is_cancelled() {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(json_error(ErrorCode::Unavailable, "gateway shutting down")));
+    }
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    actix_web::rt::spawn(crate::session::serve(state.into_inner(), user, ws, stream));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    before: Option<Seq>,
+    limit: Option<u32>,
+}
+
+async fn room_messages(
+    req: HttpRequest,
+    room: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let user = match authenticate(&state, &req) {
+        Ok(user) => user,
+        Err(refused) => return Ok(refused),
+    };
+    let query = web::Query::<PageQuery>::from_query(req.query_string())
+        .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?;
+    let room = RoomId::parse(&room).map_err(|e| GatewayError::BadRequest(format!("invalid room: {e}")))?;
+    if !room.admits(&user) {
+        return Err(GatewayError::forbidden_room(&room));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(GatewayError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
+    }
+    let page = state.hub.history().list(&room, query.before, None, limit).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "messages": page.messages,
+        "has_more": page.has_more,
+    })))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when not shutting down, history reports SERVING, and fan-out is connected.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut problems = Vec::new();
+    if state.shutdown.is_cancelled() {
+        problems.push("shutting down".to_owned());
+    }
+    if !state.hub.fanout().is_connected() {
+        problems.push("fan-out backend disconnected".to_owned());
+    }
+    let mut health = HealthClient::new(state.hub.history().channel());
+    let check = health.check(HealthCheckRequest {
+        service: HISTORY_HEALTH_SERVICE.to_owned(),
+    });
+    match tokio::time::timeout(READY_TIMEOUT, check).await {
+        Ok(Ok(reply)) if reply.get_ref().status == ServingStatus::Serving as i32 => {}
+        Ok(Ok(_)) => problems.push("history not serving".to_owned()),
+        Ok(Err(status)) => problems.push(format!("history: {}", status.message())),
+        Err(_) => problems.push("history: timed out".to_owned()),
+    }
+    if problems.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "not ready", "problems": problems }))
+    }
+}

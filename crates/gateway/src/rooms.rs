@@ -1,0 +1,574 @@
+//! The rooms of one gateway: per-room ordering, gap filling and catch-up (guarantees 3
+//! and 4 of the design).
+//!
+//! Each room with local members has one task, its *sequencer*, that owns the room's
+//! state; everything reaches it through its mailbox, so there are no locks around room
+//! state. The sequencer keeps `head`, the highest seq it has delivered; a message with
+//! `seq == head + 1` is delivered at once, a later one waits in `pending` while the gap
+//! before it is read from history, an older one is a duplicate and dropped. Each member
+//! has a `cursor` (the last seq it was sent), so a connection never sees a seq twice.
+//!
+//! Joining with `since` behind `head` is a catch-up: the member is registered but not
+//! live, the joining session copies `since+1..` from history into the connection's queue,
+//! then asks the sequencer to go live at its cursor; if `head` moved on meanwhile it
+//! reads again. Because the sequencer handles "go live" between two deliveries, the
+//! switch-over has no gap and no duplicate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use chat_model::frame::ServerFrame;
+use chat_model::{Message, RoomId, Seq, UserId};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{Conn, ConnId};
+use crate::error::GatewayError;
+use crate::fanout::{FanOut, Signal};
+use crate::history::HistoryClient;
+
+/// Commands a sequencer may have queued before senders wait (joins) or drop and resync
+/// (fan-out events).
+const ROOM_MAILBOX: usize = 4096;
+/// Out-of-order messages a sequencer holds while filling a gap; later ones are dropped
+/// and re-read from history.
+const MAX_PENDING: usize = 4096;
+/// Messages per history read when filling gaps or catching up.
+const PAGE: u32 = 200;
+/// Pause before retrying a failed gap fill.
+const FILL_RETRY: Duration = Duration::from_millis(500);
+/// Attempts to reach a room whose sequencer is retiring at the same moment.
+const JOIN_ATTEMPTS: usize = 8;
+
+/// The gateway's rooms; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    rooms: Mutex<HashMap<RoomId, RoomHandle>>,
+    fanout: Arc<dyn FanOut>,
+    history: HistoryClient,
+    /// Where sequencers run: the main runtime, not an HTTP worker's, so they outlive any
+    /// one worker.
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Debug, Clone)]
+struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+    /// Set when an event could not be queued; the sequencer then resyncs from history.
+    dropped: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+enum RoomCmd {
+    Join {
+        conn: Arc<Conn>,
+        since: Option<Seq>,
+        reply: oneshot::Sender<Result<JoinState, GatewayError>>,
+    },
+    GoLive {
+        conn: ConnId,
+        cursor: Seq,
+        reply: oneshot::Sender<GoLive>,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    Message {
+        seq: Seq,
+        frame: ByteString,
+    },
+    Typing {
+        user: UserId,
+        frame: ByteString,
+    },
+    Filled(Result<crate::history::Page, GatewayError>),
+    Resync,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct JoinState {
+    head: Seq,
+    live: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GoLive {
+    Live(Seq),
+    Behind,
+    Gone,
+}
+
+/// The fields of a fan-out payload the sequencer needs.
+#[derive(Deserialize)]
+struct EventHead<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    seq: Option<Seq>,
+    #[serde(borrow)]
+    user: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Hub {
+    /// A hub delivering the events of `signals` (from `fanout`) to local members. Must be
+    /// called inside the runtime that will run the sequencers.
+    pub fn new(
+        fanout: Arc<dyn FanOut>,
+        history: HistoryClient,
+        signals: mpsc::Receiver<Signal>,
+    ) -> Self {
+        let hub = Self {
+            inner: Arc::new(HubInner {
+                rooms: Mutex::new(HashMap::new()),
+                fanout,
+                history,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        };
+        let weak = Arc::downgrade(&hub.inner);
+        hub.inner.runtime.spawn(dispatch(weak, signals));
+        hub
+    }
+
+    /// The fan-out backend.
+    pub fn fanout(&self) -> &Arc<dyn FanOut> {
+        &self.inner.fanout
+    }
+
+    /// The history client.
+    pub fn history(&self) -> &HistoryClient {
+        &self.inner.history
+    }
+
+    /// Rooms with local members.
+    pub fn room_count(&self) -> usize {
+        self.inner.rooms_lock().len()
+    }
+
+    /// Makes `conn` a member of `room`. With `since`, first copies every message after
+    /// `since` into the connection's queue. Returns the room's last seq for `joined`.
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomId,
+        since: Option<Seq>,
+    ) -> Result<Seq, GatewayError> {
+        let (handle, state) = self.register(conn, room, since).await?;
+        let Some(mut cursor) = since.filter(|_| !state.live) else {
+            return Ok(state.head.max(since.unwrap_or(0)));
+        };
+        let caught_up = async {
+            loop {
+                let page = self.inner.history.list(room, None, Some(cursor), PAGE).await?;
+                for m in &page.messages {
+                    if m.seq > cursor {
+                        conn.send(message_frame(m))
+                            .await
+                            .map_err(|_| GatewayError::Unavailable("connection closing".into()))?;
+                        cursor = m.seq;
+                    }
+                }
+                if page.has_more {
+                    continue;
+                }
+                let (reply, rx) = oneshot::channel();
+                let asked = RoomCmd::GoLive {
+                    conn: conn.id,
+                    cursor,
+                    reply,
+                };
+                if handle.tx.send(asked).await.is_err() {
+                    return Err(GatewayError::Internal("room closed during catch-up".into()));
+                }
+                match rx.await {
+                    Ok(GoLive::Live(last)) => return Ok(last),
+                    Ok(GoLive::Behind) => continue,
+                    Ok(GoLive::Gone) | Err(_) => {
+                        return Err(GatewayError::Internal("left during catch-up".into()));
+                    }
+                }
+            }
+        };
+        let result = caught_up.await;
+        if result.is_err() {
+            self.leave(conn.id, room);
+        }
+        result
+    }
+
+    async fn register(
+        &self,
+        conn: &Arc<Conn>,
+        room: &RoomId,
+        since: Option<Seq>,
+    ) -> Result<(RoomHandle, JoinState), GatewayError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            let handle = self.room(room);
+            let (reply, rx) = oneshot::channel();
+            let join = RoomCmd::Join {
+                conn: conn.clone(),
+                since,
+                reply,
+            };
+            // A send or reply failure means the sequencer retired between our lookup and
+            // our send: look up again, which starts a new one.
+            if handle.tx.send(join).await.is_err() {
+                continue;
+            }
+            if let Ok(state) = rx.await {
+                return Ok((handle, state?));
+            }
+        }
+        Err(GatewayError::Internal(format!("room {room} kept closing")))
+    }
+
+    /// Removes `conn` from `room`'s members (idempotent).
+    pub fn leave(&self, conn: ConnId, room: &RoomId) {
+        if let Some(handle) = self.inner.rooms_lock().get(room).cloned() {
+            handle.send_or_flag(RoomCmd::Leave { conn });
+        }
+    }
+
+    /// Delivers a stored message to local members now, without waiting for fan-out.
+    pub fn deliver_local(&self, message: &Message) -> ByteString {
+        let frame = message_frame(message);
+        if let Some(handle) = self.inner.rooms_lock().get(&message.room).cloned() {
+            handle.send_or_flag(RoomCmd::Message {
+                seq: message.seq,
+                frame: frame.clone(),
+            });
+        }
+        frame
+    }
+
+    /// The room's sequencer, started if the room has none.
+    fn room(&self, room: &RoomId) -> RoomHandle {
+        let mut rooms = self.inner.rooms_lock();
+        if let Some(handle) = rooms.get(room)
+            && !handle.tx.is_closed()
+        {
+            return handle.clone();
+        }
+        let (tx, rx) = mpsc::channel(ROOM_MAILBOX);
+        let handle = RoomHandle {
+            tx: tx.clone(),
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        rooms.insert(room.clone(), handle.clone());
+        let sequencer = Sequencer {
+            room: room.clone(),
+            hub: self.inner.clone(),
+            handle: handle.clone(),
+            head: 0,
+            pending: BTreeMap::new(),
+            filling: false,
+            members: HashMap::new(),
+            subscribed: false,
+        };
+        self.inner.runtime.spawn(sequencer.run(rx));
+        handle
+    }
+}
+
+impl HubInner {
+    fn rooms_lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, RoomHandle>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RoomHandle {
+    /// Queues a command without waiting; if the mailbox is full the command is dropped
+    /// and the sequencer resyncs from history when it gets to its mailbox again.
+    fn send_or_flag(&self, cmd: RoomCmd) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(cmd) {
+            self.dropped.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The serialised `message` frame of a stored message.
+pub fn message_frame(message: &Message) -> ByteString {
+    ServerFrame::Message(message).to_json().into()
+}
+
+/// Routes fan-out signals to the rooms' sequencers.
+async fn dispatch(hub: std::sync::Weak<HubInner>, mut signals: mpsc::Receiver<Signal>) {
+    while let Some(signal) = signals.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match signal {
+            Signal::Event { room, payload } => {
+                let Some(handle) = hub.rooms_lock().get(&room).cloned() else {
+                    continue;
+                };
+                let Ok(head) = serde_json::from_str::<EventHead<'_>>(&payload) else {
+                    tracing::warn!(%room, "ignoring an unreadable fan-out event");
+                    continue;
+                };
+                let cmd = match (&*head.kind, head.seq, head.user.as_deref()) {
+                    ("message", Some(seq), _) => RoomCmd::Message {
+                        seq,
+                        frame: payload.clone(),
+                    },
+                    ("typing", _, Some(user)) => match UserId::parse(user) {
+                        Ok(user) => RoomCmd::Typing {
+                            user,
+                            frame: payload.clone(),
+                        },
+                        Err(_) => continue,
+                    },
+                    _ => {
+                        tracing::warn!(%room, kind = %head.kind, "ignoring an unknown fan-out event");
+                        continue;
+                    }
+                };
+                handle.send_or_flag(cmd);
+            }
+            Signal::Resync => {
+                let handles: Vec<RoomHandle> = hub.rooms_lock().values().cloned().collect();
+                for handle in handles {
+                    handle.send_or_flag(RoomCmd::Resync);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: Arc<Conn>,
+    /// The last seq this member was sent.
+    cursor: Seq,
+    /// False while the joining session copies catch-up pages from history.
+    live: bool,
+}
+
+/// The task owning one room's state; see the module doc.
+struct Sequencer {
+    room: RoomId,
+    hub: Arc<HubInner>,
+    /// Our own handle, for gap-fill tasks to report back and for retiring.
+    handle: RoomHandle,
+    /// Highest seq delivered to live members; every seq up to it was delivered in order.
+    head: Seq,
+    /// Messages that arrived ahead of a gap, by seq.
+    pending: BTreeMap<Seq, ByteString>,
+    /// Whether a history read for the gap is in flight.
+    filling: bool,
+    members: HashMap<ConnId, Member>,
+    subscribed: bool,
+}
+
+impl Sequencer {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        if let Err(e) = self.start().await {
+            tracing::warn!(room = %self.room, error = %e, "cannot open room");
+            self.refuse_queued_joins(&mut rx, &e);
+        } else {
+            // The first command is the join that started the room, so checking for
+            // retirement after each command never retires a room before its first member.
+            while let Some(cmd) = rx.recv().await {
+                self.handle(cmd);
+                if self.handle.dropped.swap(false, Ordering::AcqRel) {
+                    self.fill();
+                }
+                if self.members.is_empty() && self.retire(&mut rx) {
+                    break;
+                }
+            }
+        }
+        self.forget(&mut rx);
+        if self.subscribed
+            && let Err(e) = self.hub.fanout.unsubscribe(&self.room).await
+        {
+            tracing::warn!(room = %self.room, error = %e, "unsubscribe failed");
+        }
+    }
+
+    /// Subscribes first, then reads the head: a message stored after the read is
+    /// published after the subscription is active, so none falls between the two.
+    async fn start(&mut self) -> Result<(), GatewayError> {
+        self.hub
+            .fanout
+            .subscribe(&self.room)
+            .await
+            .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        self.subscribed = true;
+        let page = self.hub.history.list(&self.room, None, None, 1).await?;
+        self.head = page.last_seq;
+        Ok(())
+    }
+
+    fn refuse_queued_joins(&mut self, rx: &mut mpsc::Receiver<RoomCmd>, error: &GatewayError) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            if let RoomCmd::Join { reply, .. } = cmd {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// With no members and nothing queued, removes the room from the hub. Checked under
+    /// the hub's lock, which joins also take to find the room, so no join is lost.
+    fn retire(&self, rx: &mut mpsc::Receiver<RoomCmd>) -> bool {
+        let _rooms = self.hub.rooms_lock();
+        if !rx.is_empty() || self.filling {
+            return false;
+        }
+        rx.close();
+        true
+    }
+
+    /// Removes this sequencer's entry from the hub (not a successor's).
+    fn forget(&self, rx: &mut mpsc::Receiver<RoomCmd>) {
+        rx.close();
+        let mut rooms = self.hub.rooms_lock();
+        if rooms
+            .get(&self.room)
+            .is_some_and(|h| Arc::ptr_eq(&h.dropped, &self.handle.dropped))
+        {
+            rooms.remove(&self.room);
+        }
+    }
+
+    fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Join { conn, since, reply } => {
+                let cursor = since.unwrap_or(self.head);
+                let live = cursor >= self.head;
+                let state = JoinState {
+                    head: self.head,
+                    live,
+                };
+                self.members.insert(conn.id, Member { conn, cursor, live });
+                let _ = reply.send(Ok(state));
+            }
+            RoomCmd::GoLive {
+                conn,
+                cursor,
+                reply,
+            } => {
+                let answer = match self.members.get_mut(&conn) {
+                    None => GoLive::Gone,
+                    Some(_) if cursor < self.head => GoLive::Behind,
+                    Some(member) => {
+                        member.cursor = cursor;
+                        member.live = true;
+                        GoLive::Live(cursor.max(self.head))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            RoomCmd::Leave { conn } => {
+                self.members.remove(&conn);
+            }
+            RoomCmd::Message { seq, frame } => self.on_message(seq, frame),
+            RoomCmd::Typing { user, frame } => {
+                self.broadcast(|m| m.live && m.conn.user != user, &frame);
+            }
+            RoomCmd::Filled(result) => self.on_filled(result),
+            RoomCmd::Resync => self.fill(),
+        }
+    }
+
+    fn on_message(&mut self, seq: Seq, frame: ByteString) {
+        if seq <= self.head {
+            return;
+        }
+        if seq == self.head + 1 {
+            self.deliver(seq, &frame);
+            self.drain_pending();
+            return;
+        }
+        if self.pending.len() < MAX_PENDING {
+            self.pending.insert(seq, frame);
+        }
+        self.fill();
+    }
+
+    fn drain_pending(&mut self) {
+        while let Some((&seq, _)) = self.pending.first_key_value() {
+            if seq > self.head + 1 {
+                break;
+            }
+            if let Some((seq, frame)) = self.pending.pop_first()
+                && seq == self.head + 1
+            {
+                self.deliver(seq, &frame);
+            }
+        }
+    }
+
+    /// Sends the next message in order to every live member that has not had it.
+    fn deliver(&mut self, seq: Seq, frame: &ByteString) {
+        debug_assert_eq!(seq, self.head + 1);
+        self.head = seq;
+        self.broadcast(|m| m.live && m.cursor < seq, frame);
+        for member in self.members.values_mut() {
+            if member.live && member.cursor < seq {
+                member.cursor = seq;
+            }
+        }
+    }
+
+    /// Queues `frame` for the members selected; slow consumers are closed and removed.
+    fn broadcast(&mut self, to: impl Fn(&Member) -> bool, frame: &ByteString) {
+        let mut slow = Vec::new();
+        for member in self.members.values() {
+            if to(member) && !member.conn.try_deliver(frame) {
+                slow.push(member.conn.id);
+            }
+        }
+        for id in slow {
+            self.members.remove(&id);
+        }
+    }
+
+    /// Starts reading the messages after `head` from history, unless a read is running.
+    fn fill(&mut self) {
+        if self.filling {
+            return;
+        }
+        self.filling = true;
+        let history = self.hub.history.clone();
+        let room = self.room.clone();
+        let after = self.head;
+        let tx = self.handle.tx.clone();
+        self.hub.runtime.spawn(async move {
+            let result = history.list(&room, None, Some(after), PAGE).await;
+            let _ = tx.send(RoomCmd::Filled(result)).await;
+        });
+    }
+
+    fn on_filled(&mut self, result: Result<crate::history::Page, GatewayError>) {
+        self.filling = false;
+        match result {
+            Ok(page) => {
+                for m in &page.messages {
+                    if m.seq == self.head + 1 {
+                        self.deliver(m.seq, &message_frame(m));
+                        self.drain_pending();
+                    }
+                }
+                self.drain_pending();
+                if self.head < page.last_seq || !self.pending.is_empty() {
+                    self.fill();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.room, error = %e, "gap fill failed; retrying");
+                let tx = self.handle.tx.clone();
+                self.hub.runtime.spawn(async move {
+                    tokio::time::sleep(FILL_RETRY).await;
+                    let _ = tx.send(RoomCmd::Resync).await;
+                });
+            }
+        }
+    }
+}

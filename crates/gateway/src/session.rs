@@ -1,0 +1,331 @@
+//! One WebSocket session: a reader that handles the client's frames in order, and a
+//! writer that drains the connection's bounded outbound queue into the socket.
+//!
+//! The reader handles one request at a time, so a client's sends are stored in the order
+//! it sent them. Replies and room deliveries share the outbound queue, so they reach the
+//! client in the order they were queued.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
+use bytestring::ByteString;
+use chat_model::frame::{ClientFrame, Request, ServerFrame, parse_client_frame};
+use chat_model::{ClientMsgId, ErrorCode, RoomId, Seq, UserId};
+use tokio::sync::mpsc;
+
+use crate::conn::{Conn, Disconnect};
+use crate::error::GatewayError;
+use crate::http::AppState;
+
+/// Frames above this size close the connection with 1009; frames between the protocol
+/// limit (64 KiB) and this are answered with `too_large` and the connection stays.
+pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// How often the server pings an idle client.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A connection with no inbound traffic (frames, pongs) for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rooms one connection may have joined at once.
+pub const MAX_ROOMS_PER_CONN: usize = 256;
+/// Typing notices relayed per room per connection at most this often; extra ones are
+/// dropped silently (they are ephemeral).
+pub const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs a session until the client leaves, the connection is closed, or the gateway
+/// shuts down. Runs on an HTTP worker (the message stream is not `Send`).
+pub async fn serve(
+    state: Arc<AppState>,
+    user: UserId,
+    ws: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+) {
+    let (conn, outbound) = Conn::new(state.next_conn_id(), user);
+    let writer = actix_web::rt::spawn(write(conn.clone(), ws.clone(), outbound));
+    let mut session = Session {
+        conn_name: format!("{}-{}", state.gateway_id, conn.id),
+        state,
+        conn,
+        ws,
+        joined: HashMap::new(),
+    };
+    session.run(stream).await;
+    for room in session.joined.keys() {
+        session.state.hub.leave(session.conn.id, room);
+    }
+    session.conn.close(Disconnect::Normal);
+    let _ = writer.await;
+}
+
+/// Writes queued frames until the connection closes, then sends the close frame.
+async fn write(conn: Arc<Conn>, mut ws: actix_ws::Session, mut outbound: mpsc::Receiver<ByteString>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.closing() => break,
+            frame = outbound.recv() => match frame {
+                Some(frame) => {
+                    if ws.text(frame).await.is_err() {
+                        conn.close(Disconnect::Normal);
+                        return;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let reason = conn.reason().unwrap_or(Disconnect::Normal);
+    if reason != Disconnect::SlowConsumer {
+        // Replies already queued (acks above all) still go out before the close.
+        while let Ok(frame) = outbound.try_recv() {
+            if ws.text(frame).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = ws
+        .close(Some(CloseReason {
+            code: reason.close_code(),
+            description: Some(reason.description().to_owned()),
+        }))
+        .await;
+}
+
+struct Session {
+    state: Arc<AppState>,
+    conn: Arc<Conn>,
+    /// `<gateway>-<n>`, the `conn` of `hello`.
+    conn_name: String,
+    /// For control frames (ping/pong), which bypass the queue.
+    ws: actix_ws::Session,
+    /// Joined rooms, with when this connection last relayed `typing` there.
+    joined: HashMap<RoomId, Option<Instant>>,
+}
+
+impl Session {
+    async fn run(&mut self, stream: actix_ws::MessageStream) {
+        let mut stream = stream
+            .max_frame_size(HARD_FRAME_LIMIT)
+            .aggregate_continuations()
+            .max_continuation_size(HARD_FRAME_LIMIT);
+        let hello = ServerFrame::Hello {
+            user: &self.conn.user,
+            conn: &self.conn_name,
+            gateway: &self.state.gateway_id,
+            protocol: chat_model::PROTOCOL_VERSION,
+        };
+        if self.reply(hello).await.is_err() {
+            return;
+        }
+        let mut heartbeat = tokio::time::interval(PING_INTERVAL);
+        heartbeat.tick().await;
+        let mut last_seen = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.conn.closing() => return,
+                _ = shutdown.cancelled() => {
+                    self.conn.close(Disconnect::GoingAway);
+                    return;
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > IDLE_TIMEOUT {
+                        self.conn.close(Disconnect::Idle);
+                        return;
+                    }
+                    let _ = self.ws.ping(b"").await;
+                }
+                item = stream.recv() => {
+                    last_seen = Instant::now();
+                    let disconnect = match item {
+                        Some(Ok(AggregatedMessage::Text(text))) => {
+                            if self.on_text(&text).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                            let refused = ServerFrame::Error {
+                                code: ErrorCode::BadRequest,
+                                message: "binary frames are not supported; send JSON text frames",
+                                reference: None,
+                            };
+                            if self.reply(refused).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Some(Ok(AggregatedMessage::Ping(payload))) => {
+                            let _ = self.ws.pong(&payload).await;
+                            continue;
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => continue,
+                        Some(Ok(AggregatedMessage::Close(_))) | None => Disconnect::Normal,
+                        Some(Err(ProtocolError::Overflow)) => Disconnect::TooBig,
+                        Some(Err(e)) => {
+                            tracing::debug!(conn = %self.conn_name, error = %e, "websocket protocol error");
+                            Disconnect::Policy
+                        }
+                    };
+                    self.conn.close(disconnect);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues a direct reply, waiting for room in the queue.
+    async fn reply(&self, frame: ServerFrame<'_>) -> Result<(), crate::conn::Closed> {
+        self.conn.send(frame.to_json().into()).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), crate::conn::Closed> {
+        let ClientFrame { reference, request } = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(refused) => return self.reply(refused.to_frame()).await,
+        };
+        let reference = reference.as_deref();
+        match self.handle(request, reference).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let message = e.to_string();
+                self.reply(ServerFrame::Error {
+                    code: e.code(),
+                    message: &message,
+                    reference,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: Request, reference: Option<&str>) -> Result<(), GatewayError> {
+        let closed = |_| GatewayError::Internal("connection closing".into());
+        match request {
+            Request::Join { room, since } => {
+                let last_seq = self.join(&room, since).await?;
+                self.reply(ServerFrame::Joined {
+                    room: &room,
+                    last_seq,
+                    reference,
+                })
+                .await
+                .map_err(closed)
+            }
+            Request::Leave { room } => {
+                if self.joined.remove(&room).is_none() {
+                    return Err(GatewayError::NotJoined(format!("not a member of {room}")));
+                }
+                self.state.hub.leave(self.conn.id, &room);
+                self.reply(ServerFrame::Left {
+                    room: &room,
+                    reference,
+                })
+                .await
+                .map_err(closed)
+            }
+            Request::Send {
+                room,
+                body,
+                client_id,
+            } => self.send(room, body, client_id, reference).await,
+            Request::History {
+                room,
+                before,
+                limit,
+            } => {
+                self.check_admitted(&room)?;
+                let page = self.state.hub.history().list(&room, before, None, limit).await?;
+                self.reply(ServerFrame::History {
+                    room: &room,
+                    messages: &page.messages,
+                    has_more: page.has_more,
+                    reference,
+                })
+                .await
+                .map_err(closed)
+            }
+            Request::Typing { room } => self.typing(room).await,
+            Request::Presence { .. } => Err(GatewayError::Unavailable(
+                "presence is not available on this gateway".into(),
+            )),
+            Request::Ping => self.reply(ServerFrame::Pong { reference }).await.map_err(closed),
+        }
+    }
+
+    fn check_admitted(&self, room: &RoomId) -> Result<(), GatewayError> {
+        if room.admits(&self.conn.user) {
+            Ok(())
+        } else {
+            Err(GatewayError::forbidden_room(room))
+        }
+    }
+
+    async fn join(&mut self, room: &RoomId, since: Option<Seq>) -> Result<Seq, GatewayError> {
+        self.check_admitted(room)?;
+        if !self.joined.contains_key(room) && self.joined.len() >= MAX_ROOMS_PER_CONN {
+            return Err(GatewayError::BadRequest(format!(
+                "at most {MAX_ROOMS_PER_CONN} rooms per connection; leave one first"
+            )));
+        }
+        let last_seq = self.state.hub.join(&self.conn, room, since).await?;
+        self.joined.entry(room.clone()).or_insert(None);
+        Ok(last_seq)
+    }
+
+    async fn send(
+        &mut self,
+        room: RoomId,
+        body: String,
+        client_id: ClientMsgId,
+        reference: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        self.check_admitted(&room)?;
+        let hub = &self.state.hub;
+        let (message, duplicate) = hub
+            .history()
+            .append(&room, &self.conn.user, &client_id, &body)
+            .await?;
+        // Local members get it now; other gateways through fan-out. A duplicate is
+        // published again too: the first attempt may have died before publishing, and
+        // receivers drop seqs they already delivered.
+        let frame = hub.deliver_local(&message);
+        let ack = ServerFrame::Ack {
+            room: &room,
+            client_id: &client_id,
+            seq: message.seq,
+            id: &message.id,
+            ts: message.ts,
+            duplicate,
+            reference,
+        };
+        let acked = self.reply(ack).await;
+        if let Err(e) = hub.fanout().publish(&room, frame).await {
+            // Stored and acked: other gateways fill the gap from history on their next
+            // message or resync.
+            tracing::warn!(%room, error = %e, "fan-out publish failed");
+        }
+        acked.map_err(|_| GatewayError::Internal("connection closing".into()))
+    }
+
+    async fn typing(&mut self, room: RoomId) -> Result<(), GatewayError> {
+        let Some(last) = self.joined.get_mut(&room) else {
+            return Err(GatewayError::NotJoined(format!("join {room} before typing there")));
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < TYPING_MIN_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(now);
+        let frame = ServerFrame::Typing {
+            room: &room,
+            user: &self.conn.user,
+        };
+        // Fan-out echoes to this gateway too, which relays to local members.
+        if let Err(e) = self.state.hub.fanout().publish(&room, frame.to_json().into()).await {
+            tracing::debug!(%room, error = %e, "typing relay failed");
+        }
+        Ok(())
+    }
+}

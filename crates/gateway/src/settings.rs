@@ -1,0 +1,154 @@
+//! The gateway's configuration, from environment variables (see `.example_env`).
+
+use std::net::SocketAddr;
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// JWT HS256 only.
+    Jwt,
+    /// `?user=` accepted without a token (and tokens too when a secret is set).
+    Dev,
+}
+
+/// Everything a gateway needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `CHAT_HTTP_ADDR`: WebSocket and HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// `CHAT_HISTORY_URL`: the history service.
+    pub history_url: String,
+    /// `CHAT_REDIS_URL`: Redis for fan-out; `None` = in-process (one gateway only).
+    pub redis_url: Option<String>,
+    /// `CHAT_AUTH_MODE`.
+    pub auth_mode: AuthMode,
+    /// `CHAT_JWT_SECRET`: required in JWT mode.
+    pub jwt_secret: Option<Secret>,
+    /// `CHAT_GATEWAY_ID`: this instance's id (default: `gw-` and 8 random hex digits).
+    pub gateway_id: String,
+    /// `CHAT_HTTP_WORKERS`: HTTP worker threads (default: available cores).
+    pub workers: usize,
+    /// `CHAT_SHUTDOWN_GRACE_SECS`: how long in-flight work may take on shutdown (10).
+    pub shutdown_grace_secs: u64,
+}
+
+/// A variable with a bad value.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct SettingsError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, SettingsError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| SettingsError {
+            var: name,
+            reason: format!("cannot parse {v:?}: {e}"),
+        }),
+    }
+}
+
+/// A random instance id, `gw-` and 8 hex digits.
+pub fn random_gateway_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("gw-{}", &id[id.len() - 8..])
+}
+
+impl Settings {
+    /// Reads the environment, with `default_auth` when `CHAT_AUTH_MODE` is unset.
+    pub fn from_env(default_auth: AuthMode) -> Result<Self, SettingsError> {
+        let auth_mode = match var("CHAT_AUTH_MODE").as_deref().map(str::trim) {
+            None => default_auth,
+            Some("jwt") => AuthMode::Jwt,
+            Some("dev") => AuthMode::Dev,
+            Some(other) => {
+                return Err(SettingsError {
+                    var: "CHAT_AUTH_MODE",
+                    reason: format!("must be jwt or dev, not {other:?}"),
+                });
+            }
+        };
+        let settings = Self {
+            http_addr: parse("CHAT_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
+            history_url: var("CHAT_HISTORY_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into()),
+            redis_url: var("CHAT_REDIS_URL"),
+            auth_mode,
+            jwt_secret: var("CHAT_JWT_SECRET").map(Secret::new),
+            gateway_id: var("CHAT_GATEWAY_ID").unwrap_or_else(random_gateway_id),
+            workers: parse(
+                "CHAT_HTTP_WORKERS",
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )?,
+            shutdown_grace_secs: parse("CHAT_SHUTDOWN_GRACE_SECS", 10)?,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks combinations of values.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.auth_mode == AuthMode::Jwt && self.jwt_secret.is_none() {
+            return Err(SettingsError {
+                var: "CHAT_JWT_SECRET",
+                reason: "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)".into(),
+            });
+        }
+        if self.workers == 0 {
+            return Err(SettingsError {
+                var: "CHAT_HTTP_WORKERS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The authenticator these settings describe.
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, SettingsError> {
+        let secret = self.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
+        let auth = match (self.auth_mode, secret) {
+            (AuthMode::Jwt, Some(secret)) => crate::auth::Authenticator::jwt(secret),
+            (AuthMode::Jwt, None) => {
+                return Err(SettingsError {
+                    var: "CHAT_JWT_SECRET",
+                    reason: "required when CHAT_AUTH_MODE=jwt".into(),
+                });
+            }
+            (AuthMode::Dev, secret) => crate::auth::Authenticator::dev(secret),
+        };
+        auth.map_err(|e| SettingsError {
+            var: "CHAT_JWT_SECRET",
+            reason: e.to_string(),
+        })
+    }
+}

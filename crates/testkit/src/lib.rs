@@ -1,0 +1,14 @@
+//! Test harness shared by the workspace's integration tests.
+//!
+//! Real servers, really started, each on a free port and torn down on drop:
+//!
+//! - [`redis::RedisServer`]: a private `redis-server` process.
+//! - [`mongo::MongoServer`]: a MongoDB wire-protocol server (`nx-27017`, see
+//!   `docs/testing.md`), or the server named by `CHAT_TEST_MONGODB_URL`.
+//! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
+//! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
+
+pub mod mongo;
+pub mod process;
+pub mod redis;
+pub mod ws;

@@ -1,0 +1,198 @@
+//! A protocol-v1 WebSocket client for tests.
+//!
+//! Replies are matched by `ref`; frames that arrive while waiting for a reply (room
+//! messages, typing, presence events) are kept in order and handed out by
+//! [`WsClient::recv`] and [`WsClient::next_message`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long a test waits for any one frame.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected client that has received `hello`.
+#[derive(Debug)]
+pub struct WsClient {
+    stream: Stream,
+    /// The `hello` frame.
+    pub hello: Value,
+    /// Frames received but not yet handed out.
+    backlog: VecDeque<Value>,
+    next_ref: u64,
+}
+
+/// What ended a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code, when the server sent a close frame.
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl WsClient {
+    /// Connects to `url` (`ws://host:port/v1/ws?user=alice`) and reads `hello`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (stream, _) = connect_async(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting {url}: {e}"))?;
+        let mut client = Self {
+            stream,
+            hello: Value::Null,
+            backlog: VecDeque::new(),
+            next_ref: 0,
+        };
+        let hello = client.recv().await?;
+        anyhow::ensure!(hello["type"] == "hello", "expected hello, got {hello}");
+        client.hello = hello;
+        Ok(client)
+    }
+
+    /// The HTTP status of a refused upgrade, or `None` when the upgrade succeeded.
+    pub async fn refused_status(url: &str) -> anyhow::Result<Option<u16>> {
+        use tokio_tungstenite::tungstenite::Error;
+        match connect_async(url).await {
+            Ok(_) => Ok(None),
+            Err(Error::Http(response)) => Ok(Some(response.status().as_u16())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: impl Into<String>) -> anyhow::Result<()> {
+        self.stream.send(WsMessage::text(text.into())).await?;
+        Ok(())
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send_json(&mut self, frame: &Value) -> anyhow::Result<()> {
+        self.send_text(frame.to_string()).await
+    }
+
+    /// The next frame: from the backlog, else from the socket.
+    pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Ok(frame);
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
+            match item {
+                Some(Ok(WsMessage::Text(text))) => return Ok(serde_json::from_str(&text)?),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    anyhow::bail!("connection closed: {frame:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
+                None => anyhow::bail!("connection ended"),
+            }
+        }
+    }
+
+    /// Sends `frame` with a fresh `ref` and returns the reply carrying that `ref`; frames
+    /// arriving meanwhile stay in the backlog.
+    pub async fn request(&mut self, mut frame: Value) -> anyhow::Result<Value> {
+        self.next_ref += 1;
+        let reference = format!("r{}", self.next_ref);
+        frame["ref"] = json!(reference);
+        self.send_json(&frame).await?;
+        let mut skipped = Vec::new();
+        let reply = loop {
+            let next = match self.backlog.pop_front() {
+                Some(f) => f,
+                None => self.read().await?,
+            };
+            if next["ref"] == json!(reference) {
+                break next;
+            }
+            skipped.push(next);
+        };
+        for f in skipped.into_iter().rev() {
+            self.backlog.push_front(f);
+        }
+        Ok(reply)
+    }
+
+    /// Joins a room; returns the `joined` frame. Catch-up messages stay in the backlog.
+    pub async fn join(&mut self, room: &str, since: Option<u64>) -> anyhow::Result<Value> {
+        let mut frame = json!({"type": "join", "room": room});
+        if let Some(since) = since {
+            frame["since"] = json!(since);
+        }
+        let reply = self.request(frame).await?;
+        anyhow::ensure!(reply["type"] == "joined", "join {room} failed: {reply}");
+        Ok(reply)
+    }
+
+    /// Sends a message; returns the reply (`ack` or `error`).
+    pub async fn send_message(
+        &mut self,
+        room: &str,
+        body: &str,
+        client_id: &str,
+    ) -> anyhow::Result<Value> {
+        self.request(json!({"type": "send", "room": room, "body": body, "client_id": client_id}))
+            .await
+    }
+
+    /// The next `message` frame of `room`, skipping other rooms' messages and ephemeral
+    /// frames (`typing`, `presence`) but failing on anything else.
+    pub async fn next_message(&mut self, room: &str) -> anyhow::Result<Value> {
+        loop {
+            let frame = self.recv().await?;
+            match frame["type"].as_str() {
+                Some("message") if frame["room"] == room => return Ok(frame),
+                Some("message" | "typing" | "presence") => continue,
+                _ => anyhow::bail!("expected a message of {room}, got {frame}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection and returns the close frame.
+    pub async fn closed(&mut self) -> anyhow::Result<Closed> {
+        loop {
+            let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("not closed within {RECV_TIMEOUT:?}"))?;
+            match item {
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Ok(match frame {
+                        Some(CloseFrame { code, reason }) => Closed {
+                            code: Some(code.into()),
+                            reason: reason.to_string(),
+                        },
+                        None => Closed {
+                            code: None,
+                            reason: String::new(),
+                        },
+                    });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => {
+                    return Ok(Closed {
+                        code: None,
+                        reason: "connection dropped".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}

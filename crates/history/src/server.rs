@@ -1,0 +1,155 @@
+//! The gRPC server: History plus the standard gRPC health service, on a listener bound
+//! before serving so that callers (and tests on port 0) know the address up front.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::service::HistoryService;
+use crate::store::MessageStore;
+
+/// How often the store is pinged to keep the health status current.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A ping slower than this counts as a failure.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After shutdown starts, how long in-flight calls may take before `run` returns anyway.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A bound, not yet serving, history gRPC server.
+#[derive(Debug)]
+pub struct HistoryServer {
+    /// Bound in [`HistoryServer::bind`], so the port is known before serving.
+    listener: TcpListener,
+    /// The actual address (differs from the requested one for port 0).
+    local_addr: SocketAddr,
+    /// The backend every call goes to, also pinged for health.
+    store: Arc<dyn MessageStore>,
+}
+
+impl HistoryServer {
+    /// Binds `addr` (port 0 picks a free port) and logs `grpc listening on <addr>`.
+    pub async fn bind(addr: SocketAddr, store: Arc<dyn MessageStore>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!("grpc listening on {local_addr}");
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves History and `grpc.health.v1.Health` until `shutdown` is cancelled, then
+    /// stops accepting, reports NOT_SERVING and lets in-flight calls finish (at most
+    /// [`DRAIN_GRACE`]).
+    ///
+    /// Health (for the service `chat.history.v1.History` and the whole server `""`) is
+    /// SERVING while the store answers pings, NOT_SERVING otherwise.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Not ready until the first ping succeeds.
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let stop_health = shutdown.child_token();
+        let health_task = tokio::spawn(report_health(
+            Arc::clone(&self.store),
+            reporter,
+            stop_health.clone(),
+        ));
+
+        // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs can
+        // add tens of milliseconds per call.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let serve = Server::builder()
+            .add_service(health_service)
+            .add_service(HistoryGrpc::new(HistoryService::new(self.store)))
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
+        let result = tokio::select! {
+            served = serve => served.context("grpc server failed"),
+            () = grace => {
+                tracing::warn!("grpc calls still open after {DRAIN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        stop_health.cancel();
+        if let Err(e) = health_task.await {
+            tracing::error!(error = %e, "health reporter task failed");
+        }
+        tracing::info!(addr = %self.local_addr, "grpc server stopped");
+        result
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status(SERVICE_NAME, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Pings the store every [`HEALTH_INTERVAL`] and reports the outcome until `stop`, then
+/// reports NOT_SERVING.
+async fn report_health(
+    store: Arc<dyn MessageStore>,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = None;
+    loop {
+        let ping = async {
+            tick.tick().await;
+            tokio::time::timeout(PING_TIMEOUT, store.ping()).await
+        };
+        let healthy = tokio::select! {
+            () = stop.cancelled() => break,
+            pinged = ping => match pinged {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    if serving != Some(false) {
+                        tracing::warn!(error = %e, "store ping failed: NOT_SERVING");
+                    }
+                    false
+                }
+                Err(_) => {
+                    if serving != Some(false) {
+                        tracing::warn!("store ping timed out after {PING_TIMEOUT:?}: NOT_SERVING");
+                    }
+                    false
+                }
+            },
+        };
+        if serving != Some(healthy) {
+            if healthy {
+                tracing::info!("store reachable: SERVING");
+            }
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&reporter, status).await;
+            serving = Some(healthy);
+        }
+    }
+    set_health(&reporter, ServingStatus::NotServing).await;
+}

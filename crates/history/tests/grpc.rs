@@ -1,0 +1,294 @@
+//! The gRPC surface, end to end: a real `HistoryServer` on port 0 over an embedded store,
+//! driven by the generated tonic client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_history::HistoryServer;
+use chat_history::store::embedded::EmbeddedStore;
+use chat_proto::history::history_client::HistoryClient;
+use chat_proto::history::{AppendRequest, ListRequest};
+use chat_testkit::process::eventually;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A running server; cancelled and awaited by [`Running::stop`].
+struct Running {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
+        let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store)
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Self {
+            url: format!("http://{addr}"),
+            shutdown,
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("server stops within the grace period")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}
+
+fn append(room: &str, sender: &str, client_id: &str, body: &str) -> AppendRequest {
+    AppendRequest {
+        room: room.into(),
+        sender: sender.into(),
+        client_id: client_id.into(),
+        body: body.into(),
+    }
+}
+
+fn list(room: &str, before: Option<u64>, after: Option<u64>, limit: u32) -> ListRequest {
+    ListRequest {
+        room: room.into(),
+        before,
+        after,
+        limit,
+    }
+}
+
+#[tokio::test]
+async fn append_list_and_duplicates() {
+    let server = Running::start().await;
+    let mut client = HistoryClient::new(server.channel().await);
+
+    let first = client
+        .append(append("general", "alice", "c1", "hello ✓"))
+        .await
+        .expect("append")
+        .into_inner();
+    assert!(!first.duplicate);
+    let stored = first.message.expect("message");
+    assert_eq!(stored.seq, 1);
+    assert_eq!(stored.sender, "alice");
+    assert_eq!(stored.body, "hello ✓");
+    assert!(!stored.id.is_empty());
+    assert!(stored.ts_ms > 0);
+
+    let again = client
+        .append(append("general", "alice", "c1", "resent"))
+        .await
+        .expect("resend")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.message.as_ref(), Some(&stored));
+
+    for i in 2..=60 {
+        let reply = client
+            .append(append("general", "bob", &format!("c{i}"), "x"))
+            .await
+            .expect("append")
+            .into_inner();
+        assert_eq!(reply.message.expect("message").seq, i);
+    }
+
+    // limit 0 means 50, newest first page returned oldest first.
+    let latest = client
+        .list(list("general", None, None, 0))
+        .await
+        .expect("list")
+        .into_inner();
+    let seqs: Vec<u64> = latest.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (11..=60).collect::<Vec<_>>());
+    assert!(latest.has_more);
+    assert_eq!(latest.last_seq, 60);
+
+    let back = client
+        .list(list("general", Some(11), None, 20))
+        .await
+        .expect("list before")
+        .into_inner();
+    assert_eq!(back.messages.first().map(|m| m.seq), Some(1));
+    assert_eq!(back.messages.len(), 10);
+    assert!(!back.has_more);
+    assert_eq!(back.messages[0], stored);
+
+    let catch_up = client
+        .list(list("general", None, Some(55), 1000))
+        .await
+        .expect("list after")
+        .into_inner();
+    let seqs: Vec<u64> = catch_up.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![56, 57, 58, 59, 60]);
+    assert!(!catch_up.has_more);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_are_invalid_argument() {
+    let server = Running::start().await;
+    let mut client = HistoryClient::new(server.channel().await);
+
+    let bad_appends = [
+        append("", "alice", "c1", "x"),
+        append("no spaces", "alice", "c1", "x"),
+        append("dm:bob:alice", "alice", "c1", "x"),
+        append("general", "", "c1", "x"),
+        append("general", "al ice", "c1", "x"),
+        append("general", "alice", "", "x"),
+        append("general", "alice", &"c".repeat(65), "x"),
+        append(
+            "general",
+            "alice",
+            "c1",
+            &"x".repeat(chat_model::limits::MAX_BODY_BYTES + 1),
+        ),
+    ];
+    for req in bad_appends {
+        let what = format!(
+            "{:?}",
+            (&req.room, &req.sender, &req.client_id, req.body.len())
+        );
+        let status = client.append(req).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(!status.message().is_empty());
+    }
+
+    let bad_lists = [
+        list("", None, None, 10),
+        list("general", Some(5), Some(1), 10),
+        list("general", None, None, 1001),
+    ];
+    for req in bad_lists {
+        let what = format!("{req:?}");
+        let status = client.list(req).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    // The largest allowed page is fine, also on an empty room.
+    let empty = client
+        .list(list("general", None, None, 1000))
+        .await
+        .expect("max limit")
+        .into_inner();
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.last_seq, 0);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let server = Running::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["chat.history.v1.History", ""] {
+        eventually(Duration::from_secs(10), "health SERVING", || {
+            let mut health = health.clone();
+            async move {
+                let reply = health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (reply.status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await
+        .expect("serving");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_the_store() {
+    if std::env::var_os("CHAT_TEST_MONGODB_URL").is_some() {
+        // An external server cannot be stopped by the test.
+        return;
+    }
+    let mongo = chat_testkit::mongo::MongoServer::start()
+        .await
+        .expect("start MongoDB server");
+    let db = chat_testkit::mongo::unique_db_name();
+    let store = chat_history::store::mongo::MongoStore::connect(&mongo.url(), &db)
+        .await
+        .expect("connect");
+    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), Arc::new(store))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let channel = Channel::from_shared(url)
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = HealthClient::new(channel);
+    let status_is = |want: ServingStatus| {
+        let health = health.clone();
+        move || {
+            let mut health = health.clone();
+            async move {
+                let reply = health
+                    .check(HealthCheckRequest {
+                        service: "chat.history.v1.History".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (reply.status == want as i32).then_some(())
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "SERVING",
+        status_is(ServingStatus::Serving),
+    )
+    .await
+    .expect("serving while MongoDB is up");
+    // Killing the database makes pings fail (within the 5 s server selection timeout).
+    drop(mongo);
+    eventually(
+        Duration::from_secs(20),
+        "NOT_SERVING",
+        status_is(ServingStatus::NotServing),
+    )
+    .await
+    .expect("not serving while MongoDB is down");
+    shutdown.cancel();
+    task.await
+        .expect("server task")
+        .expect("server ran cleanly");
+}

@@ -76,7 +76,10 @@ async fn cross_gateway_delivery(store: Store) -> anyhow::Result<()> {
     assert_eq!(got["id"], ack["id"]);
     assert_eq!(got["ts"], ack["ts"]);
     let ts = got["ts"].as_str().unwrap_or_default();
-    assert!(ts.ends_with('Z') && ts.len() == 24, "RFC 3339 with ms: {ts}");
+    assert!(
+        ts.ends_with('Z') && ts.len() == 24,
+        "RFC 3339 with ms: {ts}"
+    );
     // The sender's own connection gets the message too.
     assert_eq!(alice.next_message("general").await?["seq"], 1);
     Ok(())
@@ -97,7 +100,9 @@ async fn concurrent_senders_on_two_gateways_see_gapless_order(store: Store) -> a
         senders.push(tokio::spawn(async move {
             let mut seqs = Vec::new();
             for i in 0..n {
-                let ack = s.send_message("busy", &format!("m{i}"), &format!("w{gw}-{i}")).await?;
+                let ack = s
+                    .send_message("busy", &format!("m{i}"), &format!("w{gw}-{i}"))
+                    .await?;
                 anyhow::ensure!(ack["type"] == "ack", "send failed: {ack}");
                 seqs.push(ack["seq"].as_u64().unwrap_or_default());
             }
@@ -112,7 +117,11 @@ async fn concurrent_senders_on_two_gateways_see_gapless_order(store: Store) -> a
     let expected: Vec<u64> = (1..=2 * n as u64).collect();
     assert_eq!(acked, expected, "acked seqs are exactly 1..=2n");
     for r in &mut receivers {
-        assert_eq!(collect_seqs(r, "busy", 2 * n).await?, expected, "in order, no gap");
+        assert_eq!(
+            collect_seqs(r, "busy", 2 * n).await?,
+            expected,
+            "in order, no gap"
+        );
     }
     Ok(())
 }
@@ -135,7 +144,11 @@ async fn resend_with_same_client_id_is_stored_once(store: Store) -> anyhow::Resu
     assert_eq!(bob.send_message("r", "mine", "same-id").await?["seq"], 2);
     let next = alice.send_message("r", "next", "other-id").await?;
     assert_eq!(next["seq"], 3);
-    assert_eq!(collect_seqs(&mut bob, "r", 3).await?, vec![1, 2, 3], "seen once each");
+    assert_eq!(
+        collect_seqs(&mut bob, "r", 3).await?,
+        vec![1, 2, 3],
+        "seen once each"
+    );
     Ok(())
 }
 
@@ -145,12 +158,16 @@ async fn join_since_on_another_gateway_resumes_exactly(store: Store) -> anyhow::
     let mut bob = cluster.client(1, "bob").await?;
     bob.join("resume", None).await?;
     for i in 1..=3 {
-        alice.send_message("resume", &format!("m{i}"), &format!("a{i}")).await?;
+        alice
+            .send_message("resume", &format!("m{i}"), &format!("a{i}"))
+            .await?;
     }
     assert_eq!(collect_seqs(&mut bob, "resume", 3).await?, vec![1, 2, 3]);
     bob.close().await;
     for i in 4..=6 {
-        alice.send_message("resume", &format!("m{i}"), &format!("a{i}")).await?;
+        alice
+            .send_message("resume", &format!("m{i}"), &format!("a{i}"))
+            .await?;
     }
     // Back, on the other gateway, from the last seq seen.
     let mut bob = cluster.client(0, "bob").await?;
@@ -167,7 +184,9 @@ async fn join_since_on_another_gateway_resumes_exactly(store: Store) -> anyhow::
     Ok(())
 }
 
-async fn resume_while_messages_keep_coming_has_no_gap_or_duplicate(store: Store) -> anyhow::Result<()> {
+async fn resume_while_messages_keep_coming_has_no_gap_or_duplicate(
+    store: Store,
+) -> anyhow::Result<()> {
     let cluster = Cluster::start(store, 2).await?;
     let n = volume(store);
     let mut alice = cluster.client(0, "alice").await?;
@@ -221,7 +240,12 @@ async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<(
     }
     let last = chat_model::Message::try_from(last.ok_or_else(|| anyhow::anyhow!("no message"))?)?;
     assert_eq!(last.seq, 5);
-    let redis = fred::clients::Client::new(fred::types::config::Config::from_url(&cluster.redis.url())?, None, None, None);
+    let redis = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&cluster.redis.url())?,
+        None,
+        None,
+        None,
+    );
     redis.init().await?;
     let frame = chat_model::frame::ServerFrame::Message(&last).to_json();
     let _: i64 = redis.publish("chat:room:gappy", frame).await?;
@@ -230,7 +254,10 @@ async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<(
         let mut v = Vec::new();
         for _ in 2..=5 {
             let m = bob.next_message("gappy").await?;
-            v.push((m["seq"].as_u64().unwrap_or_default(), m["body"].as_str().unwrap_or_default().to_owned()));
+            v.push((
+                m["seq"].as_u64().unwrap_or_default(),
+                m["body"].as_str().unwrap_or_default().to_owned(),
+            ));
         }
         v
     };
@@ -265,17 +292,25 @@ async fn dm_rooms_refuse_third_users(store: Store) -> anyhow::Result<()> {
         assert_eq!(reply["code"], "forbidden", "{frame} -> {reply}");
     }
     // Malformed dm rooms are refused as bad requests, not treated as open rooms.
-    let reply = carol.request(json!({"type": "join", "room": "dm:bob:alice"})).await?;
+    let reply = carol
+        .request(json!({"type": "join", "room": "dm:bob:alice"}))
+        .await?;
     assert_eq!(reply["code"], "bad_request");
     let status = reqwest::Client::new()
-        .get(format!("{}/v1/rooms/dm:alice:bob/messages", cluster.http_url(0)))
+        .get(format!(
+            "{}/v1/rooms/dm:alice:bob/messages",
+            cluster.http_url(0)
+        ))
         .bearer_auth(common::token("carol"))
         .send()
         .await?
         .status();
     assert_eq!(status, 403);
     // Carol's connection still works, and nobody else saw anything odd.
-    assert_eq!(carol.request(json!({"type": "ping"})).await?["type"], "pong");
+    assert_eq!(
+        carol.request(json!({"type": "ping"})).await?["type"],
+        "pong"
+    );
     Ok(())
 }
 
@@ -311,7 +346,10 @@ async fn bad_input_is_answered_and_connection_survives(store: Store) -> anyhow::
     let reply = eve.request(json!({"type": "teleport"})).await?;
     assert_eq!(reply["code"], "bad_request");
     // Nothing was stored and the bystander's connection is untouched.
-    assert_eq!(bystander.send_message("calm", "still here", "b1").await?["seq"], 1);
+    assert_eq!(
+        bystander.send_message("calm", "still here", "b1").await?["seq"],
+        1
+    );
     assert_eq!(bystander.next_message("calm").await?["body"], "still here");
     Ok(())
 }
@@ -320,7 +358,10 @@ async fn invalid_or_missing_jwt_is_refused_with_401(store: Store) -> anyhow::Res
     let cluster = Cluster::start(store, 1).await?;
     let base = format!("ws://{}/v1/ws", cluster.gateways[0].addr);
     let expired = token_with(json!({"sub": "alice", "exp": now() - 3600}), common::SECRET);
-    let wrong_secret = token_with(json!({"sub": "alice", "exp": now() + 3600}), "not-the-secret");
+    let wrong_secret = token_with(
+        json!({"sub": "alice", "exp": now() + 3600}),
+        "not-the-secret",
+    );
     let no_sub = token_with(json!({"exp": now() + 3600}), common::SECRET);
     let bad_sub = token_with(json!({"sub": "a/b", "exp": now() + 3600}), common::SECRET);
     for url in [
@@ -335,12 +376,25 @@ async fn invalid_or_missing_jwt_is_refused_with_401(store: Store) -> anyhow::Res
     ] {
         assert_eq!(WsClient::refused_status(&url).await?, Some(401), "{url}");
     }
-    assert_eq!(WsClient::refused_status(&cluster.ws_url(0, "alice")).await?, None);
+    assert_eq!(
+        WsClient::refused_status(&cluster.ws_url(0, "alice")).await?,
+        None
+    );
     let http = reqwest::Client::new();
     let url = format!("{}/v1/rooms/general/messages", cluster.http_url(0));
     assert_eq!(http.get(&url).send().await?.status(), 401);
-    assert_eq!(http.get(&url).bearer_auth(&expired).send().await?.status(), 401);
-    assert_eq!(http.get(&url).bearer_auth(common::token("alice")).send().await?.status(), 200);
+    assert_eq!(
+        http.get(&url).bearer_auth(&expired).send().await?.status(),
+        401
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(common::token("alice"))
+            .send()
+            .await?
+            .status(),
+        200
+    );
     Ok(())
 }
 
@@ -348,23 +402,37 @@ async fn history_paging_over_websocket_and_http(store: Store) -> anyhow::Result<
     let cluster = Cluster::start(store, 1).await?;
     let mut alice = cluster.client(0, "alice").await?;
     for i in 1..=7 {
-        alice.send_message("log", &format!("m{i}"), &format!("h{i}")).await?;
+        alice
+            .send_message("log", &format!("m{i}"), &format!("h{i}"))
+            .await?;
     }
-    let page = alice.request(json!({"type": "history", "room": "log", "limit": 3})).await?;
+    let page = alice
+        .request(json!({"type": "history", "room": "log", "limit": 3}))
+        .await?;
     assert_eq!(page["type"], "history");
     let seqs = |p: &serde_json::Value| -> Vec<u64> {
-        p["messages"].as_array().map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect()).unwrap_or_default()
+        p["messages"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["seq"].as_u64()).collect())
+            .unwrap_or_default()
     };
     assert_eq!(seqs(&page), vec![5, 6, 7], "newest page, oldest first");
     assert_eq!(page["has_more"], true);
-    let page = alice.request(json!({"type": "history", "room": "log", "before": 5, "limit": 3})).await?;
+    let page = alice
+        .request(json!({"type": "history", "room": "log", "before": 5, "limit": 3}))
+        .await?;
     assert_eq!(seqs(&page), vec![2, 3, 4]);
-    let page = alice.request(json!({"type": "history", "room": "log", "before": 2})).await?;
+    let page = alice
+        .request(json!({"type": "history", "room": "log", "before": 2}))
+        .await?;
     assert_eq!(seqs(&page), vec![1]);
     assert_eq!(page["has_more"], false);
 
     let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/rooms/log/messages?before=7&limit=2", cluster.http_url(0)))
+        .get(format!(
+            "{}/v1/rooms/log/messages?before=7&limit=2",
+            cluster.http_url(0)
+        ))
         .bearer_auth(common::token("bob"))
         .send()
         .await?
@@ -373,7 +441,12 @@ async fn history_paging_over_websocket_and_http(store: Store) -> anyhow::Result<
     assert_eq!(seqs(&body), vec![5, 6]);
     assert_eq!(body["has_more"], true);
     assert_eq!(body["messages"][0]["body"], "m5");
-    let ids: HashSet<_> = body["messages"].as_array().into_iter().flatten().map(|m| m["id"].to_string()).collect();
+    let ids: HashSet<_> = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["id"].to_string())
+        .collect();
     assert_eq!(ids.len(), 2);
     Ok(())
 }

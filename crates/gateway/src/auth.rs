@@ -144,8 +144,12 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
 
     fn token(claims: serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
-        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret))
-            .expect("encodes")
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret).expect("non-empty secret"),
+        )
+        .expect("encodes")
     }
 
     fn now() -> u64 {
@@ -163,7 +167,9 @@ mod tests {
             Algorithm::HS256,
             b"s3cret",
         );
-        let req = TestRequest::get().uri(&format!("/v1/ws?token={good}")).to_http_request();
+        let req = TestRequest::get()
+            .uri(&format!("/v1/ws?token={good}"))
+            .to_http_request();
         assert_eq!(auth.authenticate(&req).expect("valid").as_str(), "alice");
         let req = TestRequest::get()
             .insert_header(("Authorization", format!("Bearer {good}")))
@@ -171,18 +177,42 @@ mod tests {
         assert_eq!(auth.authenticate(&req).expect("valid").as_str(), "alice");
 
         let refused = |t: String| {
-            let req = TestRequest::get().uri(&format!("/v1/ws?token={t}")).to_http_request();
+            let req = TestRequest::get()
+                .uri(&format!("/v1/ws?token={t}"))
+                .to_http_request();
             auth.authenticate(&req).is_err()
         };
-        assert!(refused(token(serde_json::json!({"sub": "alice", "exp": now() - 3600}), Algorithm::HS256, b"s3cret")));
-        assert!(refused(token(serde_json::json!({"sub": "alice"}), Algorithm::HS256, b"wrong")));
-        assert!(refused(token(serde_json::json!({"sub": "alice"}), Algorithm::HS384, b"s3cret")));
-        assert!(refused(token(serde_json::json!({"exp": now() + 60}), Algorithm::HS256, b"s3cret")));
-        assert!(refused(token(serde_json::json!({"sub": "al/ice"}), Algorithm::HS256, b"s3cret")));
+        assert!(refused(token(
+            serde_json::json!({"sub": "alice", "exp": now() - 3600}),
+            Algorithm::HS256,
+            b"s3cret"
+        )));
+        assert!(refused(token(
+            serde_json::json!({"sub": "alice"}),
+            Algorithm::HS256,
+            b"wrong"
+        )));
+        assert!(refused(token(
+            serde_json::json!({"sub": "alice"}),
+            Algorithm::HS384,
+            b"s3cret"
+        )));
+        assert!(refused(token(
+            serde_json::json!({"exp": now() + 60}),
+            Algorithm::HS256,
+            b"s3cret"
+        )));
+        assert!(refused(token(
+            serde_json::json!({"sub": "al/ice"}),
+            Algorithm::HS256,
+            b"s3cret"
+        )));
         // alg none: header {"alg":"none"}, no signature.
         assert!(refused("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.".into()));
         assert!(refused("x".repeat(MAX_TOKEN_BYTES + 1)));
-        let dev = TestRequest::get().uri("/v1/ws?user=alice").to_http_request();
+        let dev = TestRequest::get()
+            .uri("/v1/ws?user=alice")
+            .to_http_request();
         assert!(matches!(auth.authenticate(&dev), Err(AuthError::Missing)));
     }
 
@@ -191,7 +221,9 @@ mod tests {
         let auth = Authenticator::dev(None).expect("no secret needed");
         let req = TestRequest::get().uri("/v1/ws?user=bob").to_http_request();
         assert_eq!(auth.authenticate(&req).expect("valid").as_str(), "bob");
-        let req = TestRequest::get().uri("/v1/ws?user=b%20ob").to_http_request();
+        let req = TestRequest::get()
+            .uri("/v1/ws?user=b%20ob")
+            .to_http_request();
         assert!(auth.authenticate(&req).is_err());
         let req = TestRequest::get().uri("/v1/ws").to_http_request();
         assert!(auth.authenticate(&req).is_err());

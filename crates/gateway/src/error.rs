@@ -45,7 +45,9 @@ impl GatewayError {
 
     /// The refusal for a room the user may not use.
     pub fn forbidden_room(room: &chat_model::RoomId) -> Self {
-        Self::Forbidden(format!("room {room} is a direct conversation of other users"))
+        Self::Forbidden(format!(
+            "room {room} is a direct conversation of other users"
+        ))
     }
 }
 
@@ -80,6 +82,7 @@ impl actix_web::ResponseError for GatewayError {
     }
 
     fn error_response(&self) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::build(self.status()).json(json_error(self.code(), &self.to_string()))
+        actix_web::HttpResponse::build(self.status())
+            .json(json_error(self.code(), &self.to_string()))
     }
 }

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chat_model::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
-use chat_model::{ErrorCode, RoomId, Seq, UserId};
+use chat_model::{ErrorCode, RoomId, Seq};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::auth::Authenticator;
 use crate::conn::ConnId;
@@ -37,7 +37,12 @@ pub struct AppState {
 
 impl AppState {
     /// State for a gateway.
-    pub fn new(hub: Hub, auth: Authenticator, gateway_id: String, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        hub: Hub,
+        auth: Authenticator,
+        gateway_id: String,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             hub,
             auth,
@@ -61,17 +66,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-fn unauthorized(e: &crate::auth::AuthError) -> HttpResponse {
-    HttpResponse::Unauthorized()
-        .insert_header(("WWW-Authenticate", "Bearer"))
-        .json(serde_json::json!({ "error": { "code": "unauthorized", "message": e.to_string() } }))
-}
+impl actix_web::ResponseError for crate::auth::AuthError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::UNAUTHORIZED
+    }
 
-fn authenticate(state: &AppState, req: &HttpRequest) -> Result<UserId, HttpResponse> {
-    state.auth.authenticate(req).map_err(|e| {
-        tracing::debug!(error = %e, "authentication refused");
-        unauthorized(&e)
-    })
+    fn error_response(&self) -> HttpResponse {
+        tracing::debug!(error = %self, "authentication refused");
+        HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .json(serde_json::json!({ "error": { "code": "unauthorized", "message": self.to_string() } }))
+    }
 }
 
 async fn websocket(
@@ -79,10 +84,7 @@ async fn websocket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let user = match authenticate(&state, &req) {
-        Ok(user) => user,
-        Err(refused) => return Ok(refused),
-    };
+    let user = state.auth.authenticate(&req)?;
     if state.shutdown.is_cancelled() {
         return Ok(HttpResponse::ServiceUnavailable()
             .json(json_error(ErrorCode::Unavailable, "gateway shutting down")));
@@ -102,22 +104,27 @@ async fn room_messages(
     req: HttpRequest,
     room: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, GatewayError> {
-    let user = match authenticate(&state, &req) {
-        Ok(user) => user,
-        Err(refused) => return Ok(refused),
-    };
+) -> Result<HttpResponse, actix_web::Error> {
+    let user = state.auth.authenticate(&req)?;
     let query = web::Query::<PageQuery>::from_query(req.query_string())
         .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?;
-    let room = RoomId::parse(&room).map_err(|e| GatewayError::BadRequest(format!("invalid room: {e}")))?;
+    let room =
+        RoomId::parse(&room).map_err(|e| GatewayError::BadRequest(format!("invalid room: {e}")))?;
     if !room.admits(&user) {
-        return Err(GatewayError::forbidden_room(&room));
+        return Err(GatewayError::forbidden_room(&room).into());
     }
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
-        return Err(GatewayError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
+        return Err(
+            GatewayError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")).into(),
+        );
     }
-    let page = state.hub.history().list(&room, query.before, None, limit).await?;
+    let page = state
+        .hub
+        .history()
+        .list(&room, query.before, None, limit)
+        .await
+        .map_err(actix_web::Error::from)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "messages": page.messages,
         "has_more": page.has_more,

@@ -93,12 +93,13 @@ impl Gateway {
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         let data = web::Data::from(self.state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-            .workers(self.workers)
-            .disable_signals()
-            .shutdown_timeout(self.grace.as_secs())
-            .listen(self.listener)?
-            .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
+                .workers(self.workers)
+                .disable_signals()
+                .shutdown_timeout(self.grace.as_secs())
+                .listen(self.listener)?
+                .run();
         tracing::info!(gateway = %self.state.gateway_id, "http listening on {addr}");
         let handle = server.handle();
         let shutdown = self.state.shutdown.clone();

@@ -166,7 +166,11 @@ impl Hub {
         };
         let caught_up = async {
             loop {
-                let page = self.inner.history.list(room, None, Some(cursor), PAGE).await?;
+                let page = self
+                    .inner
+                    .history
+                    .list(room, None, Some(cursor), PAGE)
+                    .await?;
                 for m in &page.messages {
                     if m.seq > cursor {
                         conn.send(message_frame(m))

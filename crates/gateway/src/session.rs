@@ -58,7 +58,11 @@ pub async fn serve(
 }
 
 /// Writes queued frames until the connection closes, then sends the close frame.
-async fn write(conn: Arc<Conn>, mut ws: actix_ws::Session, mut outbound: mpsc::Receiver<ByteString>) {
+async fn write(
+    conn: Arc<Conn>,
+    mut ws: actix_ws::Session,
+    mut outbound: mpsc::Receiver<ByteString>,
+) {
     loop {
         tokio::select! {
             biased;
@@ -200,7 +204,11 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, request: Request, reference: Option<&str>) -> Result<(), GatewayError> {
+    async fn handle(
+        &mut self,
+        request: Request,
+        reference: Option<&str>,
+    ) -> Result<(), GatewayError> {
         let closed = |_| GatewayError::Internal("connection closing".into());
         match request {
             Request::Join { room, since } => {
@@ -236,7 +244,12 @@ impl Session {
                 limit,
             } => {
                 self.check_admitted(&room)?;
-                let page = self.state.hub.history().list(&room, before, None, limit).await?;
+                let page = self
+                    .state
+                    .hub
+                    .history()
+                    .list(&room, before, None, limit)
+                    .await?;
                 self.reply(ServerFrame::History {
                     room: &room,
                     messages: &page.messages,
@@ -250,7 +263,10 @@ impl Session {
             Request::Presence { .. } => Err(GatewayError::Unavailable(
                 "presence is not available on this gateway".into(),
             )),
-            Request::Ping => self.reply(ServerFrame::Pong { reference }).await.map_err(closed),
+            Request::Ping => self
+                .reply(ServerFrame::Pong { reference })
+                .await
+                .map_err(closed),
         }
     }
 
@@ -311,7 +327,9 @@ impl Session {
 
     async fn typing(&mut self, room: RoomId) -> Result<(), GatewayError> {
         let Some(last) = self.joined.get_mut(&room) else {
-            return Err(GatewayError::NotJoined(format!("join {room} before typing there")));
+            return Err(GatewayError::NotJoined(format!(
+                "join {room} before typing there"
+            )));
         };
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < TYPING_MIN_INTERVAL) {
@@ -323,7 +341,13 @@ impl Session {
             user: &self.conn.user,
         };
         // Fan-out echoes to this gateway too, which relays to local members.
-        if let Err(e) = self.state.hub.fanout().publish(&room, frame.to_json().into()).await {
+        if let Err(e) = self
+            .state
+            .hub
+            .fanout()
+            .publish(&room, frame.to_json().into())
+            .await
+        {
             tracing::debug!(%room, error = %e, "typing relay failed");
         }
         Ok(())

@@ -121,7 +121,9 @@ impl Settings {
         if self.auth_mode == AuthMode::Jwt && self.jwt_secret.is_none() {
             return Err(SettingsError {
                 var: "CHAT_JWT_SECRET",
-                reason: "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)".into(),
+                reason:
+                    "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)"
+                        .into(),
             });
         }
         if self.workers == 0 {

@@ -11,20 +11,37 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorCode;
 use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
 use crate::limits::{
-    DEFAULT_HISTORY_LIMIT, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_HISTORY_LIMIT,
-    MAX_PRESENCE_USERS, MAX_REF_CHARS,
+    DEFAULT_HISTORY_LIMIT, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS,
+    MAX_REF_CHARS,
 };
 use crate::message::{Message, Timestamp};
 
 /// A validated client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Join { room: RoomId, since: Option<Seq> },
-    Leave { room: RoomId },
-    Send { room: RoomId, body: String, client_id: ClientMsgId },
-    History { room: RoomId, before: Option<Seq>, limit: u32 },
-    Typing { room: RoomId },
-    Presence { users: Vec<UserId> },
+    Join {
+        room: RoomId,
+        since: Option<Seq>,
+    },
+    Leave {
+        room: RoomId,
+    },
+    Send {
+        room: RoomId,
+        body: String,
+        client_id: ClientMsgId,
+    },
+    History {
+        room: RoomId,
+        before: Option<Seq>,
+        limit: u32,
+    },
+    Typing {
+        room: RoomId,
+    },
+    Presence {
+        users: Vec<UserId>,
+    },
     Ping,
 }
 
@@ -84,7 +101,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::new(
             ErrorCode::TooLarge,
-            format!("frame is {} bytes, the limit is {MAX_FRAME_BYTES}", text.len()),
+            format!(
+                "frame is {} bytes, the limit is {MAX_FRAME_BYTES}",
+                text.len()
+            ),
             None,
         ));
     }
@@ -110,7 +130,8 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         ));
     }
     let reference = raw.reference.clone();
-    let request = validate(raw).map_err(|(code, msg)| FrameError::new(code, msg, reference.clone()))?;
+    let request =
+        validate(raw).map_err(|(code, msg)| FrameError::new(code, msg, reference.clone()))?;
     Ok(ClientFrame { reference, request })
 }
 
@@ -121,7 +142,10 @@ fn bad(msg: impl Into<String>) -> Invalid {
 }
 
 fn room(raw: &RawFrame<'_>) -> Result<RoomId, Invalid> {
-    let s = raw.room.as_deref().ok_or_else(|| bad("missing field `room`"))?;
+    let s = raw
+        .room
+        .as_deref()
+        .ok_or_else(|| bad("missing field `room`"))?;
     RoomId::parse(s).map_err(|e| bad(format!("invalid room: {e}")))
 }
 
@@ -145,7 +169,10 @@ fn validate(raw: RawFrame<'_>) -> Result<Request, Invalid> {
             if body.len() > MAX_BODY_BYTES {
                 return Err((
                     ErrorCode::TooLarge,
-                    format!("body is {} bytes, the limit is {MAX_BODY_BYTES}", body.len()),
+                    format!(
+                        "body is {} bytes, the limit is {MAX_BODY_BYTES}",
+                        body.len()
+                    ),
                 ));
             }
             Request::Send {
@@ -307,8 +334,14 @@ mod tests {
                 limit: DEFAULT_HISTORY_LIMIT
             })
         );
-        assert!(matches!(parse(r#"{"type":"leave","room":"r"}"#), Ok(Request::Leave { .. })));
-        assert!(matches!(parse(r#"{"type":"typing","room":"r"}"#), Ok(Request::Typing { .. })));
+        assert!(matches!(
+            parse(r#"{"type":"leave","room":"r"}"#),
+            Ok(Request::Leave { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"typing","room":"r"}"#),
+            Ok(Request::Typing { .. })
+        ));
         assert!(matches!(
             parse(r#"{"type":"presence","users":["a","b"]}"#),
             Ok(Request::Presence { users }) if users.len() == 2
@@ -339,7 +372,10 @@ mod tests {
         let body = "x".repeat(MAX_BODY_BYTES + 1);
         let big = format!(r#"{{"type":"send","room":"r","client_id":"c","body":"{body}"}}"#);
         assert_eq!(parse(&big), Err((ErrorCode::TooLarge, None)));
-        let frame = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
+        let frame = format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(MAX_FRAME_BYTES)
+        );
         assert_eq!(parse(&frame), Err((ErrorCode::TooLarge, None)));
         assert_eq!(
             parse(r#"{"type":"history","room":"r","limit":201}"#),
@@ -372,7 +408,10 @@ mod tests {
             .to_json(),
             r#"{"type":"joined","room":"general","last_seq":3,"ref":"x"}"#
         );
-        assert_eq!(ServerFrame::Pong { reference: None }.to_json(), r#"{"type":"pong"}"#);
+        assert_eq!(
+            ServerFrame::Pong { reference: None }.to_json(),
+            r#"{"type":"pong"}"#
+        );
         let mut users = BTreeMap::new();
         users.insert(user.clone(), true);
         assert_eq!(

@@ -16,7 +16,10 @@ pub enum IdError {
     #[error("{what} must be 1 to {max} characters long")]
     Length { what: &'static str, max: usize },
     #[error("{what} may only contain {allowed}")]
-    Charset { what: &'static str, allowed: &'static str },
+    Charset {
+        what: &'static str,
+        allowed: &'static str,
+    },
     #[error("a dm room must be dm:<a>:<b> with two valid user ids and a < b byte-wise")]
     MalformedDm,
 }

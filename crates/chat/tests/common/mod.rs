@@ -117,7 +117,11 @@ impl Cluster {
 
     /// `ws://` URL of gateway `gw` with a valid token for `user`.
     pub fn ws_url(&self, gw: usize, user: &str) -> String {
-        format!("ws://{}/v1/ws?token={}", self.gateways[gw].addr, token(user))
+        format!(
+            "ws://{}/v1/ws?token={}",
+            self.gateways[gw].addr,
+            token(user)
+        )
     }
 
     /// `http://` base URL of gateway `gw`.
@@ -142,7 +146,10 @@ impl Drop for Cluster {
 
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    token_with(serde_json::json!({ "sub": user, "exp": now() + 3600 }), SECRET)
+    token_with(
+        serde_json::json!({ "sub": user, "exp": now() + 3600 }),
+        SECRET,
+    )
 }
 
 /// A token with any claims and secret.
@@ -174,11 +181,19 @@ fn tracing_subscriber_init() -> Result<(), Box<dyn std::error::Error + Send + Sy
 }
 
 /// Seqs of `count` messages of `room` read from `client`, in arrival order.
-pub async fn collect_seqs(client: &mut WsClient, room: &str, count: usize) -> anyhow::Result<Vec<u64>> {
+pub async fn collect_seqs(
+    client: &mut WsClient,
+    room: &str,
+    count: usize,
+) -> anyhow::Result<Vec<u64>> {
     let mut seqs = Vec::with_capacity(count);
     while seqs.len() < count {
         let m = client.next_message(room).await?;
-        seqs.push(m["seq"].as_u64().ok_or_else(|| anyhow::anyhow!("no seq in {m}"))?);
+        seqs.push(
+            m["seq"]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("no seq in {m}"))?,
+        );
     }
     Ok(seqs)
 }

@@ -10,8 +10,8 @@ use bytestring::ByteString;
 use chat_model::RoomId;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::Builder;
+use fred::types::config::{Config, ReconnectPolicy};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -84,6 +84,19 @@ impl RedisFanOut {
         Ok((fanout, rx))
     }
 
+    /// SUBSCRIBE, then wait until Redis has processed it. fred resolves SUBSCRIBE as
+    /// soon as it is written (its confirmation arrives out of band), so a publish right
+    /// after could reach Redis first and be lost. Redis answers one connection's
+    /// commands in order: when the PING after it is answered, the subscription is live.
+    async fn subscribe_confirmed(&self, room: &RoomId) -> Result<(), FanOutError> {
+        self.subscriber
+            .subscribe(channel(room))
+            .await
+            .map_err(unavailable)?;
+        let _pong: fred::types::Value = self.subscriber.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     fn stripe(&self, room: &RoomId) -> &Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
@@ -91,7 +104,10 @@ impl RedisFanOut {
     }
 }
 
-async fn read_messages(mut rx: broadcast::Receiver<fred::types::Message>, tx: mpsc::Sender<Signal>) {
+async fn read_messages(
+    mut rx: broadcast::Receiver<fred::types::Message>,
+    tx: mpsc::Sender<Signal>,
+) {
     loop {
         let signal = match rx.recv().await {
             Ok(message) => {
@@ -130,6 +146,9 @@ async fn resubscribe_on_reconnect(subscriber: SubscriberClient, tx: mpsc::Sender
         if let Err(e) = subscriber.resubscribe_all().await {
             tracing::warn!(error = %e, "resubscribing after reconnect failed");
         }
+        // As in subscribe_confirmed: the rooms' history reads must come after the
+        // subscriptions are live, or a message published in between would be missed.
+        let _: Result<fred::types::Value, _> = subscriber.ping(None).await;
         // Whatever was published while we were away is only in history now.
         if tx.send(Signal::Resync).await.is_err() {
             return;
@@ -158,10 +177,10 @@ impl FanOut for RedisFanOut {
     async fn subscribe(&self, room: &RoomId) -> Result<(), FanOutError> {
         let _order = self.stripe(room).lock().await;
         if self.subscriptions.add(room)
-            && let Err(e) = self.subscriber.subscribe(channel(room)).await
+            && let Err(e) = self.subscribe_confirmed(room).await
         {
             self.subscriptions.remove(room);
-            return Err(unavailable(e));
+            return Err(e);
         }
         Ok(())
     }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust, idempotently:
+#   - redis-server (Debian package), used by the tests' own private servers;
+#   - a Python venv in .venv-test with nx-27017, the MongoDB wire-protocol stand-in
+#     (see docs/testing.md).
+# Safe to run again; does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; exit 1
+    fi
+}
+
+apt_updated=
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if ! command -v redis-server >/dev/null; then
+    echo "test-deps: installing redis-server"
+    apt_install redis-server
+fi
+
+VENV=.venv-test
+NX_PACKAGES=(nx-27017==0.8.1 neosqlite==1.17.2 pymongo==4.20.1 uvloop==0.23.0)
+if [ ! -x "$VENV/bin/nx-27017" ]; then
+    echo "test-deps: creating $VENV with nx-27017"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${NX_PACKAGES[@]}"
+fi
+echo "test-deps: redis-server $(redis-server --version | awk '{print $3}'), nx-27017 in $VENV"

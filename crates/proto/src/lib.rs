@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`history`]: `chat.history.v1`, the history service.
+//! - [`presence`]: `chat.presence.v1`, the presence service.
 //! - [`MessageConversionError`] and the `TryFrom` impls: the one place where wire data from
 //!   another service is validated back into model types.
 
@@ -13,6 +14,12 @@ use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod history {
     tonic::include_proto!("chat.history.v1");
+}
+
+/// `chat.presence.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod presence {
+    tonic::include_proto!("chat.presence.v1");
 }
 
 /// A `StoredMessage` from another service that does not hold valid model values.

@@ -1,0 +1,267 @@
+//! The gateway's side of presence: it counts its own connections per user and per
+//! (room, user), and tells the presence service only about transitions (first/last),
+//! plus a heartbeat listing every user it holds.
+//!
+//! Presence is best effort: when the presence service is down, chat goes on; a failed
+//! report is logged and the next heartbeat restores the users' online status.
+
+use std::time::Duration;
+
+use chat_metrics::{GrpcMetrics, MeteredChannel};
+use chat_model::{RoomId, UserId};
+use chat_proto::presence::presence_client::PresenceClient as Grpc;
+use chat_proto::presence::{HeartbeatRequest, QueryRequest, RoomRequest, UserRequest};
+use prometheus_client::metrics::gauge::Gauge;
+use tonic::transport::Endpoint;
+
+use crate::counts::RefCounts;
+use crate::error::GatewayError;
+
+/// Deadline of one presence call on a connection's path (connect, join, leave).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Transitions of one user are serialised through one of these locks, so a quick
+/// disconnect-then-connect cannot reach the presence service reversed.
+const STRIPES: usize = 64;
+/// Heartbeat interval until the presence service has told us its TTL.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// The presence service hands back at most this many expired room exits per heartbeat;
+/// a full reply means more are waiting.
+const MAX_EXITS_PER_HEARTBEAT: usize = 10_000;
+/// Heartbeat interval while a dead gateway's exits are still being handed out.
+const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// This gateway's presence bookkeeping and its client of the presence service.
+#[derive(Debug)]
+pub struct PresenceTracker {
+    /// Every call counted and timed (`grpc_client_*`).
+    grpc: Grpc<MeteredChannel>,
+    gateway_id: String,
+    /// Open connections per user on this gateway.
+    users: RefCounts<UserId>,
+    /// `chat_gateway_online_users`: the users counted in `users`.
+    online_users: Gauge,
+    /// Connections per (room, user) on this gateway that joined the room.
+    rooms: RefCounts<(RoomId, UserId)>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// When the last heartbeat succeeded and the lease length it reported: a gap longer
+    /// than the lease means presence may have swept this gateway.
+    lease: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+}
+
+/// Room exits of dead gateways to announce, and when to heartbeat next.
+#[derive(Debug)]
+pub struct Beat {
+    pub next_in: Duration,
+    pub expired: Vec<(RoomId, UserId)>,
+    /// This gateway went a whole lease without a successful heartbeat, so presence may
+    /// have released its room memberships: report them again
+    /// ([`PresenceTracker::reenter_rooms`]). Users come back by the heartbeat itself.
+    pub lease_lost: bool,
+}
+
+impl PresenceTracker {
+    /// A tracker for gateway `gateway_id` reporting to the presence service at `url`.
+    pub fn connect_lazy(url: &str, gateway_id: &str) -> Result<Self, tonic::transport::Error> {
+        Self::connect_lazy_with_metrics(url, gateway_id, &GrpcMetrics::default(), Gauge::default())
+    }
+
+    /// Like [`PresenceTracker::connect_lazy`], recording every call in `grpc` and the
+    /// number of distinct users connected here in `online_users`.
+    pub fn connect_lazy_with_metrics(
+        url: &str,
+        gateway_id: &str,
+        grpc: &GrpcMetrics,
+        online_users: Gauge,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            grpc: Grpc::new(grpc.client_channel(channel)),
+            gateway_id: gateway_id.to_owned(),
+            users: RefCounts::default(),
+            online_users,
+            rooms: RefCounts::default(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            lease: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn stripe(&self, user: &UserId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user.as_str());
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    fn user_request(&self, user: &UserId) -> UserRequest {
+        UserRequest {
+            gateway: self.gateway_id.clone(),
+            user: user.to_string(),
+        }
+    }
+
+    fn room_request(&self, user: &UserId, room: &RoomId) -> RoomRequest {
+        RoomRequest {
+            gateway: self.gateway_id.clone(),
+            user: user.to_string(),
+            room: room.to_string(),
+        }
+    }
+
+    /// A connection of `user` opened here.
+    pub async fn connected(&self, user: &UserId) {
+        let _order = self.stripe(user).lock().await;
+        if !self.users.add(user) {
+            return;
+        }
+        self.online_users.inc();
+        if let Err(e) = self.grpc.clone().attach(self.user_request(user)).await {
+            tracing::warn!(%user, error = %e.message(), "presence connect not reported");
+        }
+    }
+
+    /// A connection of `user` closed here.
+    pub async fn disconnected(&self, user: &UserId) {
+        let _order = self.stripe(user).lock().await;
+        if !self.users.remove(user) {
+            return;
+        }
+        self.online_users.dec();
+        if let Err(e) = self.grpc.clone().detach(self.user_request(user)).await {
+            tracing::warn!(%user, error = %e.message(), "presence disconnect not reported");
+        }
+    }
+
+    /// A connection of `user` joined `room`. True when the user just entered the room
+    /// cluster-wide: announce it.
+    pub async fn entered(&self, user: &UserId, room: &RoomId) -> bool {
+        let _order = self.stripe(user).lock().await;
+        if !self.rooms.add(&(room.clone(), user.clone())) {
+            return false;
+        }
+        match self
+            .grpc
+            .clone()
+            .enter_room(self.room_request(user, room))
+            .await
+        {
+            Ok(reply) => reply.into_inner().changed,
+            Err(e) => {
+                tracing::warn!(%user, %room, error = %e.message(), "presence enter not reported");
+                false
+            }
+        }
+    }
+
+    /// A connection of `user` left `room` (or closed). True when the user just left the
+    /// room cluster-wide: announce it.
+    pub async fn left(&self, user: &UserId, room: &RoomId) -> bool {
+        let _order = self.stripe(user).lock().await;
+        if !self.rooms.remove(&(room.clone(), user.clone())) {
+            return false;
+        }
+        match self
+            .grpc
+            .clone()
+            .leave_room(self.room_request(user, room))
+            .await
+        {
+            Ok(reply) => reply.into_inner().changed,
+            Err(e) => {
+                tracing::warn!(%user, %room, error = %e.message(), "presence leave not reported");
+                false
+            }
+        }
+    }
+
+    /// Whether each user is online anywhere.
+    pub async fn query(&self, users: &[UserId]) -> Result<Vec<bool>, GatewayError> {
+        let reply = self
+            .grpc
+            .clone()
+            .query(QueryRequest {
+                users: users.iter().map(ToString::to_string).collect(),
+            })
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("presence: {}", e.message())))?
+            .into_inner();
+        if reply.online.len() != users.len() {
+            return Err(GatewayError::Internal(
+                "presence answered a different number of users".into(),
+            ));
+        }
+        Ok(reply.online)
+    }
+
+    /// Renews this gateway's lease and its users' online status.
+    pub async fn heartbeat(&self) -> Result<Beat, GatewayError> {
+        let users = self.users.keys().iter().map(ToString::to_string).collect();
+        let sent_at = std::time::Instant::now();
+        let reply = self
+            .grpc
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                gateway: self.gateway_id.clone(),
+                users,
+            })
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("presence: {}", e.message())))?
+            .into_inner();
+        let expired = reply
+            .expired
+            .iter()
+            .filter_map(|exit| {
+                Some((
+                    RoomId::parse(&exit.room).ok()?,
+                    UserId::parse(&exit.user).ok()?,
+                ))
+            })
+            .collect();
+        let ttl = Duration::from_millis(reply.ttl_ms);
+        let next_in = if reply.expired.len() >= MAX_EXITS_PER_HEARTBEAT {
+            DRAIN_HEARTBEAT
+        } else if ttl.is_zero() {
+            DEFAULT_HEARTBEAT
+        } else {
+            ttl / 3
+        };
+        let lease_lost = {
+            let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+            let lost = lease.is_some_and(|(ok_at, ttl)| sent_at.duration_since(ok_at) >= ttl);
+            *lease = Some((sent_at, ttl));
+            lost
+        };
+        Ok(Beat {
+            next_in,
+            expired,
+            lease_lost,
+        })
+    }
+
+    /// Reports every room membership this gateway holds again, after a lost lease.
+    /// Returns the memberships that presence had released: announce them as entered.
+    pub async fn reenter_rooms(&self) -> Vec<(RoomId, UserId)> {
+        let mut back = Vec::new();
+        for (room, user) in self.rooms.keys() {
+            let _order = self.stripe(&user).lock().await;
+            if !self.rooms.contains(&(room.clone(), user.clone())) {
+                continue;
+            }
+            match self
+                .grpc
+                .clone()
+                .enter_room(self.room_request(&user, &room))
+                .await
+            {
+                Ok(reply) if reply.get_ref().changed => back.push((room, user)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%user, %room, error = %e.message(), "presence re-enter failed")
+                }
+            }
+        }
+        back
+    }
+}

@@ -1,0 +1,138 @@
+//! Guarantee 5 with a real crash: a gateway process killed with SIGKILL says no goodbye,
+//! yet its users go offline within the presence TTL plus one heartbeat interval, and the
+//! members of their rooms get the offline event from a surviving gateway.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_gateway::{AuthMode, Gateway, Settings};
+use chat_testkit::process::{ChildGuard, free_port, wait_for_port};
+use chat_testkit::redis::RedisServer;
+use chat_testkit::ws::WsClient;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "presence-kill-test-secret-0123456789";
+const TTL: Duration = Duration::from_millis(1500);
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("non-empty secret"),
+    )
+    .expect("encodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let store = chat_history::open_store(&chat_history::Settings {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+    let history_url = format!("http://{}", history.local_addr());
+    tokio::spawn(history.run(stop.clone()));
+
+    let presence_store: Arc<dyn chat_presence::PresenceStore> =
+        Arc::new(chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL).await?);
+    let presence =
+        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
+    let presence_url = format!("http://{}", presence.local_addr());
+    tokio::spawn(presence.run(stop.clone()));
+
+    // The survivor, in this process.
+    let settings = Settings {
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        history_url: history_url.clone(),
+        presence_url: presence_url.clone(),
+        redis_url: Some(redis.url()),
+        auth_mode: AuthMode::Jwt,
+        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+        gateway_id: "survivor".into(),
+        workers: 1,
+        shutdown_grace_secs: 1,
+    };
+    let survivor = Gateway::build(&settings, stop.clone()).await?;
+    let survivor_addr = survivor.local_addr()?;
+    tokio::spawn(survivor.run());
+
+    // The victim: a real chat-gateway process.
+    let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut victim = ChildGuard::spawn(
+        "chat-gateway",
+        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
+            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
+            .env("CHAT_HISTORY_URL", &history_url)
+            .env("CHAT_PRESENCE_URL", &presence_url)
+            .env("CHAT_REDIS_URL", redis.url())
+            .env("CHAT_AUTH_MODE", "jwt")
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_GATEWAY_ID", "victim")
+            .env("CHAT_HTTP_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+    )?;
+    wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
+
+    let mut bob =
+        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
+    bob.join("watch", None).await?;
+    let mut alice = WsClient::connect(&format!(
+        "ws://{survivor_addr}/v1/ws?token={}",
+        token("alice")
+    ))
+    .await?;
+    alice.join("watch", None).await?;
+    let online = alice
+        .request(json!({"type": "presence", "users": ["bob"]}))
+        .await?;
+    assert_eq!(online["users"]["bob"], true);
+
+    victim.kill();
+    let killed_at = Instant::now();
+    let event = loop {
+        let frame = alice.recv().await?;
+        if frame["type"] == "presence" {
+            break frame;
+        }
+    };
+    let took = killed_at.elapsed();
+    assert_eq!(
+        event,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": false})
+    );
+    // TTL + one heartbeat interval (TTL / 3), plus scheduling slack for a loaded 2-core box.
+    let bound = TTL + TTL / 3 + Duration::from_millis(700);
+    eprintln!("offline event {took:?} after SIGKILL (TTL {TTL:?}, bound {bound:?})");
+    assert!(
+        took <= bound,
+        "offline event after {took:?}, bound {bound:?}"
+    );
+    let offline = alice
+        .request(json!({"type": "presence", "users": ["bob", "alice"]}))
+        .await?;
+    assert_eq!(offline["users"], json!({"bob": false, "alice": true}));
+    // Exactly one event.
+    tokio::time::sleep(TTL).await;
+    alice.request(json!({"type": "ping"})).await?;
+    assert!(
+        !alice
+            .drain_backlog()
+            .iter()
+            .any(|f| f["type"] == "presence")
+    );
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Scale check of the Redis presence store (not a timed test; numbers are printed):
+//!
+//! - `Query` of 500 users: one MGET; median and p99 of 200 runs;
+//! - heartbeat of 100k users held by one gateway (chunks of 1000 users per EVALSHA);
+//! - Redis commands per heartbeat interval with 100k users, ttl 30 s, interval 10 s,
+//!   from `INFO commandstats` before and after (commands run inside scripts are counted
+//!   by Redis too, so both round trips and total commands are shown);
+//! - releasing a dead gateway that held 100k users in 100k room memberships.
+//!
+//! Run: `cargo bench -p chat-presence --bench presence_scale` (starts its own
+//! `redis-server` on a free port; `CHAT_TEST_REDIS_SERVER` picks the executable).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chat_model::{RoomId, UserId};
+use chat_presence::PresenceStore;
+use chat_presence::store::memory::MemoryPresence;
+use chat_presence::store::redis::RedisPresence;
+use chat_testkit::redis::RedisServer;
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::config::Config;
+use fred::types::{Builder, InfoKind};
+use futures_util::future::join_all;
+
+const USERS: usize = 100_000;
+const QUERY_USERS: usize = 500;
+const QUERY_RUNS: usize = 200;
+const TTL: Duration = Duration::from_secs(30);
+const INTERVAL: Duration = Duration::from_secs(10);
+/// Connections opened at once in the attach measurement.
+const IN_FLIGHT: usize = 64;
+
+fn user(i: usize) -> UserId {
+    UserId::parse(&format!("user{i}")).unwrap_or_else(|e| panic!("user id: {e}"))
+}
+
+fn median_and_p99(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+    (samples[samples.len() / 2], p99)
+}
+
+/// `INFO commandstats` as command -> calls (without INFO itself).
+async fn command_calls(client: &Client) -> anyhow::Result<BTreeMap<String, u64>> {
+    let text: String = client.info(Some(InfoKind::CommandStats)).await?;
+    let mut calls = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let n = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if name != "info" {
+            calls.insert(name.to_owned(), n);
+        }
+    }
+    Ok(calls)
+}
+
+fn diff(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+fn describe(calls: &BTreeMap<String, u64>) -> String {
+    calls
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn used_memory(client: &Client) -> anyhow::Result<String> {
+    let text: String = client.info(Some(InfoKind::Memory)).await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_human:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned())
+}
+
+struct Table(Vec<(String, String)>);
+
+impl Table {
+    fn row(&mut self, what: impl Into<String>, value: impl Into<String>) {
+        let (what, value) = (what.into(), value.into());
+        println!("  {what}: {value}");
+        self.0.push((what, value));
+    }
+
+    fn print(&self) {
+        let width = self.0.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+        println!("\n| {:width$} | result |", "measurement");
+        println!("|{}|--------|", "-".repeat(width + 2));
+        for (what, value) in &self.0 {
+            println!("| {what:width$} | {value} |");
+        }
+    }
+}
+
+async fn query_latency(store: &dyn PresenceStore) -> anyhow::Result<(Duration, Duration)> {
+    // Every 7th user asked, across the whole population; half of them online or not
+    // does not matter to MGET.
+    let asked: Vec<UserId> = (0..QUERY_USERS).map(|i| user(i * 7 % USERS)).collect();
+    let mut samples = Vec::with_capacity(QUERY_RUNS);
+    for _ in 0..QUERY_RUNS {
+        let start = Instant::now();
+        let online = store.online(&asked).await?;
+        samples.push(start.elapsed());
+        anyhow::ensure!(online.len() == QUERY_USERS);
+    }
+    Ok(median_and_p99(samples))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut table = Table(Vec::new());
+    let server = RedisServer::start().await?;
+    let store = RedisPresence::connect(&server.url(), TTL).await?;
+    let admin = Builder::from_config(Config::from_url(&server.url())?).build()?;
+    admin.init().await?;
+    let users: Vec<UserId> = (0..USERS).map(user).collect();
+    println!("presence scale check: {USERS} users, ttl {TTL:?}, heartbeat every {INTERVAL:?}");
+
+    // Attach throughput (not the main question, but what a reconnect storm costs).
+    let start = Instant::now();
+    let attach_users = &users[..10_000];
+    for batch in attach_users.chunks(IN_FLIGHT) {
+        let calls = batch.iter().map(|u| store.connect("gw-attach", u));
+        for result in join_all(calls).await {
+            result?;
+        }
+    }
+    let took = start.elapsed();
+    table.row(
+        format!("attach 10k users, {IN_FLIGHT} in flight"),
+        format!(
+            "{:.0} ms ({:.0} attach/s)",
+            took.as_secs_f64() * 1e3,
+            10_000.0 / took.as_secs_f64()
+        ),
+    );
+
+    // One gateway holding 100k users: its first heartbeat registers them.
+    let start = Instant::now();
+    store.heartbeat("gw-1", &users).await?;
+    table.row(
+        "first heartbeat, 100k users (registers them)",
+        format!("{:.0} ms", start.elapsed().as_secs_f64() * 1e3),
+    );
+    let mut beats = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        store.heartbeat("gw-1", &users).await?;
+        beats.push(start.elapsed());
+    }
+    let (median, _) = median_and_p99(beats);
+    table.row(
+        "heartbeat, 100k users, steady state (median of 5)",
+        format!("{:.0} ms", median.as_secs_f64() * 1e3),
+    );
+
+    let (median, p99) = query_latency(&store).await?;
+    table.row(
+        format!("query {QUERY_USERS} users, median / p99 of {QUERY_RUNS}"),
+        format!(
+            "{:.3} ms / {:.3} ms",
+            median.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        ),
+    );
+    let before = command_calls(&admin).await?;
+    store.online(&users[..QUERY_USERS]).await?;
+    let calls = diff(&before, &command_calls(&admin).await?);
+    table.row(
+        format!("Redis commands per query of {QUERY_USERS}"),
+        describe(&calls),
+    );
+
+    // One heartbeat interval: the gateway heartbeats once, then the service sweeps once
+    // (nothing expired).
+    let before = command_calls(&admin).await?;
+    store.heartbeat("gw-1", &users).await?;
+    let swept = store.sweep(1000).await?;
+    anyhow::ensure!(swept.is_empty());
+    let calls = diff(&before, &command_calls(&admin).await?);
+    let total: u64 = calls.values().sum();
+    let round_trips = calls.get("evalsha").copied().unwrap_or(0);
+    table.row(
+        format!("Redis commands per {INTERVAL:?} interval, 100k users, 1 gateway"),
+        format!("{round_trips} EVALSHA round trips; {total} commands incl. in-script"),
+    );
+    table.row("  of which", describe(&calls));
+    table.row(
+        "  per second",
+        format!(
+            "{:.0} round trips/s, {:.0} commands/s",
+            round_trips as f64 / INTERVAL.as_secs_f64(),
+            total as f64 / INTERVAL.as_secs_f64()
+        ),
+    );
+    table.row(
+        "Redis used_memory, 100k users online",
+        used_memory(&admin).await?,
+    );
+
+    // A gateway dies holding 100k users, each in one room: how long the sweep takes.
+    let short = RedisPresence::connect(&server.url(), Duration::from_secs(1)).await?;
+    let rooms: Vec<RoomId> = (0..100)
+        .map(|r| RoomId::parse(&format!("room{r}")).unwrap_or_else(|e| panic!("room: {e}")))
+        .collect();
+    short.heartbeat("gw-doomed", &users).await?;
+    for (chunk_no, chunk) in users.chunks(IN_FLIGHT).enumerate() {
+        let calls = chunk.iter().enumerate().map(|(i, u)| {
+            short.enter_room(
+                "gw-doomed",
+                u,
+                &rooms[(chunk_no * IN_FLIGHT + i) % rooms.len()],
+            )
+        });
+        for result in join_all(calls).await {
+            result?;
+        }
+    }
+    // Let its lease run out (the gateway "died" after its last call).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = command_calls(&admin).await?;
+    let start = Instant::now();
+    let mut exits = 0;
+    let mut sweeps = 0;
+    loop {
+        let batch = short.sweep(1000).await?;
+        sweeps += 1;
+        exits += batch.len();
+        if batch.is_empty() {
+            break;
+        }
+    }
+    let took = start.elapsed();
+    let calls = diff(&before, &command_calls(&admin).await?);
+    table.row(
+        "sweep of a dead gateway, 100k users in 100k room memberships",
+        format!(
+            "{:.0} ms, {exits} exits in {sweeps} sweep(1000) calls, {} EVALSHA",
+            took.as_secs_f64() * 1e3,
+            calls.get("evalsha").copied().unwrap_or(0)
+        ),
+    );
+
+    // The in-process store, for comparison.
+    let memory = MemoryPresence::new(TTL);
+    memory.heartbeat("gw-1", &users).await?;
+    let start = Instant::now();
+    memory.heartbeat("gw-1", &users).await?;
+    table.row(
+        "memory store: heartbeat, 100k users",
+        format!("{:.1} ms", start.elapsed().as_secs_f64() * 1e3),
+    );
+    let (median, _) = query_latency(&memory).await?;
+    table.row(
+        format!("memory store: query {QUERY_USERS} users, median"),
+        format!("{:.3} ms", median.as_secs_f64() * 1e3),
+    );
+
+    table.print();
+    let _ = admin.quit().await;
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The gRPC server: Presence plus the standard gRPC health service, on a listener bound
+//! before serving so that callers (and tests on port 0) know the address up front.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chat_metrics::{GrpcMetrics, Metrics};
+use chat_proto::presence::presence_server::{PresenceServer as PresenceGrpc, SERVICE_NAME};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::metrics::{MeteredPresence, PresenceMetrics, sample_stats};
+use crate::service::PresenceService;
+use crate::store::PresenceStore;
+
+/// How often the store is pinged to keep the health status current.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A ping slower than this counts as a failure.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On shutdown, how long the server keeps serving after reporting NOT_SERVING.
+pub const NOT_SERVING_LEAD: Duration = Duration::from_secs(1);
+/// After the server stops accepting, how long in-flight calls may take before `run`
+/// returns anyway.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A bound, not yet serving, presence gRPC server.
+#[derive(Debug)]
+pub struct PresenceServer {
+    /// Bound in [`PresenceServer::bind`], so the port is known before serving.
+    listener: TcpListener,
+    /// The actual address (differs from the requested one for port 0).
+    local_addr: SocketAddr,
+    /// The backend every call goes to (timed and counted), also pinged for health.
+    store: Arc<dyn PresenceStore>,
+    /// Counts and times every gRPC call served.
+    grpc: GrpcMetrics,
+    /// Its gauges of online users and gateways are sampled while serving.
+    metrics: PresenceMetrics,
+}
+
+impl PresenceServer {
+    /// Binds `addr` (port 0 picks a free port) and logs `grpc listening on <addr>`. Its
+    /// metrics are recorded but exposed nowhere; see [`PresenceServer::bind_with_metrics`].
+    pub async fn bind(addr: SocketAddr, store: Arc<dyn PresenceStore>) -> io::Result<Self> {
+        let mut registry = chat_metrics::Registry::default();
+        let metrics = PresenceMetrics::register(&mut registry);
+        Self::bind_metered(addr, store, GrpcMetrics::default(), metrics).await
+    }
+
+    /// Like [`PresenceServer::bind`], registering the `chat_presence_*` families in the
+    /// process's registry and recording gRPC calls in its shared `grpc_server_*` ones.
+    pub async fn bind_with_metrics(
+        addr: SocketAddr,
+        store: Arc<dyn PresenceStore>,
+        metrics: &mut Metrics,
+    ) -> io::Result<Self> {
+        let presence =
+            PresenceMetrics::register(metrics.registry.sub_registry_with_prefix("chat_presence"));
+        Self::bind_metered(addr, store, metrics.grpc.clone(), presence).await
+    }
+
+    async fn bind_metered(
+        addr: SocketAddr,
+        store: Arc<dyn PresenceStore>,
+        grpc: GrpcMetrics,
+        metrics: PresenceMetrics,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!("grpc listening on {local_addr}");
+        Ok(Self {
+            listener,
+            local_addr,
+            store: Arc::new(MeteredPresence::new(store, metrics.clone())),
+            grpc,
+            metrics,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves Presence and `grpc.health.v1.Health` until `shutdown` is cancelled, then
+    /// reports NOT_SERVING, keeps serving for [`NOT_SERVING_LEAD`], stops accepting and
+    /// lets in-flight calls finish (at most [`DRAIN_GRACE`]).
+    ///
+    /// Health (for the service `chat.presence.v1.Presence` and the whole server `""`) is
+    /// SERVING while the store answers pings, NOT_SERVING otherwise.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Not ready until the first ping succeeds.
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let stop_health = shutdown.child_token();
+        let health_task = tokio::spawn(report_health(
+            Arc::clone(&self.store),
+            reporter,
+            stop_health.clone(),
+        ));
+        let stats_task = tokio::spawn(sample_stats(
+            Arc::clone(&self.store),
+            self.metrics.clone(),
+            stop_health.clone(),
+        ));
+
+        // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs can
+        // add tens of milliseconds per call.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let serve = Server::builder()
+            .layer(self.grpc.server_layer())
+            .add_service(health_service)
+            .add_service(PresenceGrpc::new(PresenceService::new(self.store)))
+            .serve_with_incoming_shutdown(incoming, stop_serving(&shutdown, &stop_health));
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(NOT_SERVING_LEAD + DRAIN_GRACE).await;
+        };
+        let result = tokio::select! {
+            served = serve => served.context("grpc server failed"),
+            () = grace => {
+                tracing::warn!("grpc calls still open after {DRAIN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        stop_health.cancel();
+        if let Err(e) = health_task.await {
+            tracing::error!(error = %e, "health reporter task failed");
+        }
+        if let Err(e) = stats_task.await {
+            tracing::error!(error = %e, "presence stats task failed");
+        }
+        tracing::info!(addr = %self.local_addr, "grpc server stopped");
+        result
+    }
+}
+
+/// What stops the server: shutdown, then NOT_SERVING in health, then
+/// [`NOT_SERVING_LEAD`] more of serving, so health-checking clients and balancers move away
+/// before connections are refused.
+fn stop_serving(
+    shutdown: &CancellationToken,
+    stop_health: &CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let shutdown = shutdown.clone();
+    let stop_health = stop_health.clone();
+    async move {
+        shutdown.cancelled().await;
+        // The health task reports NOT_SERVING as it stops.
+        stop_health.cancel();
+        tokio::time::sleep(NOT_SERVING_LEAD).await;
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status(SERVICE_NAME, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Pings the store every [`HEALTH_INTERVAL`] and reports the outcome until `stop`, then
+/// reports NOT_SERVING.
+async fn report_health(
+    store: Arc<dyn PresenceStore>,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = None;
+    loop {
+        let ping = async {
+            tick.tick().await;
+            tokio::time::timeout(PING_TIMEOUT, store.ping()).await
+        };
+        let healthy = tokio::select! {
+            () = stop.cancelled() => break,
+            pinged = ping => match pinged {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    if serving != Some(false) {
+                        tracing::warn!(error = %e, "store ping failed: NOT_SERVING");
+                    }
+                    false
+                }
+                Err(_) => {
+                    if serving != Some(false) {
+                        tracing::warn!("store ping timed out after {PING_TIMEOUT:?}: NOT_SERVING");
+                    }
+                    false
+                }
+            },
+        };
+        if serving != Some(healthy) {
+            if healthy {
+                tracing::info!("store reachable: SERVING");
+            }
+            let status = if healthy {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&reporter, status).await;
+            serving = Some(healthy);
+        }
+    }
+    set_health(&reporter, ServingStatus::NotServing).await;
+}

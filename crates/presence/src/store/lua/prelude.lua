@@ -1,0 +1,31 @@
+-- Shared head of every presence script: key names, the clock and the gateway lease.
+-- Keys are built here from ids passed in ARGV (ids never contain spaces), so the scripts
+-- need one Redis server (or primary), not a cluster.
+local GATEWAYS = 'presence:gateways'
+local function user_key(uid) return 'presence:user:' .. uid end
+local function user_gws_key(uid) return 'presence:user:' .. uid .. ':gws' end
+local function room_key(room) return 'presence:room:' .. room end
+local function gw_users_key(gw) return 'presence:gw:' .. gw .. ':users' end
+local function gw_rooms_key(gw) return 'presence:gw:' .. gw .. ':rooms' end
+local function gw_left_key(gw) return 'presence:gw:' .. gw .. ':left' end
+
+-- Redis' clock, so that every presence replica agrees on lease deadlines.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Whether gw's lease runs until `now` or later.
+local function lease_valid(gw, now)
+  local deadline = redis.call('ZSCORE', GATEWAYS, gw)
+  return deadline ~= false and tonumber(deadline) >= now
+end
+
+-- Whether a gateway with a valid lease holds uid.
+local function held_live(uid, now)
+  for _, gw in ipairs(redis.call('SMEMBERS', user_gws_key(uid))) do
+    if lease_valid(gw, now) then return true end
+  end
+  return false
+end
+

@@ -1,0 +1,319 @@
+//! The gRPC surface, end to end: a real `PresenceServer` on port 0 over the in-memory
+//! store, driven by the generated tonic client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_presence::PresenceServer;
+use chat_presence::store::memory::MemoryPresence;
+use chat_proto::presence::presence_client::PresenceClient;
+use chat_proto::presence::{HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, UserRequest};
+use chat_testkit::process::eventually;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The lease of the test server.
+const TTL: Duration = Duration::from_millis(600);
+
+/// A running server; cancelled and awaited by [`Running::stop`].
+struct Running {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start() -> Self {
+        let store = Arc::new(MemoryPresence::new(TTL));
+        let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store)
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Self {
+            url: format!("http://{addr}"),
+            shutdown,
+            task,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("server stops within the grace period")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}
+
+fn user_req(gateway: &str, user: &str) -> UserRequest {
+    UserRequest {
+        gateway: gateway.into(),
+        user: user.into(),
+    }
+}
+
+fn room_req(gateway: &str, user: &str, room: &str) -> RoomRequest {
+    RoomRequest {
+        gateway: gateway.into(),
+        user: user.into(),
+        room: room.into(),
+    }
+}
+
+fn heartbeat(gateway: &str, users: &[&str]) -> HeartbeatRequest {
+    HeartbeatRequest {
+        gateway: gateway.into(),
+        users: users.iter().map(|u| (*u).to_owned()).collect(),
+    }
+}
+
+fn query(users: &[&str]) -> QueryRequest {
+    QueryRequest {
+        users: users.iter().map(|u| (*u).to_owned()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn transitions_queries_and_expiry() {
+    let server = Running::start().await;
+    let mut client = PresenceClient::new(server.channel().await);
+
+    let changed = |r: Result<tonic::Response<chat_proto::presence::Transition>, tonic::Status>| {
+        r.expect("call").into_inner().changed
+    };
+    assert!(changed(client.attach(user_req("gw1", "alice")).await));
+    assert!(!changed(client.attach(user_req("gw2", "alice")).await));
+    assert!(changed(client.attach(user_req("gw2", "bob")).await));
+    let online = client
+        .query(query(&["alice", "bob", "carol"]))
+        .await
+        .expect("query")
+        .into_inner()
+        .online;
+    assert_eq!(online, vec![true, true, false]);
+
+    let room_changed = |r: Result<
+        tonic::Response<chat_proto::presence::RoomTransition>,
+        tonic::Status,
+    >| { r.expect("call").into_inner().changed };
+    assert!(room_changed(
+        client.enter_room(room_req("gw1", "alice", "general")).await
+    ));
+    assert!(!room_changed(
+        client.enter_room(room_req("gw2", "alice", "general")).await
+    ));
+    assert!(!room_changed(
+        client.leave_room(room_req("gw2", "alice", "general")).await
+    ));
+    assert!(room_changed(
+        client.enter_room(room_req("gw2", "bob", "general")).await
+    ));
+
+    assert!(!changed(client.detach(user_req("gw2", "alice")).await));
+    let reply = client
+        .heartbeat(heartbeat("gw2", &["bob"]))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert_eq!(reply.ttl_ms, 600);
+    assert!(reply.expired.is_empty());
+
+    // gw1 goes silent; gw2 keeps heartbeating and is handed alice's exit once.
+    let mut exits = Vec::new();
+    let mut tick = tokio::time::interval(TTL / 3);
+    let deadline = tokio::time::Instant::now() + TTL * 4;
+    while exits.is_empty() && tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        let reply = client
+            .heartbeat(heartbeat("gw2", &["bob"]))
+            .await
+            .expect("heartbeat")
+            .into_inner();
+        exits.extend(reply.expired);
+    }
+    assert_eq!(
+        exits,
+        vec![RoomExit {
+            room: "general".into(),
+            user: "alice".into()
+        }]
+    );
+    let reply = client
+        .heartbeat(heartbeat("gw2", &["bob"]))
+        .await
+        .expect("heartbeat")
+        .into_inner();
+    assert!(reply.expired.is_empty(), "handed out once");
+    let online = client
+        .query(query(&["alice", "bob"]))
+        .await
+        .expect("query")
+        .into_inner()
+        .online;
+    assert_eq!(online, vec![false, true]);
+    assert!(changed(client.detach(user_req("gw2", "bob")).await));
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_are_invalid_argument() {
+    let server = Running::start().await;
+    let mut client = PresenceClient::new(server.channel().await);
+
+    for req in [
+        user_req("", "alice"),
+        user_req("gw 1", "alice"),
+        user_req("gw|1", "alice"),
+        user_req(&"g".repeat(65), "alice"),
+        user_req("gw1", ""),
+        user_req("gw1", "al ice"),
+    ] {
+        let what = format!("{req:?}");
+        let status = client.attach(req.clone()).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        let status = client.detach(req).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    for req in [
+        room_req("gw1", "alice", ""),
+        room_req("gw1", "alice", "no spaces"),
+        room_req("gw1", "alice", "dm:bob:alice"),
+        room_req("gw1", "a b", "general"),
+        room_req("", "alice", "general"),
+    ] {
+        let what = format!("{req:?}");
+        let status = client.enter_room(req.clone()).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        let status = client.leave_room(req).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    for req in [heartbeat("", &[]), heartbeat("gw1", &["ok", "not ok"])] {
+        let what = format!("{req:?}");
+        let status = client.heartbeat(req).await.expect_err(&what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    let status = client.query(query(&["a", ""])).await.expect_err("empty id");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // 500 users is the limit; 501 is refused, not truncated.
+    let names: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let online = client
+        .query(query(&refs[..500]))
+        .await
+        .expect("500 users")
+        .into_inner()
+        .online;
+    assert_eq!(online.len(), 500);
+    let status = client.query(query(&refs)).await.expect_err("501 users");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("500"), "{status:?}");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let server = Running::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["chat.presence.v1.Presence", ""] {
+        eventually(Duration::from_secs(10), "health SERVING", || {
+            let mut health = health.clone();
+            async move {
+                let reply = health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (reply.status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await
+        .expect("serving");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_follows_redis() {
+    let redis = chat_testkit::redis::RedisServer::start()
+        .await
+        .expect("start redis-server");
+    let store = chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL)
+        .await
+        .expect("connect");
+    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), Arc::new(store))
+        .await
+        .expect("bind");
+    let url = format!("http://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let channel = Channel::from_shared(url)
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = HealthClient::new(channel);
+    let status_is = |want: ServingStatus| {
+        let health = health.clone();
+        move || {
+            let mut health = health.clone();
+            async move {
+                let reply = health
+                    .check(HealthCheckRequest {
+                        service: "chat.presence.v1.Presence".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (reply.status == want as i32).then_some(())
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "SERVING",
+        status_is(ServingStatus::Serving),
+    )
+    .await
+    .expect("serving while Redis is up");
+    // Pings fail (after the 5 s command timeout at most) once Redis is gone.
+    drop(redis);
+    eventually(
+        Duration::from_secs(20),
+        "NOT_SERVING",
+        status_is(ServingStatus::NotServing),
+    )
+    .await
+    .expect("not serving while Redis is down");
+    shutdown.cancel();
+    task.await
+        .expect("server task")
+        .expect("server ran cleanly");
+}

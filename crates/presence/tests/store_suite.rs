@@ -1,0 +1,674 @@
+//! The behaviour every `PresenceStore` backend must show, run against each of them:
+//! `memory::*` in process, `redis::*` on a private `redis-server` per test.
+//!
+//! Leases are short ([`TTL`]) so that expiry is seen quickly; gateways heartbeat every
+//! ttl / 3 as in production. Waits poll with deadlines; the only sleeps are the heartbeat
+//! cadence itself.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_model::{RoomId, UserId};
+use chat_presence::store::memory::MemoryPresence;
+use chat_presence::store::redis::RedisPresence;
+use chat_presence::{PresenceStats, PresenceStore, RoomExit};
+use chat_testkit::process::eventually;
+use chat_testkit::redis::RedisServer;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The lease in these tests.
+const TTL: Duration = Duration::from_millis(600);
+/// How often live gateways heartbeat: ttl / 3, as the proto asks.
+const INTERVAL: Duration = Duration::from_millis(200);
+/// Scheduling slack on a busy test machine, on top of the promised bounds.
+const SLACK: Duration = Duration::from_millis(300);
+
+/// A store plus whatever must outlive it.
+struct Fixture {
+    store: Arc<dyn PresenceStore>,
+    /// The Redis server of a Redis store.
+    redis: Option<RedisServer>,
+}
+
+impl Fixture {
+    /// Another presence replica on the same backend (the same store in memory, which is
+    /// only ever shared within one process).
+    async fn replica(&self) -> Arc<dyn PresenceStore> {
+        match &self.redis {
+            Some(server) => Arc::new(
+                RedisPresence::connect(&server.url(), TTL)
+                    .await
+                    .expect("connect second replica"),
+            ),
+            None => Arc::clone(&self.store),
+        }
+    }
+}
+
+async fn open_memory() -> Fixture {
+    Fixture {
+        store: Arc::new(MemoryPresence::new(TTL)),
+        redis: None,
+    }
+}
+
+async fn open_redis() -> Fixture {
+    let server = RedisServer::start().await.expect("start redis-server");
+    let store = RedisPresence::connect(&server.url(), TTL)
+        .await
+        .expect("connect redis store");
+    Fixture {
+        store: Arc::new(store),
+        redis: Some(server),
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).expect("valid user")
+}
+
+fn rid(s: &str) -> RoomId {
+    RoomId::parse(s).expect("valid room")
+}
+
+fn exit(room: &str, user: &str) -> RoomExit {
+    RoomExit {
+        room: rid(room),
+        user: uid(user),
+    }
+}
+
+async fn online(store: &dyn PresenceStore, user: &str) -> bool {
+    let reply = store.online(&[uid(user)]).await.expect("online");
+    assert_eq!(reply.len(), 1);
+    reply[0]
+}
+
+/// A live gateway: heartbeats every [`INTERVAL`] and sweeps after each heartbeat, as the
+/// service does, collecting the exits it is handed.
+struct Heartbeats {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    exits: Arc<Mutex<Vec<RoomExit>>>,
+    /// Heartbeat-and-sweep rounds completed.
+    rounds: Arc<AtomicUsize>,
+}
+
+impl Heartbeats {
+    fn start(store: Arc<dyn PresenceStore>, gateway: &str, users: &[&str]) -> Self {
+        let stop = CancellationToken::new();
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let gateway = gateway.to_owned();
+        let users: Vec<UserId> = users.iter().map(|u| uid(u)).collect();
+        let task = tokio::spawn({
+            let (stop, exits, rounds) = (stop.clone(), Arc::clone(&exits), Arc::clone(&rounds));
+            async move {
+                let mut tick = tokio::time::interval(INTERVAL);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    // Failures (Redis restarting) are retried at the next tick.
+                    if store.heartbeat(&gateway, &users).await.is_ok()
+                        && let Ok(batch) = store.sweep(1000).await
+                    {
+                        exits.lock().expect("exits").extend(batch);
+                        rounds.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            task,
+            exits,
+            rounds,
+        }
+    }
+
+    /// Waits until `n` more rounds completed.
+    async fn wait_beats(&self, n: usize) {
+        let target = self.rounds.load(Ordering::SeqCst) + n;
+        eventually(INTERVAL * (n as u32 + 5), "heartbeat rounds", || async {
+            (self.rounds.load(Ordering::SeqCst) >= target).then_some(())
+        })
+        .await
+        .expect("heartbeats keep coming");
+    }
+
+    fn exits(&self) -> Vec<RoomExit> {
+        self.exits.lock().expect("exits").clone()
+    }
+
+    async fn stop(self) -> Vec<RoomExit> {
+        self.stop.cancel();
+        let Self { task, exits, .. } = self;
+        task.await.expect("heartbeat task");
+        exits.lock().expect("exits").clone()
+    }
+}
+
+// ---- the behaviours ----
+
+async fn online_with_one_connection(fx: &Fixture) {
+    let store = &*fx.store;
+    assert!(!online(store, "alice").await);
+    assert!(store.connect("gw1", &uid("alice")).await.expect("connect"));
+    assert!(online(store, "alice").await);
+    // Repeating the call is no new transition.
+    assert!(!store.connect("gw1", &uid("alice")).await.expect("again"));
+    let many = store
+        .online(&[uid("bob"), uid("alice"), uid("carol"), uid("alice")])
+        .await
+        .expect("online");
+    assert_eq!(many, vec![false, true, false, true]);
+    assert!(store.online(&[]).await.expect("nobody").is_empty());
+    store.ping().await.expect("ping");
+}
+
+async fn second_device_keeps_user_online(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    assert!(store.connect("gw1", &alice).await.expect("connect 1"));
+    assert!(!store.connect("gw2", &alice).await.expect("connect 2"));
+    assert!(!store.disconnect("gw1", &alice).await.expect("disconnect 1"));
+    assert!(online(store, "alice").await, "still on gw2");
+    assert!(store.disconnect("gw2", &alice).await.expect("disconnect 2"));
+    assert!(!online(store, "alice").await, "offline at once");
+    // Repeats and strangers change nothing.
+    assert!(!store.disconnect("gw2", &alice).await.expect("repeat"));
+    assert!(
+        !store
+            .disconnect("gw3", &uid("bob"))
+            .await
+            .expect("stranger")
+    );
+    // And back.
+    assert!(store.connect("gw2", &alice).await.expect("reconnect"));
+    assert!(online(store, "alice").await);
+}
+
+async fn rooms_counted_across_gateways(fx: &Fixture) {
+    let store = &*fx.store;
+    let (alice, room) = (uid("alice"), rid("general"));
+    for gw in ["gw1", "gw2"] {
+        store.connect(gw, &alice).await.expect("connect");
+    }
+    assert!(
+        store
+            .enter_room("gw1", &alice, &room)
+            .await
+            .expect("enter 1")
+    );
+    assert!(
+        !store
+            .enter_room("gw1", &alice, &room)
+            .await
+            .expect("repeat")
+    );
+    assert!(
+        !store
+            .enter_room("gw2", &alice, &room)
+            .await
+            .expect("enter 2")
+    );
+    assert!(
+        !store
+            .leave_room("gw1", &alice, &room)
+            .await
+            .expect("leave 1")
+    );
+    assert!(
+        !store
+            .leave_room("gw1", &alice, &room)
+            .await
+            .expect("repeat")
+    );
+    assert!(
+        !store
+            .leave_room("gw3", &alice, &room)
+            .await
+            .expect("stranger")
+    );
+    assert!(
+        store
+            .leave_room("gw2", &alice, &room)
+            .await
+            .expect("leave 2")
+    );
+    assert!(
+        !store
+            .leave_room("gw2", &alice, &room)
+            .await
+            .expect("repeat")
+    );
+    // Rooms and users are independent.
+    let dm = rid("dm:alice:bob");
+    assert!(store.enter_room("gw1", &alice, &dm).await.expect("dm"));
+    assert!(
+        store
+            .enter_room("gw1", &uid("bob"), &dm)
+            .await
+            .expect("bob")
+    );
+    assert!(store.enter_room("gw1", &alice, &room).await.expect("again"));
+    assert!(
+        store
+            .leave_room("gw1", &alice, &dm)
+            .await
+            .expect("leave dm")
+    );
+    assert!(
+        store
+            .leave_room("gw1", &uid("bob"), &dm)
+            .await
+            .expect("bob")
+    );
+}
+
+/// A gateway stops heartbeating (killed); another keeps going. Within ttl + one interval
+/// its user is offline and the sweep hands out its room exits exactly once; a user the
+/// live gateway also holds stays online and in the room.
+async fn dead_gateway_is_released(fx: &Fixture) {
+    let store = &fx.store;
+    let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
+    // alice only on the doomed gateway, bob on both, carol only on the live one.
+    for user in [&alice, &bob] {
+        store.connect("doomed", user).await.expect("connect");
+    }
+    for user in [&bob, &carol] {
+        store.connect("live", user).await.expect("connect");
+    }
+    for (gw, user, room) in [
+        ("doomed", &alice, "r1"),
+        ("doomed", &alice, "r2"),
+        ("doomed", &bob, "r1"),
+        ("live", &bob, "r1"),
+        ("live", &carol, "r2"),
+    ] {
+        store
+            .enter_room(gw, user, &rid(room))
+            .await
+            .expect("enter room");
+    }
+    let live = Heartbeats::start(Arc::clone(store), "live", &["bob", "carol"]);
+    store
+        .heartbeat("doomed", &[alice.clone(), bob.clone()])
+        .await
+        .expect("last heartbeat");
+    // From here on, "doomed" is silent.
+    let died = Instant::now();
+
+    eventually(TTL * 3, "alice offline and her exits swept", || {
+        let (store, live) = (Arc::clone(store), &live);
+        async move {
+            let gone = !online(&*store, "alice").await;
+            (gone && live.exits().len() >= 2).then_some(())
+        }
+    })
+    .await
+    .expect("released");
+    let took = died.elapsed();
+    assert!(
+        took <= TTL + INTERVAL + SLACK,
+        "released after {took:?}, promised ttl + interval = {:?}",
+        TTL + INTERVAL
+    );
+    // A few more heartbeats and sweeps: nothing more comes, bob and carol are untouched.
+    live.wait_beats(3).await;
+    let exits = live.stop().await;
+    let got: BTreeSet<_> = exits.iter().cloned().collect();
+    assert_eq!(got.len(), exits.len(), "an exit came twice: {exits:?}");
+    assert_eq!(
+        got,
+        BTreeSet::from([exit("r1", "alice"), exit("r2", "alice")])
+    );
+    assert!(store.sweep(1000).await.expect("sweep").is_empty());
+    assert!(online(&**store, "bob").await);
+    assert!(online(&**store, "carol").await);
+    // bob is in r1 on the live gateway only now: leaving there is the last leave.
+    assert!(
+        store
+            .leave_room("live", &bob, &rid("r1"))
+            .await
+            .expect("leave")
+    );
+    // And alice's memberships are gone: entering is a first entry again.
+    store.connect("live", &alice).await.expect("alice back");
+    assert!(
+        store
+            .enter_room("live", &alice, &rid("r1"))
+            .await
+            .expect("enter")
+    );
+}
+
+/// Heartbeats every ttl / 3 keep a user online at every check for 3 × ttl, and sweeping
+/// meanwhile releases nothing.
+async fn no_flapping_while_heartbeats_arrive(fx: &Fixture) {
+    let store = &fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    store
+        .enter_room("gw1", &alice, &rid("general"))
+        .await
+        .expect("enter");
+    let beats = Heartbeats::start(Arc::clone(store), "gw1", &["alice"]);
+    let start = Instant::now();
+    let mut checks = 0;
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    while start.elapsed() < TTL * 3 {
+        poll.tick().await;
+        assert!(
+            online(&**store, "alice").await,
+            "offline after {:?}",
+            start.elapsed()
+        );
+        checks += 1;
+    }
+    assert!(checks >= 20, "only {checks} checks");
+    assert!(store.sweep(1000).await.expect("sweep").is_empty());
+    assert_eq!(beats.stop().await, Vec::new());
+}
+
+/// Two presence replicas sweep the same dead gateway at once: every exit is returned
+/// exactly once in total.
+async fn replicas_sweep_each_exit_once(fx: &Fixture) {
+    const USERS: usize = 150;
+    const ROOMS: usize = 4;
+    let store = &fx.store;
+    let mut expected = BTreeSet::new();
+    for u in 0..USERS {
+        let user = uid(&format!("u{u}"));
+        store.connect("doomed", &user).await.expect("connect");
+        for r in 0..ROOMS {
+            let room = rid(&format!("room{r}"));
+            store
+                .enter_room("doomed", &user, &room)
+                .await
+                .expect("enter");
+            expected.insert(RoomExit {
+                room,
+                user: user.clone(),
+            });
+        }
+    }
+    let replicas = [Arc::clone(store), fx.replica().await];
+    // The first non-empty sweep proves the lease expired.
+    let first = eventually(TTL * 3, "the lease to expire", || {
+        let store = Arc::clone(store);
+        async move {
+            let batch = store.sweep(50).await.expect("sweep");
+            (!batch.is_empty()).then_some(batch)
+        }
+    })
+    .await
+    .expect("expired");
+    let sweepers = replicas.map(|replica| {
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = replica.sweep(50).await.expect("sweep");
+                assert!(batch.len() <= 50);
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch);
+            }
+        })
+    });
+    let mut all = first;
+    for sweeper in sweepers {
+        all.extend(sweeper.await.expect("sweeper"));
+    }
+    let got: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(got.len(), all.len(), "some exit was returned twice");
+    assert_eq!(got, expected);
+    let users: Vec<UserId> = (0..USERS).map(|u| uid(&format!("u{u}"))).collect();
+    assert!(
+        store
+            .online(&users)
+            .await
+            .expect("online")
+            .iter()
+            .all(|o| !o)
+    );
+}
+
+/// A heartbeat computed before a disconnect but arriving after it must not bring the
+/// user back; a ttl after the disconnect, a heartbeat naming the user is believed again.
+async fn late_heartbeat_does_not_revive(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+    store
+        .heartbeat("gw1", std::slice::from_ref(&alice))
+        .await
+        .expect("stale heartbeat");
+    assert!(!online(store, "alice").await);
+    // Another gateway's heartbeat is not affected by gw1's disconnect.
+    store
+        .heartbeat("gw2", std::slice::from_ref(&alice))
+        .await
+        .expect("gw2 heartbeat");
+    assert!(online(store, "alice").await);
+    assert!(
+        store
+            .disconnect("gw2", &alice)
+            .await
+            .expect("disconnect gw2")
+    );
+    let start = Instant::now();
+    eventually(TTL * 3, "gw1's heartbeat to count again", || async {
+        store
+            .heartbeat("gw1", std::slice::from_ref(&alice))
+            .await
+            .expect("heartbeat");
+        online(store, "alice").await.then_some(())
+    })
+    .await
+    .expect("registered again");
+    assert!(
+        start.elapsed() + SLACK >= TTL,
+        "too early: {:?}",
+        start.elapsed()
+    );
+    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+}
+
+/// A gateway that was silent for longer than its lease is swept as dead; when it turns
+/// out to be alive, its next heartbeat brings its users back, and they can leave cleanly.
+async fn silent_gateway_comes_back(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    store
+        .enter_room("gw1", &alice, &rid("general"))
+        .await
+        .expect("enter");
+    let exits = eventually(TTL * 3, "gw1 swept", || async {
+        let batch = store.sweep(1000).await.expect("sweep");
+        (!batch.is_empty()).then_some(batch)
+    })
+    .await
+    .expect("swept");
+    assert_eq!(exits, vec![exit("general", "alice")]);
+    assert!(!online(store, "alice").await);
+    store
+        .heartbeat("gw1", std::slice::from_ref(&alice))
+        .await
+        .expect("heartbeat");
+    assert!(online(store, "alice").await, "back with the heartbeat");
+    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+    assert!(!online(store, "alice").await);
+}
+
+/// A heartbeat registers users the gateway holds but presence does not know (their
+/// connect was lost), in chunks as large as the Redis backend uses (1000).
+async fn heartbeat_registers_unknown_users(fx: &Fixture) {
+    let store = &*fx.store;
+    let users: Vec<UserId> = (0..2500).map(|u| uid(&format!("user{u}"))).collect();
+    assert!(store.connect("gw1", &users[0]).await.expect("connect"));
+    store.heartbeat("gw1", &users).await.expect("heartbeat");
+    let online = store.online(&users).await.expect("online");
+    assert_eq!(online.len(), users.len());
+    assert!(online.iter().all(|o| *o));
+    assert!(!store.connect("gw1", &users[2499]).await.expect("connect"));
+    assert!(
+        store
+            .disconnect("gw1", &users[2499])
+            .await
+            .expect("disconnect")
+    );
+    assert!(
+        store
+            .disconnect("gw1", &users[1234])
+            .await
+            .expect("disconnect")
+    );
+    assert_eq!(
+        store
+            .online(&[users[1233].clone(), users[1234].clone()])
+            .await
+            .expect("online"),
+        vec![true, false]
+    );
+}
+
+async fn stats_count_live_gateways_and_their_users(fx: &Fixture) {
+    let store = &*fx.store;
+    let stats = |gateways, users| PresenceStats { gateways, users };
+    assert_eq!(store.stats().await.expect("stats"), stats(0, 0));
+    for (gw, user) in [("gw1", "alice"), ("gw1", "bob"), ("gw2", "alice")] {
+        store.connect(gw, &uid(user)).await.expect("connect");
+    }
+    // alice counts once per gateway holding her.
+    assert_eq!(store.stats().await.expect("stats"), stats(2, 3));
+    store
+        .disconnect("gw1", &uid("bob"))
+        .await
+        .expect("disconnect");
+    assert_eq!(store.stats().await.expect("stats"), stats(2, 2));
+    // gw2 falls silent: once its lease is over it no longer counts, before any sweep.
+    let gw1 = Heartbeats::start(Arc::clone(&fx.store), "gw1", &["alice"]);
+    eventually(TTL + SLACK, "gw2's lease to end", || async {
+        (store.stats().await.expect("stats") == stats(1, 1)).then_some(())
+    })
+    .await
+    .expect("only gw1 is live");
+    gw1.stop().await;
+}
+
+macro_rules! suite {
+    ($backend:ident, $open:path, [$($case:ident),+ $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fx = $open().await;
+                    super::$case(&fx).await;
+                }
+            )+
+        }
+    };
+}
+
+suite!(
+    memory,
+    super::open_memory,
+    [
+        online_with_one_connection,
+        second_device_keeps_user_online,
+        rooms_counted_across_gateways,
+        dead_gateway_is_released,
+        no_flapping_while_heartbeats_arrive,
+        replicas_sweep_each_exit_once,
+        late_heartbeat_does_not_revive,
+        silent_gateway_comes_back,
+        heartbeat_registers_unknown_users,
+        stats_count_live_gateways_and_their_users,
+    ]
+);
+
+suite!(
+    redis,
+    super::open_redis,
+    [
+        online_with_one_connection,
+        second_device_keeps_user_online,
+        rooms_counted_across_gateways,
+        dead_gateway_is_released,
+        no_flapping_while_heartbeats_arrive,
+        replicas_sweep_each_exit_once,
+        late_heartbeat_does_not_revive,
+        silent_gateway_comes_back,
+        heartbeat_registers_unknown_users,
+        stats_count_live_gateways_and_their_users,
+    ]
+);
+
+// ---- backend-specific behaviour ----
+
+/// Redis dies and comes back empty: the gateway's heartbeats restore online status within
+/// one interval of Redis answering again, and the restored state is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_heartbeats_restore_online() {
+    let mut fx = open_redis().await;
+    let store = Arc::clone(&fx.store);
+    let alice = uid("alice");
+    for gw in ["gw1", "gw2"] {
+        store.connect(gw, &alice).await.expect("connect");
+    }
+    let beats = [
+        Heartbeats::start(Arc::clone(&store), "gw1", &["alice"]),
+        Heartbeats::start(Arc::clone(&store), "gw2", &["alice"]),
+    ];
+    fx.redis
+        .as_mut()
+        .expect("redis fixture")
+        .restart()
+        .await
+        .expect("restart redis");
+    // Redis is up again; the client reconnects with backoff (at most 2 s between tries).
+    let back = Instant::now();
+    eventually(Duration::from_secs(5), "Redis answering", || async {
+        store.ping().await.ok()
+    })
+    .await
+    .expect("redis back");
+    let answering = back.elapsed();
+    eventually(INTERVAL + SLACK, "alice online again", || async {
+        online(&*store, "alice").await.then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e} (Redis answered after {answering:?})"));
+    // Both gateways re-registered her: one leaving keeps her online.
+    for b in beats {
+        assert!(b.stop().await.is_empty());
+    }
+    assert!(!store.disconnect("gw1", &alice).await.expect("disconnect 1"));
+    assert!(online(&*store, "alice").await);
+    assert!(store.disconnect("gw2", &alice).await.expect("disconnect 2"));
+    assert!(!online(&*store, "alice").await);
+}
+
+/// The store answers MGET for one key and for 500 keys with one value each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_query_of_500_users() {
+    let fx = open_redis().await;
+    let store = &*fx.store;
+    let users: Vec<UserId> = (0..500).map(|u| uid(&format!("u{u}"))).collect();
+    for user in users.iter().step_by(3) {
+        store.connect("gw1", user).await.expect("connect");
+    }
+    let online = store.online(&users).await.expect("online");
+    let expected: Vec<bool> = (0..500).map(|u| u % 3 == 0).collect();
+    assert_eq!(online, expected);
+}

@@ -1,0 +1,599 @@
+// End-to-end test of the web client in real headless Chromium against the real `chat`
+// binary: two users (a desktop and a 360px phone) chat in a room and a DM, one reloads,
+// the server is restarted mid-session, and every page must end up showing every message
+// exactly once, in seq order, exactly as the server stored them.
+//
+//   CHAT_BIN=target/debug/chat node --test tests/browser/   (scripts/browser-test.sh does it all)
+//
+// Environment: CHAT_BIN (default target/debug/chat), CHROMIUM_BIN (default
+// /usr/bin/chromium). Screenshots and the server log go to tests-artifacts/browser/.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const CHAT_BIN = path.resolve(ROOT, process.env.CHAT_BIN ?? 'target/debug/chat');
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+const ARTIFACTS = path.join(ROOT, 'tests-artifacts', 'browser');
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+/** Upper bound for any single wait in the browser. */
+const WAIT_MS = 15_000;
+/** Upper bound for the pages to notice a restarted server (backoff grows to ~8 s). */
+const RECOVER_MS = 30_000;
+const STEP = { timeout: 60_000 };
+
+// ------------------------------------------------------------------ the chat process
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` until it returns a truthy value or `ms` pass. */
+async function eventually(what, ms, check) {
+  const deadline = Date.now() + ms;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (err) {
+      last = err;
+    }
+    await sleep(100);
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+/** The real `chat` binary on a fixed port and data directory, restartable. */
+class ChatProcess {
+  constructor(port, dataDir, logFile, env = { CHAT_AUTH_MODE: 'dev' }) {
+    this.port = port;
+    this.dataDir = dataDir;
+    this.logFile = logFile;
+    this.env = env;
+    this.child = null;
+    this.base = `http://127.0.0.1:${port}`;
+  }
+
+  async start() {
+    const log = fs.openSync(this.logFile, 'a');
+    this.child = spawn(CHAT_BIN, [], {
+      env: {
+        ...process.env,
+        CHAT_HTTP_ADDR: `127.0.0.1:${this.port}`,
+        CHAT_DATA_DIR: this.dataDir,
+        CHAT_HTTP_WORKERS: '2',
+        CHAT_SHUTDOWN_GRACE_SECS: '5',
+        RUST_LOG: process.env.RUST_LOG ?? 'info',
+        ...this.env,
+      },
+      stdio: ['ignore', log, log],
+    });
+    fs.closeSync(log);
+    const child = this.child;
+    child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    await eventually('chat /readyz', 30_000, async () => {
+      if (child.exitCode !== null) throw new Error(`chat exited with ${child.exitCode}; see ${this.logFile}`);
+      const res = await fetch(`${this.base}/readyz`);
+      return res.ok;
+    });
+  }
+
+  /** SIGTERM (graceful drain), then SIGKILL if it takes too long. */
+  async stop() {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    let timer;
+    const done = await Promise.race([
+      child.exited,
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, 15_000, null);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!done) {
+      child.kill('SIGKILL');
+      await child.exited;
+    }
+    this.child = null;
+  }
+
+  killNow() {
+    if (this.child && this.child.exitCode === null) this.child.kill('SIGKILL');
+  }
+
+  /** The server's own record of a room, oldest first. */
+  async messages(room, asUser) {
+    return this.#read(room, `user=${asUser}`, {});
+  }
+
+  async messagesWithToken(room, token) {
+    return this.#read(room, '', { Authorization: `Bearer ${token}` });
+  }
+
+  async #read(room, query, headers) {
+    const url = `${this.base}/v1/rooms/${encodeURIComponent(room)}/messages?limit=200&${query}`;
+    const res = await fetch(url, { headers });
+    assert.equal(res.status, 200, `history of ${room}`);
+    const page = await res.json();
+    assert.equal(page.has_more, false, 'test rooms fit in one page');
+    return page.messages;
+  }
+}
+
+/** Starts a `chat` process on a free port and a fresh data directory. */
+async function startChat(name, env) {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-browser-'));
+  const chat = new ChatProcess(await freePort(), dataDir, path.join(ARTIFACTS, `${name}.log`), env);
+  // Whatever happens, never leave the server behind.
+  process.once('exit', () => chat.killNow());
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.once(signal, () => {
+      chat.killNow();
+      process.exit(130);
+    });
+  }
+  await chat.start();
+  return chat;
+}
+
+async function stopChat(chat) {
+  if (!chat) return;
+  await chat.stop().catch(() => chat.killNow());
+  fs.rmSync(chat.dataDir, { recursive: true, force: true });
+}
+
+function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM_BIN, args: CHROMIUM_ARGS, timeout: 30_000 });
+}
+
+/** An HS256 JWT, as a login service would issue it. */
+function jwt(sub, secret) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  const signature = crypto.createHmac('sha256', secret).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
+}
+
+// ------------------------------------------------------------------ page helpers
+
+async function screenshot(page, name) {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`) });
+}
+
+async function signIn(page, base, name) {
+  await page.goto(base);
+  await page.locator('#signin-name').fill(name);
+  await page.locator('#signin-form button[type=submit]').click();
+  await waitOnline(page);
+}
+
+async function waitOnline(page, ms = WAIT_MS) {
+  await page.locator('#conn-status[data-state="open"]').waitFor({ timeout: ms });
+}
+
+/** Opens the sidebar on a phone-sized page (a no-op on a wide one). */
+async function withSidebar(page) {
+  if (await page.locator('#drawer-toggle').isVisible()) {
+    if ((await page.locator('#drawer-toggle').getAttribute('aria-expanded')) !== 'true') {
+      await page.locator('#drawer-toggle').click();
+    }
+    await page.locator('#sidebar').waitFor({ state: 'visible' });
+  }
+}
+
+async function openRoom(page, room) {
+  if ((await page.locator('#messages').getAttribute('data-room')) === room) return;
+  await withSidebar(page);
+  await page.locator(`.room-button[data-room="${room}"]`).click();
+  await page.locator(`#messages[data-room="${room}"]`).waitFor({ state: 'attached' });
+}
+
+async function joinRoom(page, room) {
+  await withSidebar(page);
+  await page.locator('#join-room').fill(room);
+  await page.locator('#join-form button[type=submit]').click();
+  await page.locator(`#messages[data-room="${room}"]`).waitFor({ state: 'attached' });
+}
+
+async function startDm(page, other) {
+  await withSidebar(page);
+  await page.locator('#dm-user').fill(other);
+  await page.locator('#dm-form button[type=submit]').click();
+}
+
+async function send(page, text) {
+  const input = page.locator('#composer-input');
+  await input.fill(text);
+  await input.press('Enter');
+}
+
+/** The messages the page shows for its active room, in DOM order. */
+function shown(page) {
+  return page.locator('#messages li.msg').evaluateAll((nodes) =>
+    nodes.map((n) => ({ seq: Number(n.dataset.seq), body: n.querySelector('.body').textContent })),
+  );
+}
+
+async function waitForBodies(page, room, bodies) {
+  await openRoom(page, room);
+  await page.waitForFunction(
+    (wanted) => {
+      const have = new Set([...document.querySelectorAll('#messages li.msg .body')].map((n) => n.textContent));
+      return wanted.every((b) => have.has(b));
+    },
+    bodies,
+    { timeout: WAIT_MS },
+  );
+}
+
+/** The page shows exactly the server's messages of `room`: each once, in seq order, no gaps. */
+async function assertShowsExactly(page, room, truth) {
+  await openRoom(page, room);
+  // Let any in-flight catch-up or history page land before comparing.
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('#messages li.msg').length >= n && !document.querySelector('#pending li'),
+    truth.length,
+    { timeout: WAIT_MS },
+  );
+  const seen = await shown(page);
+  const expected = truth.map((m) => ({ seq: m.seq, body: m.body }));
+  assert.deepEqual(seen, expected, `${room} as shown`);
+  assert.deepEqual(
+    seen.map((m) => m.seq),
+    expected.map((_, i) => i + 1),
+    `${room}: seqs 1..${expected.length}, no gaps or duplicates`,
+  );
+}
+
+// ------------------------------------------------------------------ the test
+
+before(() => {
+  assert.ok(fs.existsSync(CHAT_BIN), `chat binary not found at ${CHAT_BIN}; run cargo build -p chat`);
+  assert.ok(fs.existsSync(CHROMIUM_BIN), `Chromium not found at ${CHROMIUM_BIN}`);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  for (const f of fs.readdirSync(ARTIFACTS)) fs.rmSync(path.join(ARTIFACTS, f));
+});
+
+describe('web client in Chromium', { timeout: 300_000 }, () => {
+  /** @type {ChatProcess} */
+  let chat;
+  let browser;
+  const pages = {};
+  const pageErrors = [];
+  let broken = false;
+
+  /** A step that is skipped once an earlier one failed (they build on each other). */
+  function step(name, fn) {
+    it(name, STEP, async (t) => {
+      if (broken) {
+        t.skip('an earlier step failed');
+        return;
+      }
+      try {
+        await fn(t);
+      } catch (err) {
+        broken = true;
+        for (const [who, page] of Object.entries(pages)) {
+          await screenshot(page, `failure-${who}`).catch(() => {});
+        }
+        throw err;
+      }
+    });
+  }
+
+  async function newUserPage(name, options) {
+    const context = await browser.newContext(options);
+    context.setDefaultTimeout(WAIT_MS);
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error' && /Content Security Policy/i.test(message.text())) {
+        pageErrors.push(`${name}: ${message.text()}`);
+      }
+    });
+    pages[name] = page;
+    return page;
+  }
+
+  before(async () => {
+    chat = await startChat('chat-dev', { CHAT_AUTH_MODE: 'dev' });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    await stopChat(chat);
+  });
+
+  step('two users sign in: a desktop and a 360px phone', async () => {
+    const alice = await newUserPage('alice', { viewport: { width: 1280, height: 800 } });
+    const bob = await newUserPage('bob', {
+      viewport: { width: 360, height: 740 },
+      isMobile: true,
+      hasTouch: true,
+      // No drawer animation: screenshots and visibility checks see the end state.
+      reducedMotion: 'reduce',
+    });
+    await bob.goto(chat.base);
+    await bob.locator('#signin-name').waitFor();
+    await screenshot(bob, '01-signin-phone');
+    await signIn(alice, chat.base, 'alice');
+    await signIn(bob, chat.base, 'bob');
+    for (const page of [alice, bob]) {
+      assert.equal(await page.locator('#messages').getAttribute('data-room'), 'general');
+      assert.equal(await page.evaluate(() => document.activeElement?.id), 'composer-input');
+    }
+    // The phone hides the sidebar behind the menu button.
+    assert.equal(await bob.locator('#sidebar').isVisible(), false);
+    assert.equal(await alice.locator('#sidebar').isVisible(), true);
+  });
+
+  step('they talk in #general, with a typing indicator', async () => {
+    const { alice, bob } = pages;
+    await send(alice, 'Hi bob, alice here');
+    await waitForBodies(bob, 'general', ['Hi bob, alice here']);
+    await bob.locator('#composer-input').pressSequentially('Hello ali', { delay: 10 });
+    await alice.locator('#typing', { hasText: 'bob is typing' }).waitFor();
+    await bob.locator('#composer-input').pressSequentially('ce! <b>not bold</b>', { delay: 5 });
+    await bob.locator('#composer-input').press('Enter');
+    await waitForBodies(alice, 'general', ['Hello alice! <b>not bold</b>']);
+    // Markup in a body is text, not HTML.
+    assert.equal(await alice.locator('#messages b').count(), 0);
+    // The sender's typing indicator goes away with the message.
+    await alice.waitForFunction(() => document.getElementById('typing').textContent === '', null, {
+      timeout: WAIT_MS,
+    });
+  });
+
+  step('unread counts while looking at another room', async () => {
+    const { alice, bob } = pages;
+    await joinRoom(alice, 'random');
+    await send(bob, 'are you there?');
+    const badge = alice.locator('.room-button[data-room="general"] .badge');
+    await badge.waitFor();
+    assert.match(await badge.innerText(), /^1\b/);
+    await openRoom(alice, 'general');
+    await badge.waitFor({ state: 'detached' });
+    await waitForBodies(alice, 'general', ['are you there?']);
+  });
+
+  step('a direct conversation', async () => {
+    const { alice, bob } = pages;
+    await startDm(alice, 'bob');
+    await alice.locator('#messages[data-room="dm:alice:bob"]').waitFor({ state: 'attached' });
+    await send(alice, 'psst, this is private');
+    await withSidebar(bob);
+    await screenshot(bob, '03-drawer-phone');
+    await startDm(bob, 'alice');
+    await waitForBodies(bob, 'dm:alice:bob', ['psst, this is private']);
+    await send(bob, 'got it');
+    await waitForBodies(alice, 'dm:alice:bob', ['got it']);
+    await screenshot(alice, '02-dm-desktop');
+    await screenshot(bob, '04-dm-phone');
+  });
+
+  step('a reload keeps the session and shows the history', async () => {
+    const { bob } = pages;
+    await bob.reload();
+    await waitOnline(bob);
+    assert.equal(await bob.locator('#messages').getAttribute('data-room'), 'dm:alice:bob');
+    await assertShowsExactly(bob, 'dm:alice:bob', await chat.messages('dm:alice:bob', 'bob'));
+    await assertShowsExactly(bob, 'general', await chat.messages('general', 'bob'));
+  });
+
+  step('the server restarts mid-session and both pages recover by themselves', async () => {
+    const { alice, bob } = pages;
+    await openRoom(alice, 'general');
+    await openRoom(bob, 'general');
+    await chat.stop();
+    for (const page of [alice, bob]) {
+      await page.locator('#conn-status:not([data-state="open"])').waitFor();
+    }
+    // Bob's network stays down a while longer, so that he misses messages and must
+    // catch up with `join since` (browsers block new sockets while offline).
+    await bob.context().setOffline(true);
+    // Written while offline: kept as pending, sent after the reconnect.
+    await send(alice, 'written while offline');
+    await alice.locator('#pending li', { hasText: 'written while offline' }).waitFor();
+    await screenshot(alice, '05-offline-pending');
+    await chat.start();
+    await waitOnline(alice, RECOVER_MS);
+    await alice.locator('#pending li').first().waitFor({ state: 'detached' });
+    await send(alice, 'while bob was away 1');
+    await send(alice, 'while bob was away 2');
+    await waitForBodies(alice, 'general', ['while bob was away 2']);
+    assert.notEqual(await bob.locator('#conn-status').getAttribute('data-state'), 'open');
+    await bob.context().setOffline(false);
+    await waitOnline(bob, RECOVER_MS);
+    await waitForBodies(bob, 'general', ['written while offline', 'while bob was away 1', 'while bob was away 2']);
+  });
+
+  step('after more messages each page shows every message exactly once, in order', async () => {
+    const { alice, bob } = pages;
+    for (let i = 1; i <= 3; i++) {
+      await send(alice, `alice after restart ${i}`);
+      await send(bob, `bob after restart ${i}`);
+    }
+    await openRoom(alice, 'dm:alice:bob');
+    await openRoom(bob, 'dm:alice:bob');
+    await send(alice, 'dm after restart');
+    await send(bob, 'dm reply after restart');
+    const general = await eventually('all of #general stored', WAIT_MS, async () => {
+      const all = await chat.messages('general', 'alice');
+      return all.length === 12 && all;
+    });
+    const dm = await eventually('all of the DM stored', WAIT_MS, async () => {
+      const all = await chat.messages('dm:alice:bob', 'alice');
+      return all.length === 4 && all;
+    });
+    for (const page of [alice, bob]) {
+      await assertShowsExactly(page, 'dm:alice:bob', dm);
+      await assertShowsExactly(page, 'general', general);
+    }
+    await screenshot(alice, '06-after-restart-desktop');
+    await screenshot(bob, '07-after-restart-phone');
+  });
+
+  step('scroll-back loads older pages until the beginning', async () => {
+    const { alice } = pages;
+    // Seed 130 messages (more than two history pages) from a second socket in the page.
+    const stored = await alice.evaluate(async () => {
+      const url = new URL('/v1/ws?user=seeder', location.href);
+      url.protocol = 'ws:';
+      const ws = new WebSocket(url);
+      let acked = 0;
+      await new Promise((resolve, reject) => {
+        ws.onerror = () => reject(new Error('seeder socket failed'));
+        ws.onmessage = (e) => {
+          const f = JSON.parse(e.data);
+          if (f.type === 'hello') {
+            for (let i = 1; i <= 130; i++) {
+              ws.send(JSON.stringify({ type: 'send', room: 'archive', body: `old ${i}`, client_id: `seed-${i}` }));
+            }
+          } else if (f.type === 'ack' && ++acked === 130) {
+            resolve();
+          }
+        };
+      });
+      ws.close();
+      return acked;
+    });
+    assert.equal(stored, 130);
+    await joinRoom(alice, 'archive');
+    await alice.locator('#messages li.msg').first().waitFor();
+    assert.ok((await alice.locator('#messages li.msg').count()) < 130, 'starts with the latest page');
+    await alice.locator('#messages li.msg[data-seq="130"]').waitFor();
+    // Scroll up until the start of the room shows.
+    await eventually('the beginning of #archive', WAIT_MS, async () => {
+      await alice.locator('#scroller').evaluate((s) => {
+        s.scrollTop = 0;
+      });
+      return alice.locator('#history-start').isVisible();
+    });
+    await assertShowsExactly(alice, 'archive', await chat.messages('archive', 'alice'));
+  });
+
+  step('a lost ack: the message is resent with its client_id and shown once', async () => {
+    // Carol's first connection loses everything after her send reaches the server: her
+    // own `message` and the `ack`. The client must resend on the next connection and
+    // must not show the message twice when the server answers `duplicate: true`.
+    const carol = await newUserPage('carol', { viewport: { width: 1024, height: 700 } });
+    const seen = { sends: [], acks: [] };
+    let connections = 0;
+    await carol.routeWebSocket(/\/v1\/ws/, (ws) => {
+      const n = ++connections;
+      const server = ws.connectToServer();
+      let cutting = false;
+      ws.onMessage((text) => {
+        const frame = JSON.parse(text);
+        if (frame.type === 'send') seen.sends.push({ n, client_id: frame.client_id });
+        server.send(text);
+      });
+      server.onMessage((text) => {
+        const frame = JSON.parse(text);
+        if (frame.type === 'ack') seen.acks.push({ n, ...frame });
+        const lost = n === 1 && ((frame.type === 'message' && frame.from === 'carol') || frame.type === 'ack');
+        if (lost || cutting) {
+          if (frame.type === 'ack') {
+            cutting = true;
+            ws.close({ code: 4000, reason: 'test: link lost' });
+            server.close();
+          }
+          return;
+        }
+        ws.send(text);
+      });
+    });
+    await signIn(carol, chat.base, 'carol');
+    await send(carol, 'carol says hi once');
+    await eventually('a second connection', RECOVER_MS, () => connections >= 2);
+    await waitOnline(carol, RECOVER_MS);
+    await eventually('the resend to be acked', WAIT_MS, () => seen.acks.some((a) => a.n >= 2));
+    const [first, again] = seen.sends;
+    assert.ok(again, 'the message was sent again on the new connection');
+    assert.equal(again.client_id, first.client_id, 'resent with the same client_id');
+    assert.equal(seen.acks.find((a) => a.n >= 2).duplicate, true, 'the server recognised the resend');
+    await assertShowsExactly(carol, 'general', await chat.messages('general', 'carol'));
+    assert.equal(await carol.locator('#messages .body', { hasText: 'carol says hi once' }).count(), 1);
+  });
+
+  step('no script errors or CSP violations on any page', async () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});
+
+describe('sign-in against a JWT-only server', { timeout: 120_000 }, () => {
+  const SECRET = 'browser-test-secret-0123456789abcdef';
+  let chat;
+  let browser;
+  let page;
+
+  before(async () => {
+    chat = await startChat('chat-jwt', { CHAT_AUTH_MODE: 'jwt', CHAT_JWT_SECRET: SECRET });
+    browser = await launchBrowser();
+    const context = await browser.newContext({ viewport: { width: 800, height: 700 } });
+    context.setDefaultTimeout(WAIT_MS);
+    page = await context.newPage();
+  });
+
+  after(async () => {
+    await browser?.close().catch(() => {});
+    await stopChat(chat);
+  });
+
+  it('a plain name is refused and the page asks for a token', STEP, async () => {
+    await page.goto(chat.base);
+    await page.locator('#signin-name').fill('dave');
+    await page.locator('#signin-form button[type=submit]').click();
+    await page.locator('#signin-error', { hasText: 'access token' }).waitFor();
+    assert.equal(await page.locator('#signin-token').isVisible(), true);
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'signin-token');
+  });
+
+  it('a bad token is refused with the server\'s reason', STEP, async () => {
+    await page.locator('#signin-token').fill(jwt('dave', 'not-the-secret'));
+    await page.locator('#signin-form button[type=submit]').click();
+    await page.locator('#signin-error', { hasText: /invalid|signature/i }).waitFor();
+    assert.equal(await page.locator('#chat').isVisible(), false);
+  });
+
+  it('a valid token signs in as its subject', STEP, async () => {
+    await page.locator('#signin-token').fill(jwt('dave', SECRET));
+    await page.locator('#signin-form button[type=submit]').click();
+    await waitOnline(page);
+    assert.equal(await page.locator('#me-name').innerText(), 'dave');
+    await send(page, 'signed in with a token');
+    await waitForBodies(page, 'general', ['signed in with a token']);
+    await assertShowsExactly(page, 'general', await chat.messagesWithToken('general', jwt('dave', SECRET)));
+    await screenshot(page, '08-token-signin');
+  });
+});

@@ -1,0 +1,429 @@
+//! The gateway's metrics. The seed's families (`http_*`, `ws_*`) and the gRPC client
+//! families come from `chat-metrics`; the gateway's own are under the `chat_gateway`
+//! prefix:
+//!
+//! - `chat_gateway_disconnects_total{reason}`: WebSocket sessions ended, by why:
+//!   `normal` (the client closed or the connection broke), `going_away` (shutdown, 1001),
+//!   `slow_consumer` (outbound queue full, 1013), `policy` (1008), `too_big` (1009),
+//!   `idle` (no traffic for 60 s).
+//! - `chat_gateway_slow_consumer_disconnects_total`: the `slow_consumer` ones alone, the
+//!   number to alert on.
+//! - `chat_gateway_rate_limited_frames_total`: frames refused by the per-connection send
+//!   rate limit. Registered ahead of the limiter, so it stays 0 until the limiter lands.
+//! - `chat_gateway_typing_throttled_total`: `typing` frames dropped because the same
+//!   connection relayed one to the same room less than a second before.
+//! - `chat_gateway_online_users`: distinct users with at least one WebSocket on this
+//!   gateway (the sum over gateways counts a user once per gateway they are on).
+//! - `chat_gateway_rooms_active`: rooms with a sequencer (local members) on this gateway.
+//! - `chat_gateway_gap_fill_reads_total`: history reads a room made to fill a gap in
+//!   seqs or to check after a resync; `chat_gateway_gap_filled_messages_total`: messages
+//!   those reads delivered (missed by fan-out); `chat_gateway_gap_fill_failures_total`:
+//!   such reads that failed (retried after 500 ms).
+//! - `chat_gateway_resyncs_total`: resync signals from fan-out (reconnects, lag).
+//! - `chat_gateway_catchup_messages_total`: messages replayed to joins with `since`.
+//! - `chat_gateway_redis_*` (Redis fan-out only, see [`RedisFanOutMetrics`]):
+//!   `publishes_total{result}`, `received_total`, `reconnects_total`,
+//!   `reader_lagged_total`, and `connected` (1 while both Redis connections are up,
+//!   read at scrape time).
+
+use std::sync::{Arc, OnceLock};
+
+use chat_metrics::{GrpcMetrics, HttpMetrics, Metrics, WsMetrics};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::conn::Disconnect;
+
+/// Every metric the gateway moves; cheap to clone (clones share the series).
+#[derive(Debug, Clone, Default)]
+pub struct GatewayMetrics {
+    /// `http_requests_total`, `http_request_duration_seconds` (the actix middleware).
+    pub http: HttpMetrics,
+    /// The `ws_*` seed families (sessions).
+    pub ws: WsMetrics,
+    /// `grpc_client_*` (the history and presence clients).
+    pub grpc: GrpcMetrics,
+    /// Session ends and frame limits.
+    pub sessions: SessionMetrics,
+    /// Room sequencers.
+    pub rooms: RoomMetrics,
+    /// `chat_gateway_online_users` (the presence tracker).
+    pub online_users: Gauge,
+}
+
+impl GatewayMetrics {
+    /// Takes the shared families of `metrics` and registers the gateway's own under the
+    /// `chat_gateway` prefix.
+    pub fn register(metrics: &mut Metrics) -> Self {
+        let registry = metrics.registry.sub_registry_with_prefix("chat_gateway");
+        let online_users = Gauge::default();
+        registry.register(
+            "online_users",
+            "Distinct users with at least one WebSocket connection on this gateway",
+            online_users.clone(),
+        );
+        let gateway = Self {
+            http: metrics.http.clone(),
+            ws: metrics.ws.clone(),
+            grpc: metrics.grpc.clone(),
+            sessions: SessionMetrics::register(registry),
+            rooms: RoomMetrics::register(registry),
+            online_users,
+        };
+        // Routes every gateway serves, present from the first scrape.
+        for (endpoint, status) in [
+            ("/v1/ws", 101),
+            ("/healthz", 200),
+            ("/readyz", 200),
+            ("/metrics", 200),
+        ] {
+            gateway.http.declare("GET", endpoint, status);
+        }
+        gateway
+    }
+}
+
+/// Labels of the disconnect counter.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// See [`Disconnect`].
+    pub reason: &'static str,
+}
+
+/// The label value of a close reason.
+fn reason_label(reason: Disconnect) -> &'static str {
+    match reason {
+        Disconnect::Normal => "normal",
+        Disconnect::GoingAway => "going_away",
+        Disconnect::SlowConsumer => "slow_consumer",
+        Disconnect::Policy => "policy",
+        Disconnect::TooBig => "too_big",
+        Disconnect::Idle => "idle",
+    }
+}
+
+/// How sessions end, and frames refused by limits.
+#[derive(Debug, Clone)]
+pub struct SessionMetrics {
+    disconnects: Family<ReasonLabels, Counter>,
+    slow_consumers: Counter,
+    /// Incremented by the send-rate limiter.
+    pub rate_limited: Counter,
+    typing_throttled: Counter,
+}
+
+impl Default for SessionMetrics {
+    fn default() -> Self {
+        let metrics = Self {
+            disconnects: Family::default(),
+            slow_consumers: Counter::default(),
+            rate_limited: Counter::default(),
+            typing_throttled: Counter::default(),
+        };
+        for reason in [
+            Disconnect::Normal,
+            Disconnect::GoingAway,
+            Disconnect::SlowConsumer,
+            Disconnect::Policy,
+            Disconnect::TooBig,
+            Disconnect::Idle,
+        ] {
+            let _ = metrics.disconnects.get_or_create(&ReasonLabels {
+                reason: reason_label(reason),
+            });
+        }
+        metrics
+    }
+}
+
+impl SessionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "disconnects",
+            "WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), too_big (1009), idle",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnects",
+            "WebSocket sessions closed with 1013 because their outbound queue was full",
+            metrics.slow_consumers.clone(),
+        );
+        registry.register(
+            "rate_limited_frames",
+            "Frames refused by the per-connection send rate limit",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "typing_throttled",
+            "Typing frames dropped because the connection relayed one to the room less than a second before",
+            metrics.typing_throttled.clone(),
+        );
+        metrics
+    }
+
+    /// A session ended for `reason`.
+    pub fn disconnected(&self, reason: Disconnect) {
+        self.disconnects
+            .get_or_create(&ReasonLabels {
+                reason: reason_label(reason),
+            })
+            .inc();
+        if reason == Disconnect::SlowConsumer {
+            self.slow_consumers.inc();
+        }
+    }
+
+    /// A `typing` frame was dropped by the per-room interval.
+    pub fn typing_throttled(&self) {
+        self.typing_throttled.inc();
+    }
+}
+
+/// Room sequencers, gap fills and catch-up.
+#[derive(Debug, Clone, Default)]
+pub struct RoomMetrics {
+    /// Rooms with a running sequencer.
+    pub active: Gauge,
+    /// History reads started to fill a gap or check after a resync.
+    pub gap_fill_reads: Counter,
+    /// Messages delivered from those reads.
+    pub gap_filled_messages: Counter,
+    /// Those reads that failed.
+    pub gap_fill_failures: Counter,
+    /// `Resync` signals received from fan-out.
+    pub resyncs: Counter,
+    /// Messages replayed to joins with `since`.
+    pub catchup_messages: Counter,
+}
+
+impl RoomMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "rooms_active",
+            "Rooms with local members, each with its sequencer, on this gateway",
+            metrics.active.clone(),
+        );
+        registry.register(
+            "gap_fill_reads",
+            "History reads made by rooms to fill a gap in seqs or to check after a resync",
+            metrics.gap_fill_reads.clone(),
+        );
+        registry.register(
+            "gap_filled_messages",
+            "Messages delivered from gap-fill reads, i.e. missed by fan-out",
+            metrics.gap_filled_messages.clone(),
+        );
+        registry.register(
+            "gap_fill_failures",
+            "Gap-fill reads that failed (retried after 500 ms)",
+            metrics.gap_fill_failures.clone(),
+        );
+        registry.register(
+            "resyncs",
+            "Resync signals from fan-out (after a reconnect or a lagging receiver); each makes every room check history",
+            metrics.resyncs.clone(),
+        );
+        registry.register(
+            "catchup_messages",
+            "Messages replayed from history to joins with since",
+            metrics.catchup_messages.clone(),
+        );
+        metrics
+    }
+}
+
+/// Labels of the publish counter.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Whether the Redis fan-out is connected, asked at scrape time.
+type ConnectedProbe = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The Redis fan-out's metrics (prefix `chat_gateway_redis`); registered only when the
+/// gateway uses Redis, so an in-process gateway has no `connected` series to alert on.
+#[derive(Clone, Default)]
+pub struct RedisFanOutMetrics {
+    publishes: Family<ResultLabels, Counter>,
+    received: Counter,
+    reconnects: Counter,
+    lagged: Counter,
+    probe: Arc<OnceLock<ConnectedProbe>>,
+}
+
+impl std::fmt::Debug for RedisFanOutMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisFanOutMetrics")
+            .field("publishes", &self.publishes)
+            .field("received", &self.received)
+            .field("reconnects", &self.reconnects)
+            .field("lagged", &self.lagged)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisFanOutMetrics {
+    /// Registers the families in `registry` (give it the `chat_gateway_redis` prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        for result in ["ok", "error"] {
+            let _ = metrics.publishes.get_or_create(&ResultLabels { result });
+        }
+        registry.register(
+            "publishes",
+            "Room events published to Redis, by result (ok, error)",
+            metrics.publishes.clone(),
+        );
+        registry.register(
+            "received",
+            "Room events received from Redis pub/sub",
+            metrics.received.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Reconnections of the Redis subscriber (each followed by resubscribing and a resync)",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "reader_lagged",
+            "Events dropped because this gateway read Redis pub/sub too slowly (a resync follows)",
+            metrics.lagged.clone(),
+        );
+        registry.register_collector(Box::new(Connected {
+            probe: metrics.probe.clone(),
+        }));
+        metrics
+    }
+
+    /// Tells the `connected` gauge how to know; the first call wins.
+    pub fn watch(&self, connected: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.probe.set(Box::new(connected));
+    }
+
+    /// A publish finished.
+    pub fn published(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.publishes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// An event arrived from Redis.
+    pub fn received(&self) {
+        self.received.inc();
+    }
+
+    /// The subscriber reconnected.
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// The reader fell behind and `n` events were dropped.
+    pub fn lagged(&self, n: u64) {
+        self.lagged.inc_by(n);
+    }
+}
+
+/// `chat_gateway_redis_connected`, read when scraped.
+struct Connected {
+    probe: Arc<OnceLock<ConnectedProbe>>,
+}
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connected").finish_non_exhaustive()
+    }
+}
+
+impl Collector for Connected {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let up = self.probe.get().is_some_and(|connected| connected());
+        let gauge = ConstGauge::new(i64::from(up));
+        let metric = encoder.encode_descriptor(
+            "connected",
+            "1 while the Redis fan-out's publishing and subscribing connections are both up, else 0.",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_lines() {
+        let mut metrics = Metrics::new("gateway");
+        let gateway = GatewayMetrics::register(&mut metrics);
+        let redis = RedisFanOutMetrics::register(
+            metrics
+                .registry
+                .sub_registry_with_prefix("chat_gateway_redis"),
+        );
+        gateway.sessions.disconnected(Disconnect::SlowConsumer);
+        gateway.sessions.disconnected(Disconnect::Normal);
+        gateway.sessions.typing_throttled();
+        gateway.rooms.active.inc();
+        gateway.rooms.gap_fill_reads.inc();
+        gateway.rooms.gap_filled_messages.inc_by(3);
+        gateway.online_users.inc();
+        redis.published(true);
+        redis.received();
+        let text = chat_metrics::exposition(&metrics.registry);
+        let expected = r#"# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), too_big (1009), idle.
+# TYPE chat_gateway_disconnects_total counter
+chat_gateway_disconnects_total{reason="normal"} 1
+chat_gateway_disconnects_total{reason="going_away"} 0
+chat_gateway_disconnects_total{reason="slow_consumer"} 1
+chat_gateway_disconnects_total{reason="policy"} 0
+chat_gateway_disconnects_total{reason="too_big"} 0
+chat_gateway_disconnects_total{reason="idle"} 0
+# TYPE chat_gateway_slow_consumer_disconnects_total counter
+chat_gateway_slow_consumer_disconnects_total 1
+# HELP chat_gateway_rate_limited_frames_total Frames refused by the per-connection send rate limit.
+# TYPE chat_gateway_rate_limited_frames_total counter
+chat_gateway_rate_limited_frames_total 0
+chat_gateway_typing_throttled_total 1
+# TYPE chat_gateway_online_users gauge
+chat_gateway_online_users 1
+# TYPE chat_gateway_rooms_active gauge
+chat_gateway_rooms_active 1
+chat_gateway_gap_fill_reads_total 1
+chat_gateway_gap_filled_messages_total 3
+chat_gateway_gap_fill_failures_total 0
+chat_gateway_resyncs_total 0
+chat_gateway_catchup_messages_total 0
+# TYPE chat_gateway_redis_publishes_total counter
+chat_gateway_redis_publishes_total{result="ok"} 1
+chat_gateway_redis_publishes_total{result="error"} 0
+chat_gateway_redis_received_total 1
+chat_gateway_redis_reconnects_total 0
+chat_gateway_redis_reader_lagged_total 0
+# HELP chat_gateway_redis_connected 1 while the Redis fan-out's publishing and subscribing connections are both up, else 0.
+# TYPE chat_gateway_redis_connected gauge
+chat_gateway_redis_connected 0
+http_requests_total{method="GET",endpoint="/v1/ws",status="101"} 0
+http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
+# TYPE ws_connections_active gauge
+# TYPE ws_message_latency_seconds histogram"#;
+        assert_eq!(
+            chat_metrics::missing_lines(&text, expected),
+            Vec::<&str>::new(),
+            "{text}"
+        );
+        redis.watch(|| true);
+        let text = chat_metrics::exposition(&metrics.registry);
+        assert!(
+            text.contains("\nchat_gateway_redis_connected 1\n"),
+            "{text}"
+        );
+    }
+}

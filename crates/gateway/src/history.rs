@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use chat_metrics::{GrpcMetrics, MeteredChannel};
 use chat_model::{ClientMsgId, Message, RoomId, Seq, UserId};
 use chat_proto::history::history_client::HistoryClient as Grpc;
 use chat_proto::history::{AppendRequest, ListRequest, StoredMessage};
@@ -23,7 +24,8 @@ pub struct Page {
 /// Calls the history service; cheap to clone (one shared HTTP/2 channel).
 #[derive(Debug, Clone)]
 pub struct HistoryClient {
-    grpc: Grpc<Channel>,
+    /// Every call counted and timed (`grpc_client_*`).
+    grpc: Grpc<MeteredChannel>,
     /// Kept for health checks on the same connection.
     channel: Channel,
 }
@@ -32,6 +34,14 @@ impl HistoryClient {
     /// A client for `url` (`http://host:port`). Connects lazily and reconnects by
     /// itself, so the gateway starts even while history is still starting.
     pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
+        Self::connect_lazy_with_metrics(url, &GrpcMetrics::default())
+    }
+
+    /// Like [`HistoryClient::connect_lazy`], recording every call in `metrics`.
+    pub fn connect_lazy_with_metrics(
+        url: &str,
+        metrics: &GrpcMetrics,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(3))
             .timeout(CALL_TIMEOUT)
@@ -40,7 +50,7 @@ impl HistoryClient {
             .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
-            grpc: Grpc::new(channel.clone()),
+            grpc: Grpc::new(metrics.client_channel(channel.clone())),
             channel,
         })
     }

@@ -1,11 +1,18 @@
-//! HTTP routes: the WebSocket upgrade, the history endpoint, health and readiness.
+//! HTTP routes: the WebSocket upgrade, the history endpoint, health and readiness,
+//! `/metrics`, and the web client (see [`crate::web`]); and the middleware that counts
+//! every request in `http_requests_total` / `http_request_duration_seconds`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
-use chat_model::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
-use chat_model::{ErrorCode, RoomId, Seq};
+use chat_metrics::Registry;
+use chat_model::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS};
+use chat_model::{ErrorCode, RoomId, Seq, UserId};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
@@ -15,6 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::auth::Authenticator;
 use crate::conn::ConnId;
 use crate::error::{GatewayError, json_error};
+use crate::metrics::GatewayMetrics;
+use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 
 /// The gRPC service name history reports in its health service.
@@ -26,12 +35,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct AppState {
     pub hub: Hub,
+    pub presence: std::sync::Arc<PresenceTracker>,
     pub auth: Authenticator,
     /// This instance's id, sent in `hello` and used in connection ids.
     pub gateway_id: String,
     /// Cancelled on SIGTERM: readiness turns false, upgrades are refused, sessions close
     /// with 1001.
     pub shutdown: CancellationToken,
+    /// What the gateway records (sessions, rooms, requests).
+    pub metrics: GatewayMetrics,
+    /// The process's registry, served on `/metrics` (in the all-in-one it also holds
+    /// history's and presence's families).
+    pub registry: Arc<Registry>,
     next_conn: AtomicU64,
 }
 
@@ -39,17 +54,29 @@ impl AppState {
     /// State for a gateway.
     pub fn new(
         hub: Hub,
+        presence: std::sync::Arc<PresenceTracker>,
         auth: Authenticator,
         gateway_id: String,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             hub,
+            presence,
             auth,
             gateway_id,
             shutdown,
+            metrics: GatewayMetrics::default(),
+            registry: Arc::new(Registry::default()),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Records into `metrics` and serves `registry` (which should hold them) on
+    /// `/metrics`.
+    pub fn with_metrics(mut self, metrics: GatewayMetrics, registry: Arc<Registry>) -> Self {
+        self.metrics = metrics;
+        self.registry = registry;
+        self
     }
 
     /// A fresh connection number.
@@ -62,8 +89,46 @@ impl AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ws", web::get().to(websocket))
         .route("/v1/rooms/{room}/messages", web::get().to(room_messages))
+        .route("/v1/presence", web::get().to(presence))
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .configure(crate::web::routes);
+}
+
+/// Middleware: counts and times every request by method, route template (`unmatched`
+/// when no route took it) and status. A WebSocket upgrade counts when it is answered
+/// (101), not when the connection ends.
+pub async fn record_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let http = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.http.clone());
+    let method = req.method().clone();
+    let result = next.call(req).await;
+    if let Some(http) = http {
+        let (endpoint, status) = match &result {
+            Ok(res) => (res.request().match_pattern(), res.status()),
+            Err(e) => (None, e.as_response_error().status_code()),
+        };
+        http.observe(
+            method.as_str(),
+            endpoint.as_deref(),
+            status.as_u16(),
+            start.elapsed(),
+        );
+    }
+    result
+}
+
+/// `GET /metrics`: the registry in the Prometheus text format.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(chat_metrics::serve::CONTENT_TYPE)
+        .body(chat_metrics::encode(&state.registry))
 }
 
 impl actix_web::ResponseError for crate::auth::AuthError {
@@ -129,6 +194,39 @@ async fn room_messages(
         "messages": page.messages,
         "has_more": page.has_more,
     })))
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    users: Option<String>,
+}
+
+/// `GET /v1/presence?users=a,b` -> `{"users":{"a":true,"b":false}}`.
+async fn presence(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    state.auth.authenticate(&req)?;
+    let query = web::Query::<PresenceQuery>::from_query(req.query_string())
+        .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?;
+    let listed = query.users.as_deref().unwrap_or_default();
+    let users = listed
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            UserId::parse(u)
+                .map_err(|e| GatewayError::BadRequest(format!("invalid user {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if users.len() > MAX_PRESENCE_USERS {
+        return Err(GatewayError::BadRequest(format!(
+            "at most {MAX_PRESENCE_USERS} users per query"
+        ))
+        .into());
+    }
+    let online = state.presence.query(&users).await?;
+    let answer: std::collections::BTreeMap<_, _> = users.into_iter().zip(online).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "users": answer })))
 }
 
 async fn healthz() -> HttpResponse {

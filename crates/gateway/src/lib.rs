@@ -8,29 +8,41 @@
 //!
 //! - [`settings`]: configuration from the environment.
 //! - [`auth`]: JWT HS256 and dev-mode identities.
-//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/healthz`, `/readyz`).
+//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/healthz`, `/readyz`,
+//!   `/metrics`) and the request-metrics middleware.
+//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the seed's come from
+//!   `chat-metrics`. All listed in `docs/observability.md`.
 //! - [`session`]: one WebSocket connection: reading frames, writing the outbound queue.
 //! - [`conn`]: a connection's shared half: bounded outbound queue and close reasons.
 //! - [`rooms`]: per-room sequencers: ordering, gap fill from history, catch-up.
 //! - [`fanout`]: the [`fanout::FanOut`] trait, in-process and Redis backends.
 //! - [`history`]: the gRPC client of the history service.
+//! - [`presence`]: connection counting and the gRPC client of the presence service;
+//!   heartbeats and announcing presence events.
+//! - [`counts`]: first/last reference counts shared by fan-out and presence.
 //! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP.
+//! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
 pub mod auth;
 pub mod conn;
+pub mod counts;
 pub mod error;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod session;
 pub mod settings;
+pub mod web;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpServer};
+use chat_metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::FanOut;
@@ -38,6 +50,8 @@ use crate::fanout::memory::InProcessFanOut;
 use crate::fanout::redis::RedisFanOut;
 use crate::history::HistoryClient;
 use crate::http::AppState;
+use crate::metrics::{GatewayMetrics, RedisFanOutMetrics};
+use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 pub use crate::settings::{AuthMode, Settings};
 
@@ -52,11 +66,32 @@ pub struct Gateway {
 
 impl Gateway {
     /// Connects the backends and binds the listener. Must run inside a Tokio runtime,
-    /// which will also run the room sequencers.
+    /// which will also run the room sequencers. Its metrics (a registry of its own, with
+    /// `build_info{service="gateway"}` and the process's CPU and memory) are served on
+    /// `/metrics`.
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::build_with_metrics(settings, shutdown, Metrics::new("gateway")).await
+    }
+
+    /// Like [`Gateway::build`], with the process's metrics: the gateway registers its
+    /// families in `metrics`, records into its shared ones, and serves the whole registry
+    /// on `/metrics` (so the all-in-one registers history and presence first).
+    pub async fn build_with_metrics(
+        settings: &Settings,
+        shutdown: CancellationToken,
+        mut metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let gateway_metrics = GatewayMetrics::register(&mut metrics);
         let (fanout, signals): (Arc<dyn FanOut>, _) = match &settings.redis_url {
             Some(url) => {
-                let (fanout, signals) = RedisFanOut::connect(url).await?;
+                let redis_metrics = RedisFanOutMetrics::register(
+                    metrics
+                        .registry
+                        .sub_registry_with_prefix("chat_gateway_redis"),
+                );
+                let (fanout, signals) =
+                    RedisFanOut::connect_with_metrics(url, redis_metrics).await?;
                 (Arc::new(fanout), signals)
             }
             None => {
@@ -64,16 +99,26 @@ impl Gateway {
                 (Arc::new(fanout), signals)
             }
         };
-        let history = HistoryClient::connect_lazy(&settings.history_url)?;
-        let hub = Hub::new(fanout, history, signals);
+        let history =
+            HistoryClient::connect_lazy_with_metrics(&settings.history_url, &gateway_metrics.grpc)?;
+        let hub = Hub::with_metrics(fanout, history, signals, gateway_metrics.rooms.clone());
+        let presence = Arc::new(PresenceTracker::connect_lazy_with_metrics(
+            &settings.presence_url,
+            &settings.gateway_id,
+            &gateway_metrics.grpc,
+            gateway_metrics.online_users.clone(),
+        )?);
+        tokio::spawn(heartbeat(presence.clone(), hub.clone(), shutdown.clone()));
         let listener = TcpListener::bind(settings.http_addr)?;
         listener.set_nonblocking(true)?;
         let state = AppState::new(
             hub,
+            presence,
             settings.authenticator()?,
             settings.gateway_id.clone(),
             shutdown,
-        );
+        )
+        .with_metrics(gateway_metrics, Arc::new(metrics.registry));
         Ok(Self {
             listener,
             state: Arc::new(state),
@@ -92,14 +137,18 @@ impl Gateway {
     /// get the grace period to finish.
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let data = web::Data::from(self.state.clone());
-        let server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-                .workers(self.workers)
-                .disable_signals()
-                .shutdown_timeout(self.grace.as_secs())
-                .listen(self.listener)?
-                .run();
+        let data = actix_web::web::Data::from(self.state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(actix_web::middleware::from_fn(http::record_request))
+                .configure(http::routes)
+        })
+        .workers(self.workers)
+        .disable_signals()
+        .shutdown_timeout(self.grace.as_secs())
+        .listen(self.listener)?
+        .run();
         tracing::info!(gateway = %self.state.gateway_id, "http listening on {addr}");
         let handle = server.handle();
         let shutdown = self.state.shutdown.clone();
@@ -113,6 +162,37 @@ impl Gateway {
         server.await?;
         stopper.abort();
         Ok(())
+    }
+}
+
+/// Renews this gateway's presence lease until shutdown, and announces the room exits of
+/// dead gateways that the presence service hands back.
+async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
+    let mut next = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+        match presence.heartbeat().await {
+            Ok(beat) => {
+                next = beat.next_in;
+                for (room, user) in beat.expired {
+                    hub.announce_presence(&room, &user, false).await;
+                }
+                if beat.lease_lost {
+                    tracing::warn!("presence lease lapsed; reporting room memberships again");
+                    for (room, user) in presence.reenter_rooms().await {
+                        hub.announce_presence(&room, &user, true).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence heartbeat failed; retrying");
+                // Retry soon: the lease is a few heartbeats long.
+                next = Duration::from_secs(1);
+            }
+        }
     }
 }
 

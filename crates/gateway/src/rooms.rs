@@ -29,6 +29,7 @@ use crate::conn::{Conn, ConnId};
 use crate::error::GatewayError;
 use crate::fanout::{FanOut, Signal};
 use crate::history::HistoryClient;
+use crate::metrics::RoomMetrics;
 
 /// Commands a sequencer may have queued before senders wait (joins) or drop and resync
 /// (fan-out events).
@@ -57,6 +58,8 @@ struct HubInner {
     /// Where sequencers run: the main runtime, not an HTTP worker's, so they outlive any
     /// one worker.
     runtime: tokio::runtime::Handle,
+    /// Active rooms, gap fills, resyncs and catch-up.
+    metrics: RoomMetrics,
 }
 
 #[derive(Debug, Clone)]
@@ -85,8 +88,9 @@ enum RoomCmd {
         seq: Seq,
         frame: ByteString,
     },
-    Typing {
-        user: UserId,
+    /// `typing` or a `presence` event: to live members, except `from`'s own connections.
+    Ephemeral {
+        from: UserId,
         frame: ByteString,
     },
     Filled(Result<crate::history::Page, GatewayError>),
@@ -124,12 +128,23 @@ impl Hub {
         history: HistoryClient,
         signals: mpsc::Receiver<Signal>,
     ) -> Self {
+        Self::with_metrics(fanout, history, signals, RoomMetrics::default())
+    }
+
+    /// Like [`Hub::new`], recording the rooms' work in `metrics`.
+    pub fn with_metrics(
+        fanout: Arc<dyn FanOut>,
+        history: HistoryClient,
+        signals: mpsc::Receiver<Signal>,
+        metrics: RoomMetrics,
+    ) -> Self {
         let hub = Self {
             inner: Arc::new(HubInner {
                 rooms: Mutex::new(HashMap::new()),
                 fanout,
                 history,
                 runtime: tokio::runtime::Handle::current(),
+                metrics,
             }),
         };
         let weak = Arc::downgrade(&hub.inner);
@@ -176,6 +191,7 @@ impl Hub {
                         conn.send(message_frame(m))
                             .await
                             .map_err(|_| GatewayError::Unavailable("connection closing".into()))?;
+                        self.inner.metrics.catchup_messages.inc();
                         cursor = m.seq;
                     }
                 }
@@ -252,6 +268,15 @@ impl Hub {
         frame
     }
 
+    /// Tells every member of `room`, on every gateway, that `user` entered (`online`) or
+    /// left it. Best effort, like all ephemeral events.
+    pub async fn announce_presence(&self, room: &RoomId, user: &UserId, online: bool) {
+        let frame = ServerFrame::PresenceEvent { room, user, online }.to_json();
+        if let Err(e) = self.inner.fanout.publish(room, frame.into()).await {
+            tracing::debug!(%room, error = %e, "presence event not published");
+        }
+    }
+
     /// The room's sequencer, started if the room has none.
     fn room(&self, room: &RoomId) -> RoomHandle {
         let mut rooms = self.inner.rooms_lock();
@@ -276,6 +301,8 @@ impl Hub {
             members: HashMap::new(),
             subscribed: false,
         };
+        // Decremented when the sequencer ends.
+        self.inner.metrics.active.inc();
         self.inner.runtime.spawn(sequencer.run(rx));
         handle
     }
@@ -320,9 +347,9 @@ async fn dispatch(hub: std::sync::Weak<HubInner>, mut signals: mpsc::Receiver<Si
                         seq,
                         frame: payload.clone(),
                     },
-                    ("typing", _, Some(user)) => match UserId::parse(user) {
-                        Ok(user) => RoomCmd::Typing {
-                            user,
+                    ("typing" | "presence", _, Some(user)) => match UserId::parse(user) {
+                        Ok(from) => RoomCmd::Ephemeral {
+                            from,
                             frame: payload.clone(),
                         },
                         Err(_) => continue,
@@ -335,6 +362,7 @@ async fn dispatch(hub: std::sync::Weak<HubInner>, mut signals: mpsc::Receiver<Si
                 handle.send_or_flag(cmd);
             }
             Signal::Resync => {
+                hub.metrics.resyncs.inc();
                 let handles: Vec<RoomHandle> = hub.rooms_lock().values().cloned().collect();
                 for handle in handles {
                     handle.send_or_flag(RoomCmd::Resync);
@@ -393,6 +421,7 @@ impl Sequencer {
         {
             tracing::warn!(room = %self.room, error = %e, "unsubscribe failed");
         }
+        self.hub.metrics.active.dec();
     }
 
     /// Subscribes first, then reads the head: a message stored after the read is
@@ -473,8 +502,8 @@ impl Sequencer {
                 self.members.remove(&conn);
             }
             RoomCmd::Message { seq, frame } => self.on_message(seq, frame),
-            RoomCmd::Typing { user, frame } => {
-                self.broadcast(|m| m.live && m.conn.user != user, &frame);
+            RoomCmd::Ephemeral { from, frame } => {
+                self.broadcast(|m| m.live && m.conn.user != from, &frame);
             }
             RoomCmd::Filled(result) => self.on_filled(result),
             RoomCmd::Resync => self.fill(),
@@ -540,6 +569,7 @@ impl Sequencer {
             return;
         }
         self.filling = true;
+        self.hub.metrics.gap_fill_reads.inc();
         let history = self.hub.history.clone();
         let room = self.room.clone();
         let after = self.head;
@@ -557,6 +587,7 @@ impl Sequencer {
                 for m in &page.messages {
                     if m.seq == self.head + 1 {
                         self.deliver(m.seq, &message_frame(m));
+                        self.hub.metrics.gap_filled_messages.inc();
                         self.drain_pending();
                     }
                 }
@@ -567,6 +598,7 @@ impl Sequencer {
             }
             Err(e) => {
                 tracing::warn!(room = %self.room, error = %e, "gap fill failed; retrying");
+                self.hub.metrics.gap_fill_failures.inc();
                 let tx = self.handle.tx.clone();
                 self.hub.runtime.spawn(async move {
                     tokio::time::sleep(FILL_RETRY).await;

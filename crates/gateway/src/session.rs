@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
 use bytestring::ByteString;
+use chat_metrics::WsMetrics;
 use chat_model::frame::{ClientFrame, Request, ServerFrame, parse_client_frame};
 use chat_model::{ClientMsgId, ErrorCode, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
@@ -40,20 +41,39 @@ pub async fn serve(
     ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
 ) {
+    let _active = state.metrics.ws.connection_opened();
     let (conn, outbound) = Conn::new(state.next_conn_id(), user);
-    let writer = actix_web::rt::spawn(write(conn.clone(), ws.clone(), outbound));
+    let writer = actix_web::rt::spawn(write(
+        conn.clone(),
+        ws.clone(),
+        outbound,
+        state.metrics.ws.clone(),
+    ));
     let mut session = Session {
         conn_name: format!("{}-{}", state.gateway_id, conn.id),
         state,
         conn,
         ws,
         joined: HashMap::new(),
+        received: Instant::now(),
     };
     session.run(stream).await;
-    for room in session.joined.keys() {
-        session.state.hub.leave(session.conn.id, room);
-    }
     session.conn.close(Disconnect::Normal);
+    let reason = session.conn.reason().unwrap_or(Disconnect::Normal);
+    session.state.metrics.sessions.disconnected(reason);
+    let Session {
+        state,
+        conn,
+        joined,
+        ..
+    } = session;
+    for room in joined.keys() {
+        state.hub.leave(conn.id, room);
+        if state.presence.left(&conn.user, room).await {
+            state.hub.announce_presence(room, &conn.user, false).await;
+        }
+    }
+    state.presence.disconnected(&conn.user).await;
     let _ = writer.await;
 }
 
@@ -62,6 +82,7 @@ async fn write(
     conn: Arc<Conn>,
     mut ws: actix_ws::Session,
     mut outbound: mpsc::Receiver<ByteString>,
+    metrics: WsMetrics,
 ) {
     loop {
         tokio::select! {
@@ -73,6 +94,7 @@ async fn write(
                         conn.close(Disconnect::Normal);
                         return;
                     }
+                    metrics.message_out();
                 }
                 None => break,
             },
@@ -85,6 +107,7 @@ async fn write(
             if ws.text(frame).await.is_err() {
                 return;
             }
+            metrics.message_out();
         }
     }
     let _ = ws
@@ -104,6 +127,8 @@ struct Session {
     ws: actix_ws::Session,
     /// Joined rooms, with when this connection last relayed `typing` there.
     joined: HashMap<RoomId, Option<Instant>>,
+    /// When the frame being handled was read: the start of `ws_message_latency_seconds`.
+    received: Instant,
 }
 
 impl Session {
@@ -121,6 +146,7 @@ impl Session {
         if self.reply(hello).await.is_err() {
             return;
         }
+        self.state.presence.connected(&self.conn.user).await;
         let mut heartbeat = tokio::time::interval(PING_INTERVAL);
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
@@ -144,6 +170,8 @@ impl Session {
                     last_seen = Instant::now();
                     let disconnect = match item {
                         Some(Ok(AggregatedMessage::Text(text))) => {
+                            self.state.metrics.ws.message_in();
+                            self.received = last_seen;
                             if self.on_text(&text).await.is_err() {
                                 return;
                             }
@@ -212,6 +240,7 @@ impl Session {
         let closed = |_| GatewayError::Internal("connection closing".into());
         match request {
             Request::Join { room, since } => {
+                let newly_joined = !self.joined.contains_key(&room);
                 let last_seq = self.join(&room, since).await?;
                 self.reply(ServerFrame::Joined {
                     room: &room,
@@ -219,7 +248,12 @@ impl Session {
                     reference,
                 })
                 .await
-                .map_err(closed)
+                .map_err(closed)?;
+                let user = &self.conn.user;
+                if newly_joined && self.state.presence.entered(user, &room).await {
+                    self.state.hub.announce_presence(&room, user, true).await;
+                }
+                Ok(())
             }
             Request::Leave { room } => {
                 if self.joined.remove(&room).is_none() {
@@ -231,7 +265,14 @@ impl Session {
                     reference,
                 })
                 .await
-                .map_err(closed)
+                .map_err(closed)?;
+                if self.state.presence.left(&self.conn.user, &room).await {
+                    self.state
+                        .hub
+                        .announce_presence(&room, &self.conn.user, false)
+                        .await;
+                }
+                Ok(())
             }
             Request::Send {
                 room,
@@ -260,9 +301,16 @@ impl Session {
                 .map_err(closed)
             }
             Request::Typing { room } => self.typing(room).await,
-            Request::Presence { .. } => Err(GatewayError::Unavailable(
-                "presence is not available on this gateway".into(),
-            )),
+            Request::Presence { users } => {
+                let online = self.state.presence.query(&users).await?;
+                let users = users.into_iter().zip(online).collect();
+                self.reply(ServerFrame::PresenceReply {
+                    users: &users,
+                    reference,
+                })
+                .await
+                .map_err(closed)
+            }
             Request::Ping => self
                 .reply(ServerFrame::Pong { reference })
                 .await
@@ -317,6 +365,9 @@ impl Session {
             reference,
         };
         let acked = self.reply(ack).await;
+        if acked.is_ok() {
+            self.state.metrics.ws.observe_send(self.received.elapsed());
+        }
         if let Err(e) = hub.fanout().publish(&room, frame).await {
             // Stored and acked: other gateways fill the gap from history on their next
             // message or resync.
@@ -333,6 +384,7 @@ impl Session {
         };
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < TYPING_MIN_INTERVAL) {
+            self.state.metrics.sessions.typing_throttled();
             return Ok(());
         }
         *last = Some(now);

@@ -40,7 +40,11 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// `CHAT_HISTORY_URL`: the history service.
     pub history_url: String,
+    /// `CHAT_PRESENCE_URL`: the presence service.
+    pub presence_url: String,
     /// `CHAT_REDIS_URL`: Redis for fan-out; `None` = in-process (one gateway only).
+    /// A `redis-cluster://` URL (or `CHAT_REDIS_CLUSTER=true`, which turns `redis://`
+    /// into `redis-cluster://` here) selects Redis Cluster with sharded pub/sub.
     pub redis_url: Option<String>,
     /// `CHAT_AUTH_MODE`.
     pub auth_mode: AuthMode,
@@ -79,6 +83,37 @@ where
     }
 }
 
+/// A yes/no variable: `true`/`false` (also `1`/`0`, `yes`/`no`); unset = false.
+fn parse_flag(name: &'static str) -> Result<bool, SettingsError> {
+    match var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(SettingsError {
+            var: name,
+            reason: format!("must be true or false, not {other:?}"),
+        }),
+    }
+}
+
+/// `CHAT_REDIS_URL` as the fan-out uses it: with `CHAT_REDIS_CLUSTER=true` a `redis://`
+/// (`rediss://`) URL becomes `redis-cluster://` (`rediss-cluster://`), which selects
+/// Redis Cluster with sharded pub/sub. A URL that already names its kind is kept.
+pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
+    let url = url?;
+    if !cluster {
+        return Some(url);
+    }
+    for (plain, clustered) in [
+        ("redis://", "redis-cluster://"),
+        ("rediss://", "rediss-cluster://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(plain) {
+            return Some(format!("{clustered}{rest}"));
+        }
+    }
+    Some(url)
+}
+
 /// A random instance id, `gw-` and 8 hex digits.
 pub fn random_gateway_id() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -102,7 +137,9 @@ impl Settings {
         let settings = Self {
             http_addr: parse("CHAT_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             history_url: var("CHAT_HISTORY_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into()),
-            redis_url: var("CHAT_REDIS_URL"),
+            presence_url: var("CHAT_PRESENCE_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:50052".into()),
+            redis_url: redis_url(var("CHAT_REDIS_URL"), parse_flag("CHAT_REDIS_CLUSTER")?),
             auth_mode,
             jwt_secret: var("CHAT_JWT_SECRET").map(Secret::new),
             gateway_id: var("CHAT_GATEWAY_ID").unwrap_or_else(random_gateway_id),
@@ -124,6 +161,17 @@ impl Settings {
                 reason:
                     "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)"
                         .into(),
+            });
+        }
+        let id = &self.gateway_id;
+        let id_ok = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if !id_ok {
+            return Err(SettingsError {
+                var: "CHAT_GATEWAY_ID",
+                reason: format!("{id:?} must be 1-64 characters of [A-Za-z0-9_.:-]"),
             });
         }
         if self.workers == 0 {
@@ -152,5 +200,36 @@ impl Settings {
             var: "CHAT_JWT_SECRET",
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_url;
+
+    #[test]
+    fn redis_cluster_flag_selects_the_cluster_scheme() {
+        let url = |u: &str| Some(u.to_owned());
+        assert_eq!(redis_url(None, true), None);
+        assert_eq!(
+            redis_url(url("redis://r:6379"), false),
+            url("redis://r:6379")
+        );
+        assert_eq!(
+            redis_url(url("redis://r:7000?node=s:7001"), true),
+            url("redis-cluster://r:7000?node=s:7001")
+        );
+        assert_eq!(
+            redis_url(url("rediss://:pw@r:7000"), true),
+            url("rediss-cluster://:pw@r:7000")
+        );
+        assert_eq!(
+            redis_url(url("redis-cluster://r:7000"), true),
+            url("redis-cluster://r:7000")
+        );
+        assert_eq!(
+            redis_url(url("redis-cluster://r:7000"), false),
+            url("redis-cluster://r:7000")
+        );
     }
 }

@@ -12,11 +12,16 @@
 //!   validation and the one `StoreError` -> `tonic::Status` conversion.
 //! - [`server`]: [`HistoryServer`], which binds its listener first (port 0 works) and then
 //!   serves History plus gRPC health until a shutdown token is cancelled.
+//! - [`metrics`]: the `chat_history_*` families and [`metrics::MeteredStore`], which
+//!   records them around any store; gRPC metrics come from `chat-metrics`.
 //! - [`settings`]: [`Settings`] from `CHAT_*` environment variables, and [`open_store`],
 //!   which picks the backend from them.
 //!
-//! `main.rs` only wires these together; the all-in-one binary does the same in-process.
+//! `main.rs` only wires these together and serves `/metrics` and `/healthz` on
+//! `CHAT_METRICS_ADDR`; the all-in-one binary does the same in-process (its metrics are
+//! on the gateway's `/metrics`).
 
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod settings;

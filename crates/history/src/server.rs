@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chat_metrics::{GrpcMetrics, Metrics};
 use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::metrics::{MeteredStore, StoreMetrics};
 use crate::service::HistoryService;
 use crate::store::MessageStore;
 
@@ -24,7 +26,10 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
 /// A ping slower than this counts as a failure.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// After shutdown starts, how long in-flight calls may take before `run` returns anyway.
+/// On shutdown, how long the server keeps serving after reporting NOT_SERVING.
+pub const NOT_SERVING_LEAD: Duration = Duration::from_secs(1);
+/// After the server stops accepting, how long in-flight calls may take before `run`
+/// returns anyway.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// A bound, not yet serving, history gRPC server.
@@ -34,13 +39,42 @@ pub struct HistoryServer {
     listener: TcpListener,
     /// The actual address (differs from the requested one for port 0).
     local_addr: SocketAddr,
-    /// The backend every call goes to, also pinged for health.
+    /// The backend every call goes to (timed and counted), also pinged for health.
     store: Arc<dyn MessageStore>,
+    /// Counts and times every gRPC call served.
+    grpc: GrpcMetrics,
 }
 
 impl HistoryServer {
-    /// Binds `addr` (port 0 picks a free port) and logs `grpc listening on <addr>`.
+    /// Binds `addr` (port 0 picks a free port) and logs `grpc listening on <addr>`. Its
+    /// metrics are recorded but exposed nowhere; see [`HistoryServer::bind_with_metrics`].
     pub async fn bind(addr: SocketAddr, store: Arc<dyn MessageStore>) -> io::Result<Self> {
+        let mut registry = chat_metrics::Registry::default();
+        let store = Arc::new(MeteredStore::new(
+            store,
+            StoreMetrics::register(&mut registry),
+        ));
+        Self::bind_metered(addr, store, GrpcMetrics::default()).await
+    }
+
+    /// Like [`HistoryServer::bind`], registering the `chat_history_*` families in the
+    /// process's registry and recording gRPC calls in its shared `grpc_server_*` ones.
+    pub async fn bind_with_metrics(
+        addr: SocketAddr,
+        store: Arc<dyn MessageStore>,
+        metrics: &mut Metrics,
+    ) -> io::Result<Self> {
+        let store_metrics =
+            StoreMetrics::register(metrics.registry.sub_registry_with_prefix("chat_history"));
+        let store = Arc::new(MeteredStore::new(store, store_metrics));
+        Self::bind_metered(addr, store, metrics.grpc.clone()).await
+    }
+
+    async fn bind_metered(
+        addr: SocketAddr,
+        store: Arc<dyn MessageStore>,
+        grpc: GrpcMetrics,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         tracing::info!("grpc listening on {local_addr}");
@@ -48,6 +82,7 @@ impl HistoryServer {
             listener,
             local_addr,
             store,
+            grpc,
         })
     }
 
@@ -57,8 +92,8 @@ impl HistoryServer {
     }
 
     /// Serves History and `grpc.health.v1.Health` until `shutdown` is cancelled, then
-    /// stops accepting, reports NOT_SERVING and lets in-flight calls finish (at most
-    /// [`DRAIN_GRACE`]).
+    /// reports NOT_SERVING, keeps serving for [`NOT_SERVING_LEAD`], stops accepting and
+    /// lets in-flight calls finish (at most [`DRAIN_GRACE`]).
     ///
     /// Health (for the service `chat.history.v1.History` and the whole server `""`) is
     /// SERVING while the store answers pings, NOT_SERVING otherwise.
@@ -77,12 +112,13 @@ impl HistoryServer {
         // add tens of milliseconds per call.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let serve = Server::builder()
+            .layer(self.grpc.server_layer())
             .add_service(health_service)
             .add_service(HistoryGrpc::new(HistoryService::new(self.store)))
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, stop_serving(&shutdown, &stop_health));
         let grace = async {
             shutdown.cancelled().await;
-            tokio::time::sleep(DRAIN_GRACE).await;
+            tokio::time::sleep(NOT_SERVING_LEAD + DRAIN_GRACE).await;
         };
         let result = tokio::select! {
             served = serve => served.context("grpc server failed"),
@@ -97,6 +133,23 @@ impl HistoryServer {
         }
         tracing::info!(addr = %self.local_addr, "grpc server stopped");
         result
+    }
+}
+
+/// What stops the server: shutdown, then NOT_SERVING in health, then
+/// [`NOT_SERVING_LEAD`] more of serving, so health-checking clients and balancers move away
+/// before connections are refused.
+fn stop_serving(
+    shutdown: &CancellationToken,
+    stop_health: &CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let shutdown = shutdown.clone();
+    let stop_health = stop_health.clone();
+    async move {
+        shutdown.cancelled().await;
+        // The health task reports NOT_SERVING as it stops.
+        stop_health.cancel();
+        tokio::time::sleep(NOT_SERVING_LEAD).await;
     }
 }
 

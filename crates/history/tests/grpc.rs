@@ -292,3 +292,45 @@ async fn health_follows_the_store() {
         .expect("server task")
         .expect("server ran cleanly");
 }
+
+/// Guarantee 8 for history: on shutdown it reports NOT_SERVING first and keeps serving
+/// for a moment, so health-checking clients move away before connections are refused.
+#[tokio::test]
+async fn shutdown_reports_not_serving_before_it_stops_serving() {
+    let server = Running::start().await;
+    let channel = server.channel().await;
+    let health = HealthClient::new(channel.clone());
+    let status = || {
+        let mut health = health.clone();
+        async move {
+            let reply = health
+                .check(HealthCheckRequest {
+                    service: "chat.history.v1.History".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            Some(reply.status)
+        }
+    };
+    eventually(Duration::from_secs(10), "health SERVING", || async {
+        (status().await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await
+    .expect("serving");
+
+    server.shutdown.cancel();
+    eventually(Duration::from_secs(5), "health NOT_SERVING", || async {
+        (status().await? == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await
+    .expect("NOT_SERVING reported while still answering");
+    // Still serving calls during the lead time.
+    let mut client = HistoryClient::new(channel);
+    let reply = client
+        .append(append("drain", "alice", "c1", "still stored"))
+        .await
+        .expect("calls still served after NOT_SERVING");
+    assert_eq!(reply.into_inner().message.map(|m| m.seq), Some(1));
+    server.stop().await;
+}

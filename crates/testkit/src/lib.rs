@@ -3,12 +3,18 @@
 //! Real servers, really started, each on a free port and torn down on drop:
 //!
 //! - [`redis::RedisServer`]: a private `redis-server` process.
+//! - [`redis_cluster::RedisCluster`]: a private Redis Cluster (several `redis-server`
+//!   masters joined with `redis-cli --cluster create`).
 //! - [`mongo::MongoServer`]: a MongoDB wire-protocol server (`nx-27017`, see
 //!   `docs/testing.md`), or the server named by `CHAT_TEST_MONGODB_URL`.
+//! - [`prometheus::PrometheusServer`]: a private Prometheus (the real server) and its
+//!   HTTP API.
 //! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
 
 pub mod mongo;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
+pub mod redis_cluster;
 pub mod ws;

@@ -1,7 +1,7 @@
 //! Child processes and ports for tests.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago. Servers that cannot bind port 0 themselves (redis,
@@ -43,6 +43,44 @@ impl ChildGuard {
             anyhow::bail!("{} exited early: {status}", self.name);
         }
         Ok(())
+    }
+
+    /// Asks the process to stop (SIGTERM, through `kill(1)`: the workspace has no unsafe
+    /// code for `libc::kill`). Does nothing if it already exited.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child
+            && child.try_wait()?.is_none()
+        {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "kill -TERM {} failed: {status}",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit status, or `None`
+    /// if it is still running (it is then left running).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match &mut self.child {
+                None => anyhow::bail!("{} was already killed", self.name),
+                Some(child) => {
+                    if let Some(status) = child.try_wait()? {
+                        return Ok(Some(status));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the process now (SIGKILL) and waits for it.

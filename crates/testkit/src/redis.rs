@@ -87,7 +87,7 @@ async fn spawn_on(addr: SocketAddr) -> anyhow::Result<ChildGuard> {
 }
 
 /// The `process_id` a Redis server reports.
-async fn server_pid(addr: SocketAddr) -> anyhow::Result<u32> {
+pub(crate) async fn server_pid(addr: SocketAddr) -> anyhow::Result<u32> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"INFO server\r\n").await?;

@@ -38,6 +38,34 @@ pub struct Closed {
     pub reason: String,
 }
 
+impl Closed {
+    fn from_frame(frame: Option<CloseFrame>) -> Self {
+        match frame {
+            Some(CloseFrame { code, reason }) => Self {
+                code: Some(code.into()),
+                reason: reason.to_string(),
+            },
+            None => Self {
+                code: None,
+                reason: String::new(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "connection closed with code {code} ({:?})", self.reason),
+            None => write!(f, "connection closed without a code ({:?})", self.reason),
+        }
+    }
+}
+
+/// Reading a frame fails with this error (inside `anyhow::Error`) when the server closed
+/// the connection with a close frame.
+impl std::error::Error for Closed {}
+
 impl WsClient {
     /// Connects to `url` (`ws://host:port/v1/ws?user=alice`) and reads `hello`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -92,9 +120,9 @@ impl WsClient {
                 .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
             match item {
                 Some(Ok(WsMessage::Text(text))) => return Ok(serde_json::from_str(&text)?),
-                Some(Ok(WsMessage::Close(frame))) => {
-                    anyhow::bail!("connection closed: {frame:?}")
-                }
+                // A typed error, so callers can tell a close (and its code) from other
+                // failures: `e.downcast_ref::<Closed>()`.
+                Some(Ok(WsMessage::Close(frame))) => return Err(Closed::from_frame(frame).into()),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
                 None => anyhow::bail!("connection ended"),
@@ -161,6 +189,12 @@ impl WsClient {
         }
     }
 
+    /// Every frame received so far and not handed out yet. Useful after a `ping` request:
+    /// the backlog then holds everything the server sent before the `pong`.
+    pub fn drain_backlog(&mut self) -> Vec<Value> {
+        self.backlog.drain(..).collect()
+    }
+
     /// Waits for the server to close the connection and returns the close frame.
     pub async fn closed(&mut self) -> anyhow::Result<Closed> {
         loop {
@@ -168,18 +202,7 @@ impl WsClient {
                 .await
                 .map_err(|_| anyhow::anyhow!("not closed within {RECV_TIMEOUT:?}"))?;
             match item {
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return Ok(match frame {
-                        Some(CloseFrame { code, reason }) => Closed {
-                            code: Some(code.into()),
-                            reason: reason.to_string(),
-                        },
-                        None => Closed {
-                            code: None,
-                            reason: String::new(),
-                        },
-                    });
-                }
+                Some(Ok(WsMessage::Close(frame))) => return Ok(Closed::from_frame(frame)),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => {
                     return Ok(Closed {

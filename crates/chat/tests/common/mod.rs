@@ -15,6 +15,9 @@ use chat_testkit::ws::WsClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Presence lease of test clusters: short, so expiry tests are quick.
+pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// HS256 secret of every test gateway.
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
@@ -37,6 +40,7 @@ pub struct Cluster {
     pub redis: RedisServer,
     pub mongo: Option<MongoServer>,
     pub history_addr: SocketAddr,
+    pub presence_addr: SocketAddr,
     pub store: Arc<dyn MessageStore>,
     pub gateways: Vec<RunningGateway>,
     history_stop: CancellationToken,
@@ -71,10 +75,18 @@ impl Cluster {
         let history_addr = history.local_addr();
         let history_stop = CancellationToken::new();
         tokio::spawn(history.run(history_stop.clone()));
+        let presence_store: Arc<dyn chat_presence::PresenceStore> = Arc::new(
+            chat_presence::store::redis::RedisPresence::connect(&redis.url(), PRESENCE_TTL).await?,
+        );
+        let presence =
+            chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
+        let presence_addr = presence.local_addr();
+        tokio::spawn(presence.run(history_stop.clone()));
         let mut cluster = Self {
             redis,
             mongo,
             history_addr,
+            presence_addr,
             store: store_impl,
             gateways: Vec::new(),
             history_stop,
@@ -91,6 +103,7 @@ impl Cluster {
         GatewaySettings {
             http_addr: ([127, 0, 0, 1], 0).into(),
             history_url: format!("http://{}", self.history_addr),
+            presence_url: format!("http://{}", self.presence_addr),
             redis_url: Some(self.redis.url()),
             auth_mode: AuthMode::Jwt,
             jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),

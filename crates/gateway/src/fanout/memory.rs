@@ -9,7 +9,8 @@ use bytestring::ByteString;
 use chat_model::RoomId;
 use tokio::sync::mpsc;
 
-use super::{FanOut, FanOutError, SIGNAL_QUEUE, Signal, SubscriptionCounts};
+use super::{FanOut, FanOutError, SIGNAL_QUEUE, Signal};
+use crate::counts::RefCounts;
 
 /// The shared bus; cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +20,7 @@ pub struct InProcessBus {
 
 #[derive(Debug)]
 struct Member {
-    subscriptions: SubscriptionCounts,
+    subscriptions: RefCounts<RoomId>,
     signals: mpsc::Sender<Signal>,
     /// Set while a resync for dropped events is on its way, so a burst of drops queues
     /// one resync, not one per event.
@@ -36,7 +37,7 @@ impl InProcessBus {
     pub fn attach(&self) -> (InProcessFanOut, mpsc::Receiver<Signal>) {
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
         let member = Arc::new(Member {
-            subscriptions: SubscriptionCounts::default(),
+            subscriptions: RefCounts::default(),
             signals: tx,
             resync_pending: AtomicBool::new(false),
         });

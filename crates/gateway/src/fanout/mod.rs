@@ -1,8 +1,9 @@
 //! Fan-out of room events between gateway replicas.
 //!
 //! One trait, one module per backend: [`memory`] (in-process, for a single gateway) and
-//! [`redis`] (Redis pub/sub, for any number of replicas). Both pass the same behaviour
-//! suite (`tests/fanout_suite.rs`).
+//! [`redis`] (Redis pub/sub, for any number of replicas: classic pub/sub on one Redis
+//! server, sharded pub/sub on a Redis Cluster). All pass the same behaviour suite
+//! (`tests/fanout_suite.rs`).
 //!
 //! Payloads are server frames (`message`, `typing`, `presence`) exactly as clients receive
 //! them, so a receiving gateway forwards the bytes it got without re-encoding them.
@@ -55,42 +56,3 @@ pub trait FanOut: Send + Sync + std::fmt::Debug + 'static {
 /// Capacity of the signal channel from a backend to its gateway. When the gateway falls
 /// this far behind, events are dropped and a [`Signal::Resync`] follows.
 pub const SIGNAL_QUEUE: usize = 16 * 1024;
-
-/// Counts subscriptions per room, so only the first subscribe and the last unsubscribe
-/// reach the backend.
-#[derive(Debug, Default)]
-pub(crate) struct SubscriptionCounts {
-    counts: std::sync::Mutex<std::collections::HashMap<RoomId, usize>>,
-}
-
-impl SubscriptionCounts {
-    /// Adds one; true when this is the room's first subscription.
-    pub(crate) fn add(&self, room: &RoomId) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(room.clone()).or_insert(0);
-        *n += 1;
-        *n == 1
-    }
-
-    /// Removes one; true when that was the room's last subscription.
-    pub(crate) fn remove(&self, room: &RoomId) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(room) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                counts.remove(room);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether the room has a subscription.
-    pub(crate) fn contains(&self, room: &RoomId) -> bool {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.contains_key(room)
-    }
-}

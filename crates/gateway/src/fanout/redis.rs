@@ -1,8 +1,19 @@
-//! Redis pub/sub fan-out: one channel per room (`chat:room:<room>`), one publishing and
-//! one subscribing connection per gateway. Reconnects by itself, resubscribes every room,
-//! then asks the rooms to resync from history (events published while disconnected are
-//! lost by Redis).
+//! Redis fan-out: one channel per room (`chat:room:<room>`), one publishing and one
+//! subscribing client per gateway. Reconnects by itself, resubscribes every room, then
+//! asks the rooms to resync from history (events published while disconnected are lost
+//! by Redis).
+//!
+//! Two modes, chosen by the URL (see [`PubSubMode`]):
+//!
+//! - **classic** pub/sub (`SUBSCRIBE` / `PUBLISH`) on one Redis server, for
+//!   `redis://host:port`;
+//! - **sharded** pub/sub (`SSUBSCRIBE` / `SPUBLISH`, Redis 7) on a Redis Cluster, for
+//!   `redis-cluster://host:port[?node=host2:port2...]`. A room's channel lives on the
+//!   shard that owns its hash slot, so each event crosses one shard instead of being
+//!   broadcast over the whole cluster bus (classic `PUBLISH` on a cluster reaches every
+//!   node), and fan-out capacity grows with the number of shards.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +26,9 @@ use fred::types::config::{Config, ReconnectPolicy};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
-use super::{FanOut, FanOutError, SIGNAL_QUEUE, Signal, SubscriptionCounts};
+use super::{FanOut, FanOutError, SIGNAL_QUEUE, Signal};
+use crate::counts::RefCounts;
+use crate::metrics::RedisFanOutMetrics;
 
 /// Prefix of every room channel.
 const CHANNEL_PREFIX: &str = "chat:room:";
@@ -27,18 +40,47 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pub/sub messages buffered inside the client before the reader falls behind.
 const MESSAGE_BUFFER: usize = 4096;
 
-/// Fan-out through a single Redis server (or a replica set behind one address).
+/// Which pub/sub commands carry the rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSubMode {
+    /// `SUBSCRIBE` / `PUBLISH` on a single Redis server (or a primary behind one address).
+    Classic,
+    /// `SSUBSCRIBE` / `SPUBLISH` on a Redis Cluster: each room's channel is served by the
+    /// shard owning its slot.
+    Sharded,
+}
+
+/// Fan-out through Redis: a single server (classic pub/sub) or a Redis Cluster (sharded
+/// pub/sub).
 #[derive(Debug)]
 pub struct RedisFanOut {
     /// Publishes events; a connection of its own so publishing never waits behind the
     /// subscriber's traffic.
     publisher: Client,
-    /// Holds the room subscriptions; fred remembers them for resubscribing.
+    /// Holds the room subscriptions (in cluster mode, one connection per primary).
     subscriber: SubscriberClient,
-    subscriptions: SubscriptionCounts,
-    stripes: Vec<Mutex<()>>,
+    mode: PubSubMode,
+    /// Shared with the reconnect task, which resubscribes the counted rooms.
+    rooms: Arc<Rooms>,
     /// The reader and reconnect tasks, stopped when the fan-out is dropped.
     tasks: Vec<JoinHandle<()>>,
+    /// Publishes, receptions, reconnects and whether connected (`chat_gateway_redis_*`).
+    metrics: RedisFanOutMetrics,
+}
+
+/// The rooms this gateway subscribed to, and the per-room ordering locks.
+#[derive(Debug)]
+struct Rooms {
+    counts: RefCounts<RoomId>,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl Rooms {
+    fn stripe(&self, room: &RoomId) -> &Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
+        &self.stripes[(hash % SUBSCRIPTION_STRIPES as u64) as usize]
+    }
 }
 
 fn channel(room: &RoomId) -> String {
@@ -50,10 +92,26 @@ fn unavailable(e: fred::error::Error) -> FanOutError {
 }
 
 impl RedisFanOut {
-    /// Connects both connections to `url` (`redis://host:port[/db]`). Fails when Redis is
-    /// unreachable at start; later outages are retried forever.
+    /// Connects to `url`: `redis://host:port[/db]` for a single server (classic pub/sub),
+    /// `redis-cluster://host:port[?node=host2:port2&...]` for a Redis Cluster (sharded
+    /// pub/sub; one reachable node is enough, the others are discovered). `rediss` and
+    /// `rediss-cluster` are the TLS forms where fred was built with TLS. Fails when Redis
+    /// is unreachable at start; later outages are retried forever.
     pub async fn connect(url: &str) -> Result<(Self, mpsc::Receiver<Signal>), FanOutError> {
+        Self::connect_with_metrics(url, RedisFanOutMetrics::default()).await
+    }
+
+    /// Like [`RedisFanOut::connect`], recording its work in `metrics`.
+    pub async fn connect_with_metrics(
+        url: &str,
+        metrics: RedisFanOutMetrics,
+    ) -> Result<(Self, mpsc::Receiver<Signal>), FanOutError> {
         let config = Config::from_url(url).map_err(unavailable)?;
+        let mode = if config.server.is_clustered() {
+            PubSubMode::Sharded
+        } else {
+            PubSubMode::Classic
+        };
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -70,47 +128,91 @@ impl RedisFanOut {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
+        metrics.watch({
+            let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
+            move || publisher.is_connected() && subscriber.is_connected()
+        });
 
+        let rooms = Arc::new(Rooms {
+            counts: RefCounts::default(),
+            stripes: (0..SUBSCRIPTION_STRIPES).map(|_| Mutex::new(())).collect(),
+        });
         let (tx, rx) = mpsc::channel(SIGNAL_QUEUE);
-        let reader = tokio::spawn(read_messages(subscriber.message_rx(), tx.clone()));
-        let resubscriber = tokio::spawn(resubscribe_on_reconnect(subscriber.clone(), tx));
+        let reader = tokio::spawn(read_messages(
+            subscriber.message_rx(),
+            rooms.clone(),
+            tx.clone(),
+            metrics.clone(),
+        ));
+        let resubscriber = tokio::spawn(resubscribe_on_reconnect(
+            subscriber.clone(),
+            mode,
+            rooms.clone(),
+            tx,
+            metrics.clone(),
+        ));
+        tracing::info!(?mode, "redis fan-out connected");
         let fanout = Self {
             publisher,
             subscriber,
-            subscriptions: SubscriptionCounts::default(),
-            stripes: (0..SUBSCRIPTION_STRIPES).map(|_| Mutex::new(())).collect(),
+            mode,
+            rooms,
             tasks: vec![reader, resubscriber],
+            metrics,
         };
         Ok((fanout, rx))
     }
 
-    /// SUBSCRIBE, then wait until Redis has processed it. fred resolves SUBSCRIBE as
-    /// soon as it is written (its confirmation arrives out of band), so a publish right
-    /// after could reach Redis first and be lost. Redis answers one connection's
-    /// commands in order: when the PING after it is answered, the subscription is live.
-    async fn subscribe_confirmed(&self, room: &RoomId) -> Result<(), FanOutError> {
-        self.subscriber
-            .subscribe(channel(room))
-            .await
-            .map_err(unavailable)?;
-        let _pong: fred::types::Value = self.subscriber.ping(None).await.map_err(unavailable)?;
-        Ok(())
-    }
-
-    fn stripe(&self, room: &RoomId) -> &Mutex<()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room.as_str());
-        &self.stripes[(hash % SUBSCRIPTION_STRIPES as u64) as usize]
+    /// The pub/sub mode the URL selected.
+    pub fn mode(&self) -> PubSubMode {
+        self.mode
     }
 }
 
+/// Subscribes `room` and returns once Redis has processed the subscription, so an event
+/// published afterwards is delivered.
+///
+/// - Classic: fred resolves `SUBSCRIBE` as soon as it is written (its confirmation
+///   arrives out of band), so a publish right after could reach Redis first and be lost.
+///   Redis answers one connection's commands in order: when the `PING` after it is
+///   answered, the subscription is live.
+/// - Sharded: fred waits for the `SSUBSCRIBE` confirmation itself (it treats it as a
+///   reply, to follow `MOVED` redirections; it never pipelines `SSUBSCRIBE`), and the
+///   confirmation comes from the shard that owns the channel, the one `SPUBLISH` goes to.
+///   A `PING` would prove nothing there: it may go to another node. One channel per
+///   command: a multi-channel `SSUBSCRIBE` gets one confirmation per channel, and fred
+///   would take the extra ones for the replies of later commands.
+async fn subscribe_live(
+    subscriber: &SubscriberClient,
+    mode: PubSubMode,
+    room: &RoomId,
+) -> Result<(), fred::error::Error> {
+    match mode {
+        PubSubMode::Classic => {
+            subscriber.subscribe(channel(room)).await?;
+            let _pong: fred::types::Value = subscriber.ping(None).await?;
+        }
+        PubSubMode::Sharded => subscriber.ssubscribe(channel(room)).await?,
+    }
+    Ok(())
+}
+
+/// Forwards the events of counted rooms. `UNSUBSCRIBE`/`SUNSUBSCRIBE` take effect in
+/// Redis a moment after `unsubscribe` returns (fred resolves them when written), so an
+/// event of a room just left may still arrive: it is dropped here, as the in-process bus
+/// would never have delivered it.
 async fn read_messages(
     mut rx: broadcast::Receiver<fred::types::Message>,
+    rooms: Arc<Rooms>,
     tx: mpsc::Sender<Signal>,
+    metrics: RedisFanOutMetrics,
 ) {
     loop {
+        // Classic messages arrive with kind `Message`, sharded ones with `SMessage`; the
+        // channel name is all that matters.
         let signal = match rx.recv().await {
             Ok(message) => {
+                metrics.received();
                 let Some(room) = message
                     .channel
                     .strip_prefix(CHANNEL_PREFIX)
@@ -118,6 +220,9 @@ async fn read_messages(
                 else {
                     continue;
                 };
+                if !rooms.counts.contains(&room) {
+                    continue;
+                }
                 let Some(payload) = message.value.into_string() else {
                     tracing::warn!(%room, "ignoring a non-text fan-out payload");
                     continue;
@@ -129,6 +234,7 @@ async fn read_messages(
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(dropped = n, "fan-out reader lagged; resyncing rooms");
+                metrics.lagged(n);
                 Signal::Resync
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -139,21 +245,103 @@ async fn read_messages(
     }
 }
 
-async fn resubscribe_on_reconnect(subscriber: SubscriberClient, tx: mpsc::Sender<Signal>) {
+/// After every reconnect (of the server, or of any cluster node), subscribes every
+/// counted room again, then signals `Resync`.
+///
+/// This does not use fred's `resubscribe_all`: that sends `SUBSCRIBE`/`PSUBSCRIBE` even
+/// with nothing to subscribe (Redis answers those with errors, which fred then pairs
+/// with the replies of later commands), and groups shard channels of one slot into one
+/// `SSUBSCRIBE` (see [`subscribe_live`]).
+async fn resubscribe_on_reconnect(
+    subscriber: SubscriberClient,
+    mode: PubSubMode,
+    rooms: Arc<Rooms>,
+    tx: mpsc::Sender<Signal>,
+    metrics: RedisFanOutMetrics,
+) {
     let mut reconnects = subscriber.reconnect_rx();
     while reconnects.recv().await.is_ok() {
+        metrics.reconnected();
+        // Several nodes reconnecting at once need one pass, not one each; a reconnect
+        // during the pass queues another.
+        while reconnects.try_recv().is_ok() {
+            metrics.reconnected();
+        }
         tracing::info!("redis fan-out reconnected; resubscribing");
-        if let Err(e) = subscriber.resubscribe_all().await {
+        let result = match mode {
+            PubSubMode::Classic => resubscribe_classic(&subscriber, &rooms).await,
+            PubSubMode::Sharded => resubscribe_sharded(&subscriber, &rooms).await,
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "resubscribing after reconnect failed");
         }
-        // As in subscribe_confirmed: the rooms' history reads must come after the
-        // subscriptions are live, or a message published in between would be missed.
-        let _: Result<fred::types::Value, _> = subscriber.ping(None).await;
-        // Whatever was published while we were away is only in history now.
+        // The rooms' history reads must come after the subscriptions are live (ensured
+        // above), or a message published in between would be missed. Whatever was
+        // published while we were away is only in history now.
         if tx.send(Signal::Resync).await.is_err() {
             return;
         }
     }
+}
+
+/// One `SUBSCRIBE` with every room and a `PING` barrier. A room left while this ran may
+/// have been subscribed again by it: such rooms are unsubscribed afterwards, under their
+/// stripe lock.
+async fn resubscribe_classic(
+    subscriber: &SubscriberClient,
+    rooms: &Rooms,
+) -> Result<(), fred::error::Error> {
+    let counted = rooms.counts.keys();
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let channels: Vec<String> = counted.iter().map(channel).collect();
+    subscriber.subscribe(channels).await?;
+    let _pong: fred::types::Value = subscriber.ping(None).await?;
+    for room in &counted {
+        let _order = rooms.stripe(room).lock().await;
+        if !rooms.counts.contains(room) {
+            subscriber.unsubscribe(channel(room)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One `SSUBSCRIBE` per room, each under the room's stripe lock and only while the room
+/// is still counted. Rooms that failed (their shard may still be failing over) are tried
+/// again a few times; after that the next reconnect of their node retries them.
+async fn resubscribe_sharded(
+    subscriber: &SubscriberClient,
+    rooms: &Rooms,
+) -> Result<(), fred::error::Error> {
+    const PASSES: usize = 4;
+    const PAUSE: Duration = Duration::from_secs(1);
+    let mut todo = rooms.counts.keys();
+    for pass in 1..=PASSES {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for room in todo {
+            let _order = rooms.stripe(&room).lock().await;
+            if !rooms.counts.contains(&room) {
+                continue;
+            }
+            if let Err(e) = subscribe_live(subscriber, PubSubMode::Sharded, &room).await {
+                last_error = Some(e);
+                failed.push(room.clone());
+            }
+        }
+        match last_error {
+            None => return Ok(()),
+            Some(e) if pass == PASSES => {
+                tracing::warn!(failed = failed.len(), "rooms not resubscribed");
+                return Err(e);
+            }
+            Some(_) => {}
+        }
+        todo = failed;
+        tokio::time::sleep(PAUSE).await;
+    }
+    Ok(())
 }
 
 impl Drop for RedisFanOut {
@@ -175,33 +363,43 @@ impl Drop for RedisFanOut {
 #[async_trait]
 impl FanOut for RedisFanOut {
     async fn subscribe(&self, room: &RoomId) -> Result<(), FanOutError> {
-        let _order = self.stripe(room).lock().await;
-        if self.subscriptions.add(room)
-            && let Err(e) = self.subscribe_confirmed(room).await
+        let _order = self.rooms.stripe(room).lock().await;
+        if self.rooms.counts.add(room)
+            && let Err(e) = subscribe_live(&self.subscriber, self.mode, room).await
         {
-            self.subscriptions.remove(room);
-            return Err(e);
+            self.rooms.counts.remove(room);
+            return Err(unavailable(e));
         }
         Ok(())
     }
 
     async fn unsubscribe(&self, room: &RoomId) -> Result<(), FanOutError> {
-        let _order = self.stripe(room).lock().await;
-        if self.subscriptions.remove(room) {
-            self.subscriber
-                .unsubscribe(channel(room))
-                .await
-                .map_err(unavailable)?;
+        let _order = self.rooms.stripe(room).lock().await;
+        if self.rooms.counts.remove(room) {
+            match self.mode {
+                PubSubMode::Classic => self.subscriber.unsubscribe(channel(room)).await,
+                PubSubMode::Sharded => self.subscriber.sunsubscribe(channel(room)).await,
+            }
+            .map_err(unavailable)?;
         }
         Ok(())
     }
 
     async fn publish(&self, room: &RoomId, payload: ByteString) -> Result<(), FanOutError> {
-        let _receivers: i64 = self
-            .publisher
-            .publish(channel(room), payload.to_string())
-            .await
-            .map_err(unavailable)?;
+        let published: Result<i64, _> = match self.mode {
+            PubSubMode::Classic => {
+                self.publisher
+                    .publish(channel(room), payload.to_string())
+                    .await
+            }
+            PubSubMode::Sharded => {
+                self.publisher
+                    .spublish(channel(room), payload.to_string())
+                    .await
+            }
+        };
+        self.metrics.published(published.is_ok());
+        published.map_err(unavailable)?;
         Ok(())
     }
 

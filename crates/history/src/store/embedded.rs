@@ -288,6 +288,10 @@ fn read_page(db: &Database, room: &str, page: Page, limit: u32) -> Result<Listed
 
 #[async_trait]
 impl MessageStore for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         let jobs = self
             .jobs

@@ -69,6 +69,12 @@ pub enum StoreError {
 /// The contract every backend keeps.
 #[async_trait]
 pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name of the backend (`embedded`, `mongo`), the `backend` label of the
+    /// store metrics.
+    fn backend(&self) -> &'static str {
+        "other"
+    }
+
     /// Stores a message once and assigns the room's next seq.
     ///
     /// - Idempotent on `(room, from, client_id)`: a repeat stores nothing and returns the

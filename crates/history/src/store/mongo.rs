@@ -272,6 +272,10 @@ fn map_error(e: mongodb::error::Error) -> StoreError {
 
 #[async_trait]
 impl MessageStore for MongoStore {
+    fn backend(&self) -> &'static str {
+        "mongo"
+    }
+
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         let mut hints = self.stripe(&msg.room).lock().await;
         let mut head = match hints.get(&msg.room) {

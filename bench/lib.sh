@@ -1,0 +1,126 @@
+# Shared helpers of the benchmark scenarios; sourced, not run.
+#
+# Everything a scenario starts runs on 127.0.0.1 on free ports and is stopped on exit.
+# Results go to bench/results/<scenario>-<UTC time>.{json,txt}.
+
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# The server binaries can be swapped for a before/after comparison of a patch, e.g.
+# SERVER_BIN=/tmp/patched/target/release bench/fanout.sh
+SERVER_BIN="${SERVER_BIN:-$BIN}"
+RESULTS="$ROOT/bench/results"
+mkdir -p "$RESULTS"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+WORK="$(mktemp -d -p "${BENCH_TMP:-$ROOT/target}" bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# The descriptor limit: as high as the hard limit allows (here 20,000 per process).
+raise_nofile() {
+    ulimit -n 65535 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    log "open files limit: $(ulimit -n)"
+}
+
+# Release builds of the given packages.
+build() {
+    local args=()
+    for p in "$@"; do args+=(-p "$p"); done
+    log "cargo build --release ${args[*]}"
+    (cd "$ROOT" && cargo build --release --quiet "${args[@]}")
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until something accepts TCP connections on 127.0.0.1:$1.
+wait_port() {
+    local port=$1 deadline=$((SECONDS + ${2:-30}))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ((SECONDS > deadline)); then
+            log "nothing listening on port $port"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# Starts a process in the background (its output in $WORK/<name>.log) and records it
+# for cleanup; sets LAST_PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# A private redis-server without persistence; sets REDIS_PORT.
+start_redis() {
+    REDIS_PORT=$(free_port)
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --maxclients 10000
+    wait_port "$REDIS_PORT"
+}
+
+# The all-in-one on a free port, embedded store in $WORK/data; sets CHAT_PORT, CHAT_PID.
+start_chat() {
+    CHAT_PORT=$(free_port)
+    start chat env RUST_LOG=warn CHAT_HTTP_ADDR="127.0.0.1:$CHAT_PORT" \
+        CHAT_DATA_DIR="$WORK/data-chat-$CHAT_PORT" CHAT_AUTH_MODE=dev CHAT_REDIS_URL= CHAT_MONGODB_URL= \
+        "$SERVER_BIN/chat"
+    CHAT_PID=$LAST_PID
+    wait_port "$CHAT_PORT"
+}
+
+# Machine facts for the record.
+machine() {
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)," \
+        "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        "(working tree $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l) changed paths)"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+}
+
+# Runs chat-bench with its arguments; the JSON report goes to $RESULTS/$1-<time>.json,
+# the table to the terminal and $RESULTS/$1-<time>.txt. A non-zero exit (problems found)
+# is reported, not fatal, so the remaining runs still happen.
+bench() {
+    local name=$1
+    shift
+    local out="$RESULTS/$name-$STAMP"
+    "$BIN/chat-bench" "$@" --out "$out.json" | tee "$out.txt" ||
+        log "chat-bench exited non-zero (see $out.txt)"
+}
+
+# Runs `bench` $RUNS times (default 3); the JSON files get suffixes -1, -2, ...
+bench_runs() {
+    local name=$1
+    shift
+    local i
+    for ((i = 1; i <= ${RUNS:-3}; i++)); do
+        log "$name run $i of ${RUNS:-3}"
+        bench "$name-$i" "$@"
+    done
+}
+
+# The median of a JSON field (jq path) over result files.
+median() {
+    local path=$1
+    shift
+    jq -s "[.[] | $path] | sort | .[(length - 1) / 2 | floor]" "$@"
+}

@@ -1,0 +1,95 @@
+//! The fan-out path inside one gateway: building a `message` frame, the in-process bus
+//! (publish -> the subscribed gateway's signal queue), and a room sequencer's broadcast
+//! into its members' bounded outbound queues.
+
+use std::hint::black_box;
+
+use bytestring::ByteString;
+use chat_gateway::conn::Conn;
+use chat_gateway::fanout::memory::InProcessBus;
+use chat_gateway::fanout::{FanOut, Signal};
+use chat_gateway::rooms::message_frame;
+use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn message() -> Message {
+    Message {
+        room: RoomId::parse("bench-room-7").expect("valid room"),
+        seq: 123_456,
+        id: "019ad2c4-8b7e-7c3a-9f1e-2b3c4d5e6f70".into(),
+        from: UserId::parse("bench-u42").expect("valid user"),
+        body: chat_bench::wire::body(42, 1000, 1_796_009_028_123_456, 64),
+        ts: Timestamp(1_796_009_028_123),
+        client_id: ClientMsgId::parse("42-1000").expect("valid client id"),
+    }
+}
+
+fn frame(c: &mut Criterion) {
+    let msg = message();
+    c.bench_function("message_frame", |b| {
+        b.iter(|| message_frame(black_box(&msg)))
+    });
+}
+
+fn bus(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let room = RoomId::parse("bench-room-7").expect("valid room");
+    let payload: ByteString = message_frame(&message());
+    let mut g = c.benchmark_group("in_process_bus_publish_receive");
+    g.throughput(Throughput::Elements(1));
+    for gateways in [1usize, 4] {
+        let bus = InProcessBus::new();
+        let (handles, mut receivers): (Vec<_>, Vec<_>) =
+            (0..gateways).map(|_| bus.attach()).unzip();
+        for fanout in &handles {
+            rt.block_on(fanout.subscribe(&room)).expect("subscribe");
+        }
+        g.bench_with_input(BenchmarkId::from_parameter(gateways), &gateways, |b, _| {
+            b.iter(|| {
+                rt.block_on(async {
+                    handles[0]
+                        .publish(&room, payload.clone())
+                        .await
+                        .expect("publish");
+                    for rx in receivers.iter_mut() {
+                        if let Some(Signal::Event { payload, .. }) = rx.recv().await {
+                            black_box(payload);
+                        }
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn broadcast(c: &mut Criterion) {
+    let msg = message();
+    let user = UserId::parse("bench-u1").expect("valid user");
+    let mut g = c.benchmark_group("room_broadcast_and_drain");
+    for members in [10usize, 100, 1000] {
+        let (conns, mut queues): (Vec<_>, Vec<_>) = (0..members as u64)
+            .map(|id| Conn::new(id, user.clone()))
+            .unzip();
+        g.throughput(Throughput::Elements(members as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
+            b.iter(|| {
+                // What a sequencer does per message: one frame, shared by every member's
+                // queue; then what each session's writer takes out of its queue.
+                let frame = message_frame(&msg);
+                for conn in &conns {
+                    black_box(conn.try_deliver(&frame));
+                }
+                for queue in queues.iter_mut() {
+                    black_box(queue.try_recv().ok());
+                }
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, frame, bus, broadcast);
+criterion_main!(benches);

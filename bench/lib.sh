@@ -12,6 +12,7 @@ SERVER_BIN="${SERVER_BIN:-$BIN}"
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "${BENCH_TMP:-$ROOT/target}"
 WORK="$(mktemp -d -p "${BENCH_TMP:-$ROOT/target}" bench.XXXXXX)"
 PIDS=()
 

@@ -145,6 +145,10 @@ impl Gateway {
                 .configure(http::routes)
         })
         .workers(self.workers)
+        // A sender gets its `message` and its `ack` back to back; with Nagle on, the
+        // second frame waits for the client's delayed ACK (up to 40 ms). See
+        // docs/benchmarks.md.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(self.grace.as_secs())
         .listen(self.listener)?

@@ -172,7 +172,9 @@ impl Session {
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             self.state.metrics.ws.message_in();
                             self.received = last_seen;
-                            if self.on_text(&text).await.is_err() {
+                            // Boxed: the request future is large and rarely alive; keeping it out
+                            // of the session future saves ~0.8 KiB per idle connection.
+                            if Box::pin(self.on_text(&text)).await.is_err() {
                                 return;
                             }
                             continue;

@@ -143,10 +143,12 @@ impl Session {
             gateway: &self.state.gateway_id,
             protocol: chat_model::PROTOCOL_VERSION,
         };
+        // Online before `hello`: a client that has its `hello` is visible to everyone's
+        // `presence` query, on every gateway.
+        self.state.presence.connected(&self.conn.user).await;
         if self.reply(hello).await.is_err() {
             return;
         }
-        self.state.presence.connected(&self.conn.user).await;
         let mut heartbeat = tokio::time::interval(PING_INTERVAL);
         heartbeat.tick().await;
         let mut last_seen = Instant::now();

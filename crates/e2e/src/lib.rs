@@ -1,17 +1,21 @@
 //! End-to-end harness: the real service binaries (`chat-gateway`, `chat-history`,
-//! `chat-presence`, `chat-probe`) as child processes, real nginx in front of them, and
-//! clients that keep a ledger of everything they were acked and received, checked for
-//! loss, duplicates and order at the end.
+//! `chat-presence`, `chat-probe`) as child processes (killed, restarted on the same
+//! address, or signalled by the chaos tests), real nginx in front of them, and clients
+//! that keep a ledger of everything they were acked and received, checked for loss,
+//! duplicates and order at the end by [`check`] and by chat-bench's checker
+//! ([`bench_check`]).
 //!
 //! The binaries are not built by `cargo test` for this package (cargo only builds the
 //! binaries of the package under test): `scripts/test.sh` runs `cargo build --bins` first.
 //! They are looked up in `CHAT_BIN_DIR`, else next to the test executable
 //! (`target/<profile>/`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_testkit::process::{ChildGuard, free_port, wait_for_port};
@@ -77,6 +81,10 @@ pub struct Service {
     pub name: String,
     pub addr: SocketAddr,
     child: ChildGuard,
+    /// How it was started, for [`Harness::restart`].
+    bin: PathBuf,
+    addr_var: String,
+    envs: Vec<(String, String)>,
 }
 
 impl Service {
@@ -88,6 +96,16 @@ impl Service {
     /// Sends SIGTERM.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
         self.child.terminate()
+    }
+
+    /// The process id, while it runs (for tests that signal it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill();
     }
 
     /// Waits up to `timeout` for the process to exit.
@@ -152,36 +170,84 @@ impl Harness {
         envs: &[(&str, String)],
     ) -> anyhow::Result<Service> {
         let path = binary(bin)?;
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         let mut last_err = None;
         for _ in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let (out, err) = self.log_file(name)?;
-            let mut cmd = Command::new(&path);
-            cmd.env(addr_var, addr.to_string())
-                .env(
-                    "RUST_LOG",
-                    std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err);
-            for (key, value) in envs {
-                cmd.env(key, value);
-            }
-            let mut child = ChildGuard::spawn(name, &mut cmd)?;
-            match wait_for_port(addr, Duration::from_secs(30), &mut child).await {
-                Ok(()) => {
+            match self.start(name, &path, addr_var, &envs, addr).await {
+                Ok(child) => {
                     return Ok(Service {
                         name: name.to_owned(),
                         addr,
                         child,
+                        bin: path,
+                        addr_var: addr_var.to_owned(),
+                        envs,
                     });
                 }
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{name} did not start")))
+    }
+
+    /// Starts `service` again, after it exited or was killed, on the same address and
+    /// with the same environment (so its clients find it again), appending to its log.
+    /// Retries for a while in case the port is not free again yet.
+    pub async fn restart(&self, service: &mut Service) -> anyhow::Result<()> {
+        service.child.kill();
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self
+                .start(
+                    &service.name,
+                    &service.bin,
+                    &service.addr_var,
+                    &service.envs,
+                    service.addr,
+                )
+                .await
+            {
+                Ok(child) => {
+                    service.child = child;
+                    return Ok(());
+                }
+                Err(e) => last_err = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} did not restart", service.name)))
+    }
+
+    /// Spawns one process listening on `addr` and waits until it accepts connections.
+    async fn start(
+        &self,
+        name: &str,
+        path: &Path,
+        addr_var: &str,
+        envs: &[(String, String)],
+        addr: SocketAddr,
+    ) -> anyhow::Result<ChildGuard> {
+        let (out, err) = self.log_file(name)?;
+        let mut cmd = Command::new(path);
+        cmd.env(addr_var, addr.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (key, value) in envs {
+            cmd.env(key, value);
+        }
+        let mut child = ChildGuard::spawn(name, &mut cmd)?;
+        wait_for_port(addr, Duration::from_secs(30), &mut child).await?;
+        Ok(child)
     }
 
     /// Starts nginx on a free port with the repo's shared settings
@@ -327,6 +393,55 @@ pub struct Ack {
     pub client_id: String,
     pub seq: u64,
     pub duplicate: bool,
+    /// When the ack arrived.
+    pub at: Instant,
+}
+
+/// Counters of one participant that another task can read while the participant is
+/// busy (for tests that wait for traffic to reach a point).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Sends acked.
+    pub acks: AtomicUsize,
+    /// Sends attempted again with the same `client_id` (after an `unavailable` or
+    /// `rate_limited` reply, or on a new connection).
+    pub resends: AtomicUsize,
+    /// Successful reconnects.
+    pub reconnects: AtomicUsize,
+    /// The send waiting for its ack, if any.
+    in_flight: std::sync::Mutex<Option<InFlight>>,
+}
+
+/// A send waiting for its ack.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub room: String,
+    pub client_id: String,
+    /// When it was first sent.
+    pub since: Instant,
+}
+
+impl Progress {
+    pub fn acks(&self) -> usize {
+        self.acks.load(Ordering::Relaxed)
+    }
+
+    pub fn resends(&self) -> usize {
+        self.resends.load(Ordering::Relaxed)
+    }
+
+    pub fn reconnects(&self) -> usize {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The send waiting for its ack, if any.
+    pub fn in_flight(&self) -> Option<InFlight> {
+        self.in_flight_lock().clone()
+    }
+
+    fn in_flight_lock(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One chat client and everything it saw: it resends until acked, reconnects (through
@@ -356,6 +471,8 @@ pub struct Participant {
     pub reconnects: Vec<Duration>,
     /// Replies that were retried (`unavailable`, `rate_limited`).
     pub retried_errors: usize,
+    /// Live counters, shared with whoever holds [`Participant::progress`].
+    progress: Arc<Progress>,
 }
 
 /// How long a participant keeps trying to reconnect or get one send acked.
@@ -383,6 +500,7 @@ impl Participant {
             closes: Vec::new(),
             reconnects: Vec::new(),
             retried_errors: 0,
+            progress: Arc::default(),
         };
         for room in rooms {
             let joined = me.client.join(room, None).await?;
@@ -393,6 +511,16 @@ impl Participant {
             me.absorb(backlog);
         }
         Ok(me)
+    }
+
+    /// Live counters of this participant, to watch it from another task.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// The rooms this participant is in.
+    pub fn rooms(&self) -> &[String] {
+        &self.rooms
     }
 
     fn absorb(&mut self, frames: Vec<Value>) {
@@ -417,12 +545,21 @@ impl Participant {
     /// `unavailable`/`rate_limited`, and after reconnecting when the connection ends.
     pub async fn send(&mut self, room: &str, client_id: &str, body: &str) -> anyhow::Result<Ack> {
         let deadline = Instant::now() + PATIENCE;
+        *self.progress.in_flight_lock() = Some(InFlight {
+            room: room.to_owned(),
+            client_id: client_id.to_owned(),
+            since: Instant::now(),
+        });
+        let mut first = true;
         loop {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{}: {client_id} not acked within {PATIENCE:?}",
                 self.user
             );
+            if !std::mem::take(&mut first) {
+                self.progress.resends.fetch_add(1, Ordering::Relaxed);
+            }
             match self.client.send_message(room, body, client_id).await {
                 Ok(reply) if reply["type"] == "ack" => {
                     let backlog = self.client.drain_backlog();
@@ -434,8 +571,11 @@ impl Participant {
                             .as_u64()
                             .ok_or_else(|| anyhow::anyhow!("ack without seq: {reply}"))?,
                         duplicate: reply["duplicate"] == true,
+                        at: Instant::now(),
                     };
                     self.acks.push(ack.clone());
+                    self.progress.acks.fetch_add(1, Ordering::Relaxed);
+                    *self.progress.in_flight_lock() = None;
                     return Ok(ack);
                 }
                 Ok(reply)
@@ -469,33 +609,44 @@ impl Participant {
     }
 
     /// Connects again (through the same URL) and resumes every room from the last seq
-    /// received.
+    /// received. A failed attempt (no gateway reachable yet, a `join` refused while a
+    /// backend is down) is dropped and the whole sequence tried again, for up to
+    /// [`PATIENCE`].
     pub async fn reconnect(&mut self) -> anyhow::Result<()> {
         let backlog = self.client.drain_backlog();
         self.absorb(backlog);
         let started = Instant::now();
-        let client = loop {
-            match WsClient::connect(&self.url).await {
-                Ok(client) => break client,
+        loop {
+            match self.resume().await {
+                Ok(()) => break,
                 Err(e) if started.elapsed() > PATIENCE => {
-                    anyhow::bail!("{}: no reconnect within {PATIENCE:?}: {e}", self.user)
+                    anyhow::bail!("{}: no reconnect within {PATIENCE:?}: {e:#}", self.user)
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-        };
-        self.client = client;
+        }
+        self.gateways.push(self.gateway.clone());
+        self.reconnects.push(started.elapsed());
+        self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One attempt of [`Participant::reconnect`].
+    async fn resume(&mut self) -> anyhow::Result<()> {
+        self.client = WsClient::connect(&self.url).await?;
         self.gateway = self.client.hello["gateway"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        self.gateways.push(self.gateway.clone());
         for room in self.rooms.clone() {
             let since = self.last_seen.get(&room).copied().unwrap_or(0);
-            self.client.join(&room, Some(since)).await?;
+            let joined = self.client.join(&room, Some(since)).await;
+            // Catch-up frames that came before a failed join's error are still good: they
+            // move `last_seen`, so the next attempt resumes after them.
             let backlog = self.client.drain_backlog();
             self.absorb(backlog);
+            joined?;
         }
-        self.reconnects.push(started.elapsed());
         Ok(())
     }
 
@@ -633,4 +784,113 @@ pub fn check(participants: &[Participant]) -> Verdict {
             .push(format!("{} out-of-order deliveries", verdict.out_of_order));
     }
     verdict
+}
+
+/// The participants' ledgers through chat-bench's correctness checker
+/// ([`chat_bench::check`], the one `chat-bench run` reports with), so end-to-end tests
+/// and load runs count missing, duplicate and out-of-order deliveries the same way: every
+/// participant is a receiver of each of its rooms from the `last_seq` of its first
+/// `joined`, and every acked seq (from any participant) is expected above that floor.
+///
+/// chat-bench's senders never resend, so that checker takes acks as given; whether the
+/// acks themselves are consistent (one seq per `client_id`, one `client_id` per seq, no
+/// gap) is [`check`]'s part.
+pub fn bench_check(participants: &[Participant]) -> chat_bench::check::Correctness {
+    use chat_bench::check::{Emitted, ReceiverTrack};
+    use chat_bench::rangeset::RangeSet;
+
+    let rooms: BTreeSet<&str> = participants
+        .iter()
+        .flat_map(|p| p.rooms.iter().map(String::as_str))
+        .collect();
+    let index = |room: &str| rooms.iter().position(|r| *r == room).unwrap_or(0) as u32;
+    let mut emitted: BTreeMap<u32, RangeSet> = BTreeMap::new();
+    for ack in participants.iter().flat_map(|p| &p.acks) {
+        emitted.entry(index(&ack.room)).or_default().insert(ack.seq);
+    }
+    let emitted: Vec<Emitted> = emitted
+        .into_iter()
+        .map(|(room, acked)| Emitted {
+            room,
+            acked,
+            written: 0,
+        })
+        .collect();
+    let mut receivers = Vec::new();
+    for (conn, p) in participants.iter().enumerate() {
+        for room in &p.rooms {
+            let floor = p.first_expected.get(room).map_or(0, |first| first - 1);
+            let mut track = ReceiverTrack::new(floor);
+            for (seq, _) in p.received.get(room).map(Vec::as_slice).unwrap_or_default() {
+                track.on_seq(*seq);
+            }
+            receivers.push(track.take_round(conn as u32, index(room)));
+        }
+    }
+    chat_bench::check::check(chat_bench::Protocol::Chat, &emitted, &receivers)
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        let text = String::from_utf8_lossy(&reply);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no HTTP header from {addr}{path}: {text}"))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no HTTP status from {addr}{path}: {head}"))?;
+        anyhow::Ok((code, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET {addr}{path} timed out"))?
+}
+
+/// The value of an unlabelled Prometheus sample `name` in `/metrics` of `addr`.
+pub async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+    let (code, body) = http_get(addr, "/metrics").await?;
+    anyhow::ensure!(code == 200, "GET {addr}/metrics: {code}");
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+        .ok_or_else(|| anyhow::anyhow!("{addr}/metrics has no sample {name}"))
+}
+
+/// Every message stored in `room`, oldest first, paged backwards through
+/// `GET /v1/rooms/{room}/messages` of the gateway at `addr` as dev-mode user `user`.
+pub async fn stored_messages(
+    addr: SocketAddr,
+    user: &str,
+    room: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut messages: Vec<Value> = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut path = format!("/v1/rooms/{room}/messages?user={user}&limit=200");
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
+        }
+        let (code, body) = http_get(addr, &path).await?;
+        anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
+        let page: Value = serde_json::from_str(&body)?;
+        let batch = page["messages"].as_array().cloned().unwrap_or_default();
+        before = batch.first().and_then(|m| m["seq"].as_u64());
+        let more = page["has_more"] == true && before.is_some();
+        messages.splice(0..0, batch);
+        if !more {
+            return Ok(messages);
+        }
+    }
 }

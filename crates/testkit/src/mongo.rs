@@ -112,6 +112,15 @@ impl MongoServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("nx-27017 did not start")))
     }
 
+    /// The server's process id, when it is our own `nx-27017` (for tests that pause or
+    /// kill it); `None` for `CHAT_TEST_MONGODB_URL`.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.backing {
+            Backing::External(_) => None,
+            Backing::Process { _child: child, .. } => child.id(),
+        }
+    }
+
     /// The connection string, e.g. `mongodb://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         match &self.backing {

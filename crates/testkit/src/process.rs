@@ -45,20 +45,13 @@ impl ChildGuard {
         Ok(())
     }
 
-    /// Asks the process to stop (SIGTERM, through `kill(1)`: the workspace has no unsafe
-    /// code for `libc::kill`). Does nothing if it already exited.
+    /// Asks the process to stop (SIGTERM). Does nothing if it already exited.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
         if let Some(child) = &mut self.child
             && child.try_wait()?.is_none()
         {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()?;
-            anyhow::ensure!(
-                status.success(),
-                "kill -TERM {} failed: {status}",
-                self.name
-            );
+            signal(child.id(), "TERM")
+                .map_err(|e| anyhow::anyhow!("stopping {}: {e}", self.name))?;
         }
         Ok(())
     }
@@ -96,6 +89,16 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, ...) to process `pid`, through `kill(1)`:
+/// the workspace has no unsafe code for `libc::kill`.
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed: {status}");
+    Ok(())
 }
 
 /// Polls `probe` every 20 ms until it returns `Some` or `timeout` passes.

@@ -1,0 +1,905 @@
+//! Chaos under steady load, with real processes: `chat-gateway`s behind real nginx, one
+//! real `redis-server`, `chat-history` on an `nx-27017` MongoDB-wire store (or on its
+//! embedded store), one `chat-presence`.
+//!
+//! Every case runs the same load: [`CLIENTS`] clients, connected through nginx only,
+//! each sending one message every [`PACE`] to the two rooms in turn, before, during and
+//! after one fault. A client never gives up on a message: after `unavailable` it sends it
+//! again, after a lost connection or a reply timeout it reconnects through nginx, resumes
+//! every room with `join since` and sends it again, always with the same `client_id`.
+//! After the fault is repaired and every client got [`ACKS_AFTER`] more acks, the load
+//! stops, every client reads up to the end of both rooms, and:
+//!
+//! - chat-bench's checker ([`chat_e2e::bench_check`]) finds 0 missing acked messages, 0
+//!   duplicates and 0 out-of-order deliveries on every client and room;
+//! - [`chat_e2e::check`] finds every send acked, one seq per `client_id` (resends came
+//!   back with the original seq), seqs 1..n with no gap, and each delivered seq carrying
+//!   the `client_id` it was acked for;
+//! - the stored history (read back over HTTP) is exactly the acked messages, once each.
+//!
+//! The cases: `kill -9` of a gateway, at a random point and exactly between storing its
+//! clients' messages and acking them; a Redis crash and restart; `kill -9` and SIGTERM
+//! of a history replica, restarted on the same address; `kill -9` of the only history
+//! replica on its embedded store (acked messages must survive on disk); the MongoDB-wire
+//! server paused (SIGSTOP) for 3 s, and for longer than the gateway's history call
+//! timeout, then resumed. Each prints one line with what it measured (`--nocapture`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chat_e2e::{
+    Harness, Nginx, Participant, Progress, Service, bench_check, check, metric, stored_messages,
+    wait_ready,
+};
+use chat_testkit::mongo::{MongoServer, unique_db_name};
+use chat_testkit::process::{eventually, signal};
+use chat_testkit::redis::RedisServer;
+use tokio::task::JoinHandle;
+
+const ROOMS: [&str; 2] = ["lobby", "ops"];
+const CLIENTS: usize = 6;
+/// Each client sends one message per tick: 6 clients make 60 messages/s in all.
+const PACE: Duration = Duration::from_millis(100);
+/// Acks every client must have before the fault is injected.
+const ACKS_BEFORE: usize = 10;
+/// Acks every client must get after the repair before the load stops.
+const ACKS_AFTER: usize = 10;
+/// Upper bound of any one wait on the system (generous: this is no speed test).
+const WAIT: Duration = Duration::from_secs(30);
+/// The whole case, setup included.
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_kill9_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("gateway-kill9")?;
+    guarded(&h, gateway_kill9(&h)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_kill9_with_sends_in_flight_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("gateway-kill9-in-flight")?;
+    guarded(&h, gateway_kill9_in_flight(&h)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restart_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("redis-restart")?;
+    guarded(&h, redis_restart(&h)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_kill9_and_restart_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("history-kill9")?;
+    guarded(&h, history_restart(&h, Stop::Kill)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_sigterm_and_restart_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("history-sigterm")?;
+    guarded(&h, history_restart(&h, Stop::Term)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_history_kill9_and_restart_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("history-embedded-kill9")?;
+    guarded(&h, embedded_history_kill9(&h)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongo_paused_3s_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("mongo-pause")?;
+    guarded(&h, mongo_pause(&h, Pause::For(Duration::from_secs(3)))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mongo_paused_past_call_timeout_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("mongo-long-pause")?;
+    guarded(&h, mongo_pause(&h, Pause::UntilUnavailable)).await
+}
+
+/// Runs one case with a deadline; prints the processes' logs when it fails.
+async fn guarded(
+    h: &Harness,
+    case: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let result = tokio::time::timeout(CASE_TIMEOUT, case)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("case took over {CASE_TIMEOUT:?}")));
+    if result.is_err() {
+        h.dump_logs();
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------
+// The cases
+
+/// `kill -9` of the gateway serving client 0. Its clients lose their connections without
+/// a close frame, reconnect through nginx (which must route around the dead upstream),
+/// resume with `since` and resend. (A send in flight at the kill is rare at this pace;
+/// [`gateway_kill9_in_flight`] makes one on purpose.)
+async fn gateway_kill9(h: &Harness) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(h, Layout::mongo(3, 2)).await?;
+    let load = Load::start(&cluster.nginx).await?;
+    anyhow::ensure!(
+        load.gateways().len() == 3,
+        "nginx spread the clients over {:?}, expected 3 gateways",
+        load.gateways()
+    );
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let victim_id = load.first_gateways[0].clone();
+    let victim = cluster
+        .gateways
+        .iter_mut()
+        .find(|g| g.name == victim_id)
+        .ok_or_else(|| anyhow::anyhow!("no gateway {victim_id}"))?;
+    let fault = Fault::begin(format!("kill -9 {victim_id}"));
+    victim.kill();
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the kill")
+        .await?;
+
+    let participants = load.finish().await?;
+    let moved = participants
+        .iter()
+        .filter(|p| p.gateways[0] == victim_id)
+        .count();
+    for p in &participants {
+        if p.gateways[0] == victim_id {
+            anyhow::ensure!(
+                !p.closes.is_empty() && p.gateway != victim_id,
+                "{} was on {victim_id}: closes {:?}, now on {}",
+                p.user,
+                p.closes,
+                p.gateway
+            );
+        } else {
+            anyhow::ensure!(
+                p.closes.is_empty(),
+                "{} was not on {victim_id} but lost its connection: {:?}",
+                p.user,
+                p.closes
+            );
+        }
+    }
+    let survivor = cluster
+        .gateways
+        .iter()
+        .find(|g| g.name != victim_id)
+        .map(|g| g.addr)
+        .ok_or_else(|| anyhow::anyhow!("no surviving gateway"))?;
+    verdict(
+        "gateway-kill9",
+        &fault,
+        &participants,
+        survivor,
+        &format!("{moved} clients moved"),
+    )
+    .await
+}
+
+/// How long the victim's sends wait on the frozen store before their gateway is frozen
+/// too: far more than a frame takes from a client through nginx and the gateway to
+/// history, so their appends are surely waiting on the store. (Checked afterwards: the
+/// case fails unless one of them is found stored.)
+const STUCK: Duration = Duration::from_secs(1);
+
+/// `kill -9` of a gateway after it had a message stored but before it acked or published
+/// it. The MongoDB-wire server is frozen (SIGSTOP) until the victim gateway's clients
+/// have waited on their sends for [`STUCK`]; then the gateway is frozen too, the server
+/// resumes and stores the appends, and once one of them is visible in history the frozen
+/// gateway is killed. Its clients reconnect to the other gateway and resend: the stored
+/// message must come back with its original seq and `duplicate: true`, never be stored
+/// twice, and reach every member once (by gap fill, and the duplicate's republish).
+/// `gw-0` alone uses `history-0`.
+///
+/// (Killing the gateway while the store is still frozen is not enough: history's
+/// cancelled append closes its store connection, and nx-27017 then sometimes drops the
+/// insert it already received.)
+async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
+    let mongo = cluster
+        .mongo
+        .as_ref()
+        .and_then(MongoServer::pid)
+        .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
+    let victim_pid = cluster.gateways[0]
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("gw-0 is not running"))?;
+    let load = Load::start(&cluster.nginx).await?;
+    let victims: Vec<usize> = (0..CLIENTS)
+        .filter(|&i| load.first_gateways[i] == "gw-0")
+        .collect();
+    anyhow::ensure!(!victims.is_empty(), "no client on gw-0");
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let fault = Fault::begin("gw-0 kill -9 between store and ack".to_owned());
+    signal(mongo, "STOP")?;
+    let stuck = load
+        .wait_for("gw-0's clients to wait on their sends", || {
+            victims.iter().all(|&i| {
+                load.progress[i]
+                    .in_flight()
+                    .is_some_and(|f| f.since.elapsed() >= STUCK)
+            })
+        })
+        .await;
+    let frozen = stuck.and_then(|()| signal(victim_pid, "STOP"));
+    // Resume even when a step failed, so the logs and the teardown see a live server.
+    signal(mongo, "CONT")?;
+    frozen?;
+    let in_flight: Vec<_> = victims
+        .iter()
+        .filter_map(|&i| load.progress[i].in_flight())
+        .collect();
+    let witness = cluster.gateways[1].addr;
+    eventually(WAIT, "a frozen gateway's append to be stored", || async {
+        for f in &in_flight {
+            let stored = stored_messages(witness, "auditor", &f.room).await.ok()?;
+            if stored
+                .iter()
+                .any(|m| m["client_id"] == f.client_id.as_str())
+            {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await?;
+    cluster.gateways[0].kill();
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the kill")
+        .await?;
+
+    let participants = load.finish().await?;
+    for (i, p) in participants.iter().enumerate() {
+        if victims.contains(&i) {
+            anyhow::ensure!(
+                !p.closes.is_empty() && p.gateway == "gw-1",
+                "{} was on gw-0: closes {:?}, now on {}",
+                p.user,
+                p.closes,
+                p.gateway
+            );
+        } else {
+            anyhow::ensure!(
+                p.closes.is_empty(),
+                "{} was on gw-1 but lost its connection: {:?}",
+                p.user,
+                p.closes
+            );
+        }
+    }
+    let duplicates = participants
+        .iter()
+        .flat_map(|p| &p.acks)
+        .filter(|a| a.duplicate)
+        .count();
+    anyhow::ensure!(
+        duplicates >= 1,
+        "no resend found its message already stored: the case did not kill a gateway \
+         between store and ack"
+    );
+    verdict(
+        "gateway-kill9-in-flight",
+        &fault,
+        &participants,
+        cluster.gateways[1].addr,
+        &format!("{} clients moved", victims.len()),
+    )
+    .await
+}
+
+/// The Redis server crashes (SIGKILL: pub/sub subscriptions and presence keys are gone)
+/// and a fresh one starts on the same port. Acks do not need Redis; cross-gateway
+/// delivery does: each gateway must reconnect, subscribe its rooms again and resync
+/// them from history (what was published meanwhile is lost by Redis), after which
+/// pub/sub must carry messages again.
+async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
+    let load = Load::start(&cluster.nginx).await?;
+    anyhow::ensure!(
+        load.gateways().len() == 2,
+        "nginx spread the clients over {:?}, expected both gateways",
+        load.gateways()
+    );
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let fault = Fault::begin("Redis kill -9 and restart".to_owned());
+    cluster.redis.restart().await?;
+    let fault = fault.repaired();
+    // Every gateway noticed and resubscribed...
+    for gateway in &cluster.gateways {
+        eventually(
+            WAIT,
+            &format!("{} to reconnect to Redis", gateway.name),
+            || async {
+                let reconnects = metric(gateway.addr, "chat_gateway_redis_reconnects_total").await;
+                (reconnects.ok()? >= 1.0).then_some(())
+            },
+        )
+        .await?;
+    }
+    let received_before: Vec<f64> = {
+        let mut counts = Vec::new();
+        for gateway in &cluster.gateways {
+            counts.push(metric(gateway.addr, "chat_gateway_redis_received_total").await?);
+        }
+        counts
+    };
+    load.wait_each_after(ACKS_AFTER, "load after the restart")
+        .await?;
+    // ...and receives through pub/sub again (not only through gap fills).
+    for (gateway, before) in cluster.gateways.iter().zip(received_before) {
+        let now = metric(gateway.addr, "chat_gateway_redis_received_total").await?;
+        anyhow::ensure!(
+            now > before,
+            "{} received nothing from Redis after reconnecting ({before} -> {now})",
+            gateway.name
+        );
+    }
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "redis-restart",
+        &fault,
+        &participants,
+        cluster.gateways[0].addr,
+        "gateways resubscribed",
+    )
+    .await
+}
+
+/// How a history replica is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// One of two history replicas (both on one MongoDB-wire store) is stopped; gateway
+/// `gw-0` uses only that replica, so its clients get `unavailable` and keep resending
+/// until the replica is back on the same address. SIGTERM lets in-flight appends finish;
+/// `kill -9` may drop one after it was stored, and the resend must then find it.
+async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
+    let case = match stop {
+        Stop::Kill => "history-kill9",
+        Stop::Term => "history-sigterm",
+    };
+    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
+    let load = Load::start(&cluster.nginx).await?;
+    anyhow::ensure!(
+        load.gateways().contains("gw-0"),
+        "no client on gw-0: {:?}",
+        load.gateways()
+    );
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let victim = &mut cluster.histories[0];
+    let fault = Fault::begin(match stop {
+        Stop::Kill => format!("kill -9 {} and restart", victim.name),
+        Stop::Term => format!("SIGTERM {} and restart", victim.name),
+    });
+    match stop {
+        Stop::Kill => victim.kill(),
+        Stop::Term => {
+            victim.terminate()?;
+            let status = victim
+                .wait_exit(WAIT)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{} still running after SIGTERM", victim.name))?;
+            anyhow::ensure!(status.success(), "{} exited with {status}", victim.name);
+        }
+    }
+    // The outage reached the clients (a send answered `unavailable` was resent) before
+    // the replica comes back.
+    let resends = load.resends();
+    load.wait_for("a client to resend after unavailable", || {
+        load.resends() > resends
+    })
+    .await?;
+    h.restart(victim).await?;
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the restart")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        case,
+        &fault,
+        &participants,
+        cluster.gateways[1].addr,
+        "gw-0's clients waited on unavailable",
+    )
+    .await
+}
+
+/// The only history replica, on its embedded store, gets `kill -9` and is restarted on
+/// the same data directory: everything acked before the kill must still be there (the
+/// next appends would otherwise reuse its seqs, which the checker sees as one seq acked
+/// for two messages), and sends resume by themselves.
+async fn embedded_history_kill9(h: &Harness) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(h, Layout::embedded(2)).await?;
+    let load = Load::start(&cluster.nginx).await?;
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let victim = &mut cluster.histories[0];
+    let fault = Fault::begin(format!(
+        "kill -9 {} (embedded store) and restart",
+        victim.name
+    ));
+    victim.kill();
+    let resends = load.resends();
+    load.wait_for("a client to resend after unavailable", || {
+        load.resends() > resends
+    })
+    .await?;
+    h.restart(victim).await?;
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the restart")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "history-embedded-kill9",
+        &fault,
+        &participants,
+        cluster.gateways[0].addr,
+        "store reopened",
+    )
+    .await
+}
+
+/// How long the MongoDB-wire server stays paused.
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    /// A fixed time, shorter than the gateway's history call timeout (5 s): sends just
+    /// wait.
+    For(Duration),
+    /// Until some send was answered `unavailable` (the gateway's history call timed
+    /// out): the append it abandoned may still be stored when the server resumes, and the
+    /// resend must then get that message's seq back instead of storing it again.
+    UntilUnavailable,
+}
+
+/// The MongoDB-wire server is frozen with SIGSTOP (connections stay open, nothing is
+/// answered, as with a stalled primary or a long GC pause), then resumed with SIGCONT.
+async fn mongo_pause(h: &Harness, pause: Pause) -> anyhow::Result<()> {
+    let cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
+    let mongo = cluster
+        .mongo
+        .as_ref()
+        .and_then(MongoServer::pid)
+        .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
+    let load = Load::start(&cluster.nginx).await?;
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+
+    let resends = load.resends();
+    let fault = Fault::begin(format!("SIGSTOP nx-27017 {pause:?}"));
+    signal(mongo, "STOP")?;
+    let paused = async {
+        match pause {
+            // The pause is the fault itself, not a synchronisation.
+            Pause::For(time) => tokio::time::sleep(time).await,
+            Pause::UntilUnavailable => {
+                load.wait_for("a send to be answered unavailable", || {
+                    load.resends() > resends
+                })
+                .await?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // Resume even when the wait failed, so the logs and the teardown see a live server.
+    signal(mongo, "CONT")?;
+    paused?;
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the pause")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    let case = match pause {
+        Pause::For(_) => "mongo-pause",
+        Pause::UntilUnavailable => "mongo-long-pause",
+    };
+    verdict(
+        case,
+        &fault,
+        &participants,
+        cluster.gateways[0].addr,
+        &format!("paused {:?}", fault.repaired - fault.started),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Topology
+
+/// Which store history runs on, and how many of each service.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    gateways: usize,
+    histories: usize,
+    /// MongoDB-wire store (`nx-27017`), else the embedded store (one replica).
+    mongo: bool,
+}
+
+impl Layout {
+    fn mongo(gateways: usize, histories: usize) -> Self {
+        Self {
+            gateways,
+            histories,
+            mongo: true,
+        }
+    }
+
+    fn embedded(gateways: usize) -> Self {
+        Self {
+            gateways,
+            histories: 1,
+            mongo: false,
+        }
+    }
+}
+
+/// The running services; every process is killed when this is dropped.
+struct Cluster {
+    nginx: Nginx,
+    /// `gw-<i>`, using history replica `i % histories`.
+    gateways: Vec<Service>,
+    histories: Vec<Service>,
+    _presence: Service,
+    redis: RedisServer,
+    mongo: Option<MongoServer>,
+}
+
+impl Cluster {
+    async fn start(h: &Harness, layout: Layout) -> anyhow::Result<Self> {
+        let redis = RedisServer::start().await?;
+        let mongo = if layout.mongo {
+            Some(MongoServer::start().await?)
+        } else {
+            None
+        };
+        let db = unique_db_name();
+        let mut histories = Vec::new();
+        for i in 0..layout.histories {
+            let mut env = vec![("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned())];
+            match &mongo {
+                Some(mongo) => {
+                    env.push(("CHAT_MONGODB_URL", mongo.url()));
+                    env.push(("CHAT_MONGODB_DB", db.clone()));
+                }
+                None => {
+                    let dir = h.dir().join(format!("history-{i}-data"));
+                    env.push(("CHAT_DATA_DIR", dir.display().to_string()));
+                }
+            }
+            let name = format!("history-{i}");
+            histories.push(
+                h.spawn(&name, "chat-history", "CHAT_GRPC_ADDR", &env)
+                    .await?,
+            );
+        }
+        let presence = h
+            .spawn(
+                "presence",
+                "chat-presence",
+                "CHAT_GRPC_ADDR",
+                &[
+                    ("CHAT_REDIS_URL", redis.url()),
+                    ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+                ],
+            )
+            .await?;
+        let mut gateways = Vec::new();
+        for i in 0..layout.gateways {
+            let env = [
+                ("CHAT_HISTORY_URL", histories[i % histories.len()].url()),
+                ("CHAT_PRESENCE_URL", presence.url()),
+                ("CHAT_REDIS_URL", redis.url()),
+                ("CHAT_AUTH_MODE", "dev".to_owned()),
+                ("CHAT_GATEWAY_ID", format!("gw-{i}")),
+                ("CHAT_HTTP_WORKERS", "1".to_owned()),
+            ];
+            let name = format!("gw-{i}");
+            gateways.push(
+                h.spawn(&name, "chat-gateway", "CHAT_HTTP_ADDR", &env)
+                    .await?,
+            );
+        }
+        for gateway in &gateways {
+            wait_ready(gateway.addr, WAIT).await?;
+        }
+        let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
+        let nginx = h.nginx(&addrs).await?;
+        wait_ready(nginx.addr, WAIT).await?;
+        Ok(Self {
+            nginx,
+            gateways,
+            histories,
+            _presence: presence,
+            redis,
+            mongo,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+/// [`CLIENTS`] participants sending at a steady pace, each in its own task.
+struct Load {
+    stop: Arc<AtomicBool>,
+    progress: Vec<Arc<Progress>>,
+    /// The gateway each client was first connected to.
+    first_gateways: Vec<String>,
+    tasks: Vec<JoinHandle<anyhow::Result<Participant>>>,
+}
+
+impl Load {
+    /// Connects every client through nginx, joins both rooms (before anyone sends, so
+    /// every client must receive every message), and starts sending.
+    async fn start(nginx: &Nginx) -> anyhow::Result<Self> {
+        let mut participants = Vec::new();
+        for i in 0..CLIENTS {
+            let user = format!("user{i}");
+            participants.push(Participant::join(&user, &nginx.ws_url(&user), &ROOMS).await?);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = participants.iter().map(Participant::progress).collect();
+        let first_gateways = participants.iter().map(|p| p.gateway.clone()).collect();
+        let tasks = participants
+            .into_iter()
+            .map(|p| tokio::spawn(send_steadily(p, stop.clone())))
+            .collect();
+        Ok(Self {
+            stop,
+            progress,
+            first_gateways,
+            tasks,
+        })
+    }
+
+    fn gateways(&self) -> BTreeSet<String> {
+        self.first_gateways.iter().cloned().collect()
+    }
+
+    fn resends(&self) -> usize {
+        self.progress.iter().map(|p| p.resends()).sum()
+    }
+
+    /// Waits for `done`, failing early if a client task ended (with its error).
+    async fn wait_for(&self, what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
+        eventually(WAIT, what, || async {
+            (done() || self.tasks.iter().any(JoinHandle::is_finished)).then_some(())
+        })
+        .await?;
+        anyhow::ensure!(
+            !self.tasks.iter().any(JoinHandle::is_finished),
+            "a client stopped while waiting for {what}"
+        );
+        Ok(())
+    }
+
+    /// Waits until every client has `acks` acks.
+    async fn wait_each(&self, acks: usize, what: &str) -> anyhow::Result<()> {
+        self.wait_for(what, || self.progress.iter().all(|p| p.acks() >= acks))
+            .await
+    }
+
+    /// Waits until every client has `acks` more acks than now.
+    async fn wait_each_after(&self, acks: usize, what: &str) -> anyhow::Result<()> {
+        let mark: Vec<usize> = self.progress.iter().map(|p| p.acks()).collect();
+        self.wait_for(what, || {
+            self.progress
+                .iter()
+                .zip(&mark)
+                .all(|(p, m)| p.acks() >= m + acks)
+        })
+        .await
+    }
+
+    /// Stops sending (each client finishes its current message, resending until it is
+    /// acked) and has every client read up to the end of both rooms.
+    async fn finish(self) -> anyhow::Result<Vec<Participant>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut participants = Vec::new();
+        for task in self.tasks {
+            participants.push(task.await??);
+        }
+        let mut targets = BTreeMap::new();
+        for ack in participants.iter().flat_map(|p| &p.acks) {
+            let last = targets.entry(ack.room.clone()).or_insert(0);
+            *last = ack.seq.max(*last);
+        }
+        for p in &mut participants {
+            p.wait_for(&targets, WAIT).await?;
+        }
+        Ok(participants)
+    }
+}
+
+/// One client's loop: the next message every [`PACE`] (a message that takes longer to
+/// be acked delays the next, as in a real client with one send in flight).
+async fn send_steadily(mut p: Participant, stop: Arc<AtomicBool>) -> anyhow::Result<Participant> {
+    let mut tick = tokio::time::interval(PACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let room = ROOMS[n % ROOMS.len()];
+        let client_id = format!("{}-{n}", p.user);
+        p.send(room, &client_id, &format!("message {n} of {}", p.user))
+            .await?;
+        n += 1;
+    }
+    Ok(p)
+}
+
+// ---------------------------------------------------------------------------------------
+// Verdict
+
+/// When a fault started and when it was repaired (the same instant for a kill that needs
+/// no repair).
+struct Fault {
+    what: String,
+    started: Instant,
+    repaired: Instant,
+}
+
+impl Fault {
+    fn begin(what: String) -> Self {
+        let now = Instant::now();
+        Self {
+            what,
+            started: now,
+            repaired: now,
+        }
+    }
+
+    fn repaired(self) -> Self {
+        Self {
+            repaired: Instant::now(),
+            ..self
+        }
+    }
+}
+
+/// The backend faults must not cost any client its connection.
+fn no_closes(participants: &[Participant]) -> anyhow::Result<()> {
+    for p in participants {
+        anyhow::ensure!(
+            p.closes.is_empty(),
+            "{} lost its connection: {:?}",
+            p.user,
+            p.closes
+        );
+    }
+    Ok(())
+}
+
+/// Checks the run (see the module doc) and prints what was measured.
+async fn verdict(
+    case: &str,
+    fault: &Fault,
+    participants: &[Participant],
+    gateway: std::net::SocketAddr,
+    note: &str,
+) -> anyhow::Result<()> {
+    let bench = bench_check(participants);
+    let ledger = check(participants);
+
+    let sent: usize = participants
+        .iter()
+        .map(|p| {
+            p.acks
+                .iter()
+                .map(|a| &a.client_id)
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    let acks = participants.iter().map(|p| p.acks.len()).sum::<usize>();
+    let duplicate_acks = participants
+        .iter()
+        .flat_map(|p| &p.acks)
+        .filter(|a| a.duplicate)
+        .count();
+    let resends: usize = participants.iter().map(|p| p.progress().resends()).sum();
+    let reconnects: usize = participants.iter().map(|p| p.reconnects.len()).sum();
+    // Per client: the first ack after the fault started, and the longest wait between
+    // two acks (normally one PACE).
+    let recovered = participants
+        .iter()
+        .filter_map(|p| p.acks.iter().find(|a| a.at > fault.started))
+        .map(|a| a.at - fault.started)
+        .max()
+        .unwrap_or_default();
+    let first_after_repair = participants
+        .iter()
+        .filter_map(|p| p.acks.iter().find(|a| a.at > fault.repaired))
+        .map(|a| a.at - fault.repaired)
+        .min()
+        .unwrap_or_default();
+    let stall = participants
+        .iter()
+        .flat_map(|p| p.acks.windows(2).map(|w| w[1].at - w[0].at))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "chaos {case}: {what} ({note}); sent {sent}, acked {sent} ({acks} acks, \
+         {duplicate_acks} duplicate), delivered {}, resends {resends}, reconnects \
+         {reconnects}; lost {}, duplicates {}, out of order {} over {} receiver-rooms; \
+         every client acked again {recovered:.1?} after the fault, first ack \
+         {first_after_repair:.1?} after the repair, longest stall {stall:.1?}",
+        bench.expected - bench.missing,
+        bench.missing,
+        bench.duplicates,
+        bench.out_of_order,
+        bench.receivers,
+        what = fault.what,
+    );
+
+    anyhow::ensure!(
+        bench.receivers == (CLIENTS * ROOMS.len()) as u64 && bench.expected > 0,
+        "chat-bench checker saw {} receiver-rooms expecting {} deliveries",
+        bench.receivers,
+        bench.expected
+    );
+    anyhow::ensure!(bench.is_clean(), "chat-bench checker: {bench:#?}");
+    anyhow::ensure!(
+        ledger.problems.is_empty(),
+        "ledger checker: {:#?}",
+        ledger.problems
+    );
+    anyhow::ensure!(
+        ledger.messages.values().sum::<u64>() == sent as u64,
+        "{sent} messages sent, rooms hold {:?}",
+        ledger.messages
+    );
+    // The store holds exactly the acked messages: each once, at its acked seq.
+    let acked: BTreeMap<(&str, u64), &str> = participants
+        .iter()
+        .flat_map(|p| &p.acks)
+        .map(|a| ((a.room.as_str(), a.seq), a.client_id.as_str()))
+        .collect();
+    for room in ROOMS {
+        let stored = stored_messages(gateway, "auditor", room).await?;
+        let stored: Vec<(u64, &str)> = stored
+            .iter()
+            .map(|m| {
+                (
+                    m["seq"].as_u64().unwrap_or(0),
+                    m["client_id"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, &str)> = acked
+            .iter()
+            .filter(|((r, _), _)| *r == room)
+            .map(|((_, seq), id)| (*seq, *id))
+            .collect();
+        anyhow::ensure!(
+            stored == expected,
+            "{room}: stored {} messages, acked {}; first difference: {:?}",
+            stored.len(),
+            expected.len(),
+            stored
+                .iter()
+                .zip(&expected)
+                .find(|(s, e)| s != e)
+                .map(|(s, e)| format!("stored {s:?}, acked {e:?}"))
+        );
+    }
+    Ok(())
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline (no Docker engine, no cluster needed):
 #   - docker-compose.yml: `docker-compose config -q` (Debian's docker-compose) with a .env
-#     made from .example_env, the compose-spec JSON schema (check-jsonschema), and the
-#     scaling rules (no container_name, nothing internal published);
+#     made from .example_env (refused while CHAT_INTERNAL_TOKEN is empty, as shipped;
+#     accepted once it is set), the compose-spec JSON schema (check-jsonschema), and the
+#     scaling rules (no container_name, nothing internal published, token required);
 #   - deploy/nginx/nginx.conf: `nginx -t` (gateways are resolved at request time, so the
 #     test needs no Docker DNS);
 #   - Dockerfile: hadolint, and its dependency-layer skeleton is accepted by cargo;
@@ -68,8 +69,21 @@ cp .example_env "$tmp/compose/.env"
 for dir in deploy prometheus grafana; do
     [ -e "$dir" ] && ln -s "$repo/$dir" "$tmp/compose/$dir"
 done
-check "docker-compose config -q (.env from .example_env)" \
-    docker-compose --project-directory "$tmp/compose" -f "$tmp/compose/docker-compose.yml" config -q
+compose() {
+    docker-compose --project-directory "$tmp/compose" -f "$tmp/compose/docker-compose.yml" "$@"
+}
+# .example_env ships CHAT_INTERNAL_TOKEN empty: compose must refuse it, naming the variable.
+refuses_empty_token() {
+    if compose config -q >"$tmp/refusal" 2>&1; then
+        echo "docker-compose accepted an empty CHAT_INTERNAL_TOKEN"
+        return 1
+    fi
+    grep -q CHAT_INTERNAL_TOKEN "$tmp/refusal" || { cat "$tmp/refusal"; return 1; }
+}
+check "docker-compose refuses .example_env's empty CHAT_INTERNAL_TOKEN" refuses_empty_token
+sed -i 's/^CHAT_INTERNAL_TOKEN=$/CHAT_INTERNAL_TOKEN=check-deploy-token-0123456789abcdef/' \
+    "$tmp/compose/.env"
+check "docker-compose config -q (.env from .example_env, token set)" compose config -q
 check "compose-spec schema (check-jsonschema)" \
     "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 check "compose scaling rules" "$VENV/bin/python" - docker-compose.yml <<'EOF'
@@ -93,6 +107,10 @@ for name in ("redis", "mongo"):
         problems.append(f"{name}: must not be published to the host")
     if "healthcheck" not in services[name]:
         problems.append(f"{name}: no healthcheck")
+for name in ("gateway", "history", "presence"):
+    token = (services[name].get("environment") or {}).get("CHAT_INTERNAL_TOKEN", "")
+    if not str(token).startswith("${CHAT_INTERNAL_TOKEN:?"):
+        problems.append(f"{name}: CHAT_INTERNAL_TOKEN must be required (${{CHAT_INTERNAL_TOKEN:?...}})")
 if services["gateway"]["deploy"]["replicas"] < 2:
     problems.append("gateway: fewer than 2 replicas")
 for name in ("gateway", "history", "presence", "nginx"):

@@ -6,6 +6,11 @@
 //! History and presence listen on loopback ports of their own and the gateway calls them
 //! over gRPC, exactly as in the split deployment, so both run one code path.
 //!
+//! Internal token: the loopback ports are open to every local user, so history and
+//! presence require a token from the gateway as in the split deployment:
+//! `CHAT_INTERNAL_TOKEN` when set, else a random one made at start (32 bytes from the
+//! OS, never printed or stored), which no other process can know.
+//!
 //! Metrics: one registry for the process (`build_info{service="chat"}`), into which
 //! history and presence register their families; the gateway serves it on its
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
@@ -17,6 +22,7 @@ use chat_gateway::{AuthMode, Gateway};
 use chat_history::HistoryServer;
 use chat_metrics::Metrics;
 use chat_presence::PresenceServer;
+use chat_proto::auth::InternalToken;
 use tokio_util::sync::CancellationToken;
 
 /// The all-in-one, bound and ready to run.
@@ -44,7 +50,8 @@ impl AllInOne {
     }
 
     /// Binds history and presence on private loopback ports and points the gateway at
-    /// them.
+    /// them. The gateway settings' `internal_token` (or, when `None`, a random one)
+    /// protects both services; that of the history and presence settings is not used.
     pub async fn build(
         history_settings: chat_history::Settings,
         presence_settings: chat_presence::Settings,
@@ -52,15 +59,22 @@ impl AllInOne {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let token = match gateway_settings.internal_token.clone() {
+            Some(token) => token,
+            None => random_token()?,
+        };
+        gateway_settings.internal_token = Some(token.clone());
         let mut metrics = Metrics::new("chat");
         let store = chat_history::open_store(&history_settings).await?;
         let history = HistoryServer::bind_with_metrics(loopback, store, &mut metrics)
             .await
-            .context("binding the in-process history service")?;
+            .context("binding the in-process history service")?
+            .with_internal_token(Some(token.clone()));
         let presence_store = chat_presence::open_store(&presence_settings).await?;
         let presence = PresenceServer::bind_with_metrics(loopback, presence_store, &mut metrics)
             .await
-            .context("binding the in-process presence service")?;
+            .context("binding the in-process presence service")?
+            .with_internal_token(Some(token));
         gateway_settings.history_url = format!("http://{}", history.local_addr());
         gateway_settings.presence_url = format!("http://{}", presence.local_addr());
         let gateway =
@@ -78,6 +92,16 @@ impl AllInOne {
         self.gateway.local_addr()
     }
 
+    /// The loopback gRPC address of the in-process history service.
+    pub fn history_addr(&self) -> SocketAddr {
+        self.history.local_addr()
+    }
+
+    /// The loopback gRPC address of the in-process presence service.
+    pub fn presence_addr(&self) -> SocketAddr {
+        self.presence.local_addr()
+    }
+
     /// Runs until the shutdown token is cancelled. The gateway drains first; history and
     /// presence stop after it, so in-flight sends still get stored and acked and closing
     /// connections still report their presence.
@@ -92,4 +116,13 @@ impl AllInOne {
         drop(self.shutdown);
         gateway_result.and(history_result).and(presence_result)
     }
+}
+
+/// A fresh internal token: 32 random bytes from the OS, in hex.
+fn random_token() -> anyhow::Result<InternalToken> {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the internal token: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    InternalToken::parse(&hex).context("the random internal token")
 }

@@ -22,6 +22,7 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
         redis_url: None,
         auth_mode: AuthMode::Dev,
         jwt_secret: None,
+        internal_token: None,
         gateway_id: random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,

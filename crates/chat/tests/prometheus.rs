@@ -157,6 +157,7 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         redis_url: Some(redis.url()),
         auth_mode: AuthMode::Dev,
         jwt_secret: None,
+        internal_token: None,
         gateway_id: chat_gateway::settings::random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,

@@ -31,6 +31,7 @@ impl Running {
             redis_url: None,
             auth_mode: AuthMode::Dev,
             jwt_secret: None,
+            internal_token: None,
             gateway_id: random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 1,

@@ -62,6 +62,11 @@ impl From<tonic::Status> for GatewayError {
             | Code::Cancelled => {
                 Self::Unavailable(format!("history unavailable: {}", status.message()))
             }
+            // A configuration fault (CHAT_INTERNAL_TOKEN differs) that clients can only
+            // wait out, e.g. on another gateway; `/readyz` reports it to the operator.
+            Code::Unauthenticated => Self::Unavailable(
+                "history unavailable: it refused this gateway's internal token".into(),
+            ),
             _ => Self::Internal(format!(
                 "history failed ({:?}): {}",
                 status.code(),

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
 use chat_model::{ClientMsgId, Message, RoomId, Seq, UserId};
+use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::history::history_client::HistoryClient as Grpc;
 use chat_proto::history::{AppendRequest, ListRequest, StoredMessage};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::GatewayError;
@@ -21,26 +23,34 @@ pub struct Page {
     pub last_seq: Seq,
 }
 
+/// A channel whose calls carry the internal token, if there is one.
+pub type AuthChannel<C> = InterceptedService<C, AttachToken>;
+
 /// Calls the history service; cheap to clone (one shared HTTP/2 channel).
 #[derive(Debug, Clone)]
 pub struct HistoryClient {
-    /// Every call counted and timed (`grpc_client_*`).
-    grpc: Grpc<MeteredChannel>,
+    /// Every call carries the internal token and is counted and timed (`grpc_client_*`).
+    grpc: Grpc<AuthChannel<MeteredChannel>>,
     /// Kept for health checks on the same connection.
     channel: Channel,
+    /// The token, also on health checks: history answers a wrong one `UNAUTHENTICATED`,
+    /// so `/readyz` notices it.
+    token: AttachToken,
 }
 
 impl HistoryClient {
     /// A client for `url` (`http://host:port`). Connects lazily and reconnects by
     /// itself, so the gateway starts even while history is still starting.
     pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
-        Self::connect_lazy_with_metrics(url, &GrpcMetrics::default())
+        Self::connect_lazy_with_metrics(url, &GrpcMetrics::default(), None)
     }
 
-    /// Like [`HistoryClient::connect_lazy`], recording every call in `metrics`.
+    /// Like [`HistoryClient::connect_lazy`], recording every call in `metrics` and
+    /// sending `token` (`CHAT_INTERNAL_TOKEN`) on every call.
     pub fn connect_lazy_with_metrics(
         url: &str,
         metrics: &GrpcMetrics,
+        token: Option<&InternalToken>,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(3))
@@ -49,9 +59,14 @@ impl HistoryClient {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true)
             .connect_lazy();
+        let token = AttachToken::new(token);
         Ok(Self {
-            grpc: Grpc::new(metrics.client_channel(channel.clone())),
+            grpc: Grpc::new(InterceptedService::new(
+                metrics.client_channel(channel.clone()),
+                token.clone(),
+            )),
             channel,
+            token,
         })
     }
 
@@ -112,9 +127,9 @@ impl HistoryClient {
         })
     }
 
-    /// The channel, for health checks.
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The channel with the internal token attached, for health checks.
+    pub fn channel(&self) -> AuthChannel<Channel> {
+        InterceptedService::new(self.channel.clone(), self.token.clone())
     }
 }
 

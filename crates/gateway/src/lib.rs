@@ -99,14 +99,18 @@ impl Gateway {
                 (Arc::new(fanout), signals)
             }
         };
-        let history =
-            HistoryClient::connect_lazy_with_metrics(&settings.history_url, &gateway_metrics.grpc)?;
+        let history = HistoryClient::connect_lazy_with_metrics(
+            &settings.history_url,
+            &gateway_metrics.grpc,
+            settings.internal_token.as_ref(),
+        )?;
         let hub = Hub::with_metrics(fanout, history, signals, gateway_metrics.rooms.clone());
         let presence = Arc::new(PresenceTracker::connect_lazy_with_metrics(
             &settings.presence_url,
             &settings.gateway_id,
             &gateway_metrics.grpc,
             gateway_metrics.online_users.clone(),
+            settings.internal_token.as_ref(),
         )?);
         tokio::spawn(heartbeat(presence.clone(), hub.clone(), shutdown.clone()));
         let listener = TcpListener::bind(settings.http_addr)?;

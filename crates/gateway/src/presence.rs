@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
 use chat_model::{RoomId, UserId};
+use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::presence::presence_client::PresenceClient as Grpc;
 use chat_proto::presence::{HeartbeatRequest, QueryRequest, RoomRequest, UserRequest};
 use prometheus_client::metrics::gauge::Gauge;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::counts::RefCounts;
 use crate::error::GatewayError;
+use crate::history::AuthChannel;
 
 /// Deadline of one presence call on a connection's path (connect, join, leave).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,8 +36,8 @@ const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// This gateway's presence bookkeeping and its client of the presence service.
 #[derive(Debug)]
 pub struct PresenceTracker {
-    /// Every call counted and timed (`grpc_client_*`).
-    grpc: Grpc<MeteredChannel>,
+    /// Every call carries the internal token and is counted and timed (`grpc_client_*`).
+    grpc: Grpc<AuthChannel<MeteredChannel>>,
     gateway_id: String,
     /// Open connections per user on this gateway.
     users: RefCounts<UserId>,
@@ -62,16 +65,24 @@ pub struct Beat {
 impl PresenceTracker {
     /// A tracker for gateway `gateway_id` reporting to the presence service at `url`.
     pub fn connect_lazy(url: &str, gateway_id: &str) -> Result<Self, tonic::transport::Error> {
-        Self::connect_lazy_with_metrics(url, gateway_id, &GrpcMetrics::default(), Gauge::default())
+        Self::connect_lazy_with_metrics(
+            url,
+            gateway_id,
+            &GrpcMetrics::default(),
+            Gauge::default(),
+            None,
+        )
     }
 
     /// Like [`PresenceTracker::connect_lazy`], recording every call in `grpc` and the
-    /// number of distinct users connected here in `online_users`.
+    /// number of distinct users connected here in `online_users`, and sending `token`
+    /// (`CHAT_INTERNAL_TOKEN`) on every call.
     pub fn connect_lazy_with_metrics(
         url: &str,
         gateway_id: &str,
         grpc: &GrpcMetrics,
         online_users: Gauge,
+        token: Option<&InternalToken>,
     ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(3))
@@ -79,7 +90,10 @@ impl PresenceTracker {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Self {
-            grpc: Grpc::new(grpc.client_channel(channel)),
+            grpc: Grpc::new(InterceptedService::new(
+                grpc.client_channel(channel),
+                AttachToken::new(token),
+            )),
             gateway_id: gateway_id.to_owned(),
             users: RefCounts::default(),
             online_users,

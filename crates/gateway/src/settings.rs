@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use chat_proto::auth::{InternalToken, TOKEN_VAR};
+
 /// A secret that never prints.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -50,6 +52,9 @@ pub struct Settings {
     pub auth_mode: AuthMode,
     /// `CHAT_JWT_SECRET`: required in JWT mode.
     pub jwt_secret: Option<Secret>,
+    /// `CHAT_INTERNAL_TOKEN`: sent on every history and presence call (`authorization:
+    /// Bearer`), as those services require when they have one. Never printed.
+    pub internal_token: Option<InternalToken>,
     /// `CHAT_GATEWAY_ID`: this instance's id (default: `gw-` and 8 random hex digits).
     pub gateway_id: String,
     /// `CHAT_HTTP_WORKERS`: HTTP worker threads (default: available cores).
@@ -114,6 +119,17 @@ pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
     Some(url)
 }
 
+/// `CHAT_INTERNAL_TOKEN`, validated, if set.
+fn internal_token(value: Option<String>) -> Result<Option<InternalToken>, SettingsError> {
+    value
+        .map(|v| InternalToken::parse(&v))
+        .transpose()
+        .map_err(|e| SettingsError {
+            var: TOKEN_VAR,
+            reason: e.to_string(),
+        })
+}
+
 /// A random instance id, `gw-` and 8 hex digits.
 pub fn random_gateway_id() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -142,6 +158,7 @@ impl Settings {
             redis_url: redis_url(var("CHAT_REDIS_URL"), parse_flag("CHAT_REDIS_CLUSTER")?),
             auth_mode,
             jwt_secret: var("CHAT_JWT_SECRET").map(Secret::new),
+            internal_token: internal_token(var(TOKEN_VAR))?,
             gateway_id: var("CHAT_GATEWAY_ID").unwrap_or_else(random_gateway_id),
             workers: parse(
                 "CHAT_HTTP_WORKERS",
@@ -205,7 +222,29 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::redis_url;
+    use super::{internal_token, redis_url};
+
+    #[test]
+    fn internal_token_is_validated_without_echoing_it() {
+        assert_eq!(internal_token(None).expect("unset is fine"), None);
+        let token = "gateway-test-token-0123456789";
+        let parsed = internal_token(Some(token.into())).expect("valid");
+        assert!(parsed.is_some());
+        assert!(!format!("{parsed:?}").contains(token));
+        for bad in [
+            "too-short",
+            "has a space in it, so no",
+            "non-ascii-token-ééééééé",
+        ] {
+            let err = internal_token(Some(bad.into())).expect_err(bad);
+            assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");
+            assert!(
+                err.to_string().starts_with("CHAT_INTERNAL_TOKEN: "),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(bad), "{err}");
+        }
+    }
 
     #[test]
     fn redis_cluster_flag_selects_the_cluster_scheme() {

@@ -61,6 +61,7 @@ async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyh
         redis_url: Some(redis.url()),
         auth_mode: AuthMode::Jwt,
         jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+        internal_token: None,
         gateway_id: "survivor".into(),
         workers: 1,
         shutdown_grace_secs: 1,

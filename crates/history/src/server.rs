@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chat_metrics::{GrpcMetrics, Metrics};
+use chat_proto::auth::{InternalToken, RequireToken};
 use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -43,6 +45,8 @@ pub struct HistoryServer {
     store: Arc<dyn MessageStore>,
     /// Counts and times every gRPC call served.
     grpc: GrpcMetrics,
+    /// `CHAT_INTERNAL_TOKEN`: when set, History calls must carry it (health need not).
+    token: Option<InternalToken>,
 }
 
 impl HistoryServer {
@@ -83,6 +87,7 @@ impl HistoryServer {
             local_addr,
             store,
             grpc,
+            token: None,
         })
     }
 
@@ -91,7 +96,17 @@ impl HistoryServer {
         self.local_addr
     }
 
-    /// Serves History and `grpc.health.v1.Health` until `shutdown` is cancelled, then
+    /// Requires `token` (`authorization: Bearer <token>`) on every History call; calls
+    /// without it or with another end `UNAUTHENTICATED`. The health service answers
+    /// callers without a token, and refuses a wrong one. `None` (the default): no check.
+    /// See [`chat_proto::auth`].
+    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Serves History and `grpc.health.v1.Health` (with the internal token checked as
+    /// [`HistoryServer::with_internal_token`] says) until `shutdown` is cancelled, then
     /// reports NOT_SERVING, keeps serving for [`NOT_SERVING_LEAD`], stops accepting and
     /// lets in-flight calls finish (at most [`DRAIN_GRACE`]).
     ///
@@ -111,10 +126,21 @@ impl HistoryServer {
         // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs can
         // add tens of milliseconds per call.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let auth = RequireToken::new(self.token);
+        if auth.is_enabled() {
+            tracing::info!("History calls require the internal token");
+        } else {
+            tracing::info!("History calls are not authenticated (no CHAT_INTERNAL_TOKEN)");
+        }
+        // The metrics layer wraps the router, so refused calls are counted (code
+        // UNAUTHENTICATED) under the methods they were routed to.
         let serve = Server::builder()
             .layer(self.grpc.server_layer())
-            .add_service(health_service)
-            .add_service(HistoryGrpc::new(HistoryService::new(self.store)))
+            .add_service(InterceptedService::new(health_service, auth.for_health()))
+            .add_service(HistoryGrpc::with_interceptor(
+                HistoryService::new(self.store),
+                auth,
+            ))
             .serve_with_incoming_shutdown(incoming, stop_serving(&shutdown, &stop_health));
         let grace = async {
             shutdown.cancelled().await;

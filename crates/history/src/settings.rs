@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use chat_proto::auth::{InternalToken, TOKEN_VAR};
 
 use crate::store::MessageStore;
 use crate::store::embedded::EmbeddedStore;
@@ -24,6 +25,9 @@ pub struct Settings {
     pub mongodb_db: String,
     /// `CHAT_DATA_DIR`: the embedded store's directory (`./data`).
     pub data_dir: PathBuf,
+    /// `CHAT_INTERNAL_TOKEN`: when set, every History call must carry it (see
+    /// [`chat_proto::auth`]); unset = no check. Never printed.
+    pub internal_token: Option<InternalToken>,
 }
 
 impl Default for Settings {
@@ -34,6 +38,7 @@ impl Default for Settings {
             mongodb_url: None,
             mongodb_db: "chat".into(),
             data_dir: PathBuf::from("./data"),
+            internal_token: None,
         }
     }
 }
@@ -49,6 +54,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("mongodb_db", &self.mongodb_db)
             .field("data_dir", &self.data_dir)
+            .field("internal_token", &self.internal_token)
             .finish()
     }
 }
@@ -77,8 +83,16 @@ impl Settings {
             mongodb_url: get("CHAT_MONGODB_URL"),
             mongodb_db: get("CHAT_MONGODB_DB").unwrap_or(defaults.mongodb_db),
             data_dir: get("CHAT_DATA_DIR").map_or(defaults.data_dir, PathBuf::from),
+            internal_token: internal_token(&get)?,
         })
     }
+}
+
+/// `CHAT_INTERNAL_TOKEN`, validated, if set.
+fn internal_token(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<InternalToken>> {
+    get(TOKEN_VAR)
+        .map(|v| InternalToken::parse(&v).map_err(|e| anyhow::anyhow!("{TOKEN_VAR} {e}")))
+        .transpose()
 }
 
 /// Opens the store the settings choose: MongoDB when `mongodb_url` is set, else the
@@ -111,6 +125,22 @@ mod tests {
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| (*v).to_owned())
         })
+    }
+
+    #[test]
+    fn internal_token_is_validated_and_never_printed() {
+        let token = "history-test-token-0123456789abcdef";
+        let s = from(&[("CHAT_INTERNAL_TOKEN", token)]).expect("valid");
+        assert_eq!(
+            s.internal_token,
+            Some(InternalToken::parse(token).expect("valid"))
+        );
+        assert!(!format!("{s:?}").contains(token));
+        for bad in ["too-short", "has a space in it, so no"] {
+            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("CHAT_INTERNAL_TOKEN"), "{err}");
+            assert!(!err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

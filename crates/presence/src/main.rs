@@ -22,7 +22,8 @@ async fn main() -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     let server = PresenceServer::bind_with_metrics(settings.grpc_addr, store.clone(), &mut metrics)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
+        .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?
+        .with_internal_token(settings.internal_token.clone());
     let metrics_listener = tokio::net::TcpListener::bind(settings.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chat_proto::auth::{InternalToken, TOKEN_VAR};
 
 use crate::store::PresenceStore;
 use crate::store::memory::MemoryPresence;
@@ -33,6 +34,9 @@ pub struct Settings {
     /// `CHAT_PRESENCE_TTL_MS` (milliseconds, ≥ 100; for tests that must see expiry fast).
     /// Gateways heartbeat every ttl / 3.
     pub ttl: Duration,
+    /// `CHAT_INTERNAL_TOKEN`: when set, every Presence call must carry it (see
+    /// [`chat_proto::auth`]); unset = no check. Never printed.
+    pub internal_token: Option<InternalToken>,
 }
 
 impl Default for Settings {
@@ -42,6 +46,7 @@ impl Default for Settings {
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9100)),
             redis_url: None,
             ttl: DEFAULT_TTL,
+            internal_token: None,
         }
     }
 }
@@ -53,6 +58,7 @@ impl std::fmt::Debug for Settings {
             .field("metrics_addr", &self.metrics_addr)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
             .field("ttl", &self.ttl)
+            .field("internal_token", &self.internal_token)
             .finish()
     }
 }
@@ -80,6 +86,7 @@ impl Settings {
             metrics_addr: addr("CHAT_METRICS_ADDR", defaults.metrics_addr)?,
             redis_url: get("CHAT_REDIS_URL"),
             ttl: ttl(&get)?.unwrap_or(defaults.ttl),
+            internal_token: internal_token(&get)?,
         })
     }
 }
@@ -111,6 +118,13 @@ fn ttl(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Duration>
     }
 }
 
+/// `CHAT_INTERNAL_TOKEN`, validated, if set.
+fn internal_token(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<InternalToken>> {
+    get(TOKEN_VAR)
+        .map(|v| InternalToken::parse(&v).map_err(|e| anyhow::anyhow!("{TOKEN_VAR} {e}")))
+        .transpose()
+}
+
 /// Opens the store the settings choose: Redis when `redis_url` is set (fails when Redis
 /// is unreachable now), else the in-memory store.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn PresenceStore>> {
@@ -136,6 +150,22 @@ mod tests {
                 .find(|(key, _)| *key == k)
                 .map(|(_, v)| (*v).to_owned())
         })
+    }
+
+    #[test]
+    fn internal_token_is_validated_and_never_printed() {
+        let token = "presence-test-token-0123456789abcdef";
+        let s = from(&[("CHAT_INTERNAL_TOKEN", token)]).expect("valid");
+        assert_eq!(
+            s.internal_token,
+            Some(InternalToken::parse(token).expect("valid"))
+        );
+        assert!(!format!("{s:?}").contains(token));
+        for bad in ["too-short", "has a space in it, so no"] {
+            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
+            assert!(err.to_string().contains("CHAT_INTERNAL_TOKEN"), "{err}");
+            assert!(!err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //!
 //! - [`history`]: `chat.history.v1`, the history service.
 //! - [`presence`]: `chat.presence.v1`, the presence service.
+//! - [`auth`]: the shared-secret token of the internal calls (`CHAT_INTERNAL_TOKEN`),
+//!   checked by the services and attached by their clients.
 //! - [`MessageConversionError`] and the `TryFrom` impls: the one place where wire data from
 //!   another service is validated back into model types.
+
+pub mod auth;
 
 use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
 

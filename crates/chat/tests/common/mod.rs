@@ -107,6 +107,7 @@ impl Cluster {
             redis_url: Some(self.redis.url()),
             auth_mode: AuthMode::Jwt,
             jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+            internal_token: None,
             gateway_id: chat_gateway::settings::random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 5,

@@ -1,0 +1,120 @@
+//! The internal token (`CHAT_INTERNAL_TOKEN`) on a real `PresenceServer`: Presence calls
+//! need it, the health service does not (but refuses a wrong one), and refusals are
+//! counted and never echo a token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_metrics::Metrics;
+use chat_presence::PresenceServer;
+use chat_presence::store::memory::MemoryPresence;
+use chat_proto::auth::{AttachToken, InternalToken};
+use chat_proto::presence::presence_client::PresenceClient;
+use chat_proto::presence::{QueryRequest, UserRequest};
+use chat_testkit::process::eventually;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const TOKEN: &str = "presence-auth-test-token-3b8e61d0";
+const WRONG: &str = "presence-auth-wrong-token-a4c7e912";
+
+/// `channel` with `token` (or none) on every call.
+fn with_token(channel: &Channel, value: Option<&str>) -> InterceptedService<Channel, AttachToken> {
+    let token = value.map(|v| InternalToken::parse(v).expect("valid token"));
+    InterceptedService::new(channel.clone(), AttachToken::new(token.as_ref()))
+}
+
+fn attach(user: &str) -> UserRequest {
+    UserRequest {
+        gateway: "gw1".into(),
+        user: user.into(),
+    }
+}
+
+fn health_check() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+/// Fails unless `result` is `UNAUTHENTICATED` saying `what` (without any token in it).
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().starts_with(what), "{}", status.message());
+    assert!(!status.message().contains(TOKEN) && !status.message().contains(WRONG));
+}
+
+#[tokio::test]
+async fn presence_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
+    let store = Arc::new(MemoryPresence::new(Duration::from_secs(30)));
+    let mut metrics = Metrics::new("presence");
+    let server = PresenceServer::bind_with_metrics(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+        .await?
+        .with_internal_token(Some(InternalToken::parse(TOKEN)?));
+    let url = format!("http://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let channel = Channel::from_shared(url)?.connect().await?;
+
+    // Health without a token: probes (kubelet, chat-probe) carry none.
+    let open_health = HealthClient::new(channel.clone());
+    eventually(Duration::from_secs(10), "SERVING without a token", || {
+        let mut health = open_health.clone();
+        async move {
+            let reply = health.check(health_check()).await.ok()?;
+            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
+        }
+    })
+    .await?;
+    assert_refused(
+        HealthClient::new(with_token(&channel, Some(WRONG)))
+            .check(health_check())
+            .await,
+        "wrong",
+    );
+
+    // No token, a wrong token: refused, and the store never saw alice.
+    assert_refused(
+        PresenceClient::new(channel.clone())
+            .attach(attach("alice"))
+            .await,
+        "missing",
+    );
+    assert_refused(
+        PresenceClient::new(with_token(&channel, Some(WRONG)))
+            .attach(attach("alice"))
+            .await,
+        "wrong",
+    );
+    let mut client = PresenceClient::new(with_token(&channel, Some(TOKEN)));
+    let online = client
+        .query(QueryRequest {
+            users: vec!["alice".into()],
+        })
+        .await?
+        .into_inner()
+        .online;
+    assert_eq!(online, vec![false], "refused attaches changed nothing");
+
+    // The right token: served.
+    assert!(client.attach(attach("alice")).await?.into_inner().changed);
+
+    let text = chat_metrics::exposition(&metrics.registry);
+    let missing = chat_metrics::missing_lines(
+        &text,
+        r#"grpc_server_requests_total{service="chat.presence.v1.Presence",method="Attach",code="UNAUTHENTICATED"} 2
+grpc_server_requests_total{service="grpc.health.v1.Health",method="Check",code="UNAUTHENTICATED"} 1
+grpc_server_requests_total{service="chat.presence.v1.Presence",method="Attach",code="OK"} 1"#,
+    );
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task).await???;
+    Ok(())
+}

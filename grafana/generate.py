@@ -479,6 +479,12 @@ def gateway():
         (f"sum(rate(chat_gateway_typing_throttled_total{sel}[{RATE}]))", "typing throttled"),
         unit="ops",
     )
+    b.graph(
+        "Upgrades refused",
+        "chat_gateway_upgrades_refused_total: at_capacity (503, CHAT_MAX_CONNECTIONS reached: add gateways or raise it), origin (403, not in CHAT_ALLOWED_ORIGINS), shutting_down (503, draining).",
+        (f"sum by (reason) (rate(chat_gateway_upgrades_refused_total{sel}[{RATE}]))", "{{reason}}"),
+        unit="ops",
+    )
     b.row("HTTP")
     http_row(b, sel)
     b.row("Rooms and delivery")

@@ -364,6 +364,17 @@ async fn invalid_or_missing_jwt_is_refused_with_401(store: Store) -> anyhow::Res
     );
     let no_sub = token_with(json!({"exp": now() + 3600}), common::SECRET);
     let bad_sub = token_with(json!({"sub": "a/b", "exp": now() + 3600}), common::SECRET);
+    // Right secret, wrong algorithm: only HS256 is accepted.
+    let hs384 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &json!({"sub": "alice", "exp": now() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes())?,
+    )?;
+    // Valid in every other way, but over the 4 KiB token limit.
+    let oversized = token_with(
+        json!({"sub": "alice", "exp": now() + 3600, "pad": "x".repeat(5000)}),
+        common::SECRET,
+    );
     for url in [
         base.clone(),
         format!("{base}?user=alice"),
@@ -373,6 +384,8 @@ async fn invalid_or_missing_jwt_is_refused_with_401(store: Store) -> anyhow::Res
         format!("{base}?token={no_sub}"),
         format!("{base}?token={bad_sub}"),
         format!("{base}?token=eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9."),
+        format!("{base}?token={hs384}"),
+        format!("{base}?token={oversized}"),
     ] {
         assert_eq!(WsClient::refused_status(&url).await?, Some(401), "{url}");
     }

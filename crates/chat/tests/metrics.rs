@@ -26,6 +26,7 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
         gateway_id: random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
     };
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();

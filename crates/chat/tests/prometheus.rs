@@ -161,6 +161,7 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         gateway_id: chat_gateway::settings::random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
     };
     let gateway = Gateway::build(&settings, stop.clone()).await?;
     let gateway_addr = gateway.local_addr()?;

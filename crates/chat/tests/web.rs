@@ -35,6 +35,7 @@ impl Running {
             gateway_id: random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 1,
+            limits: chat_gateway::limits::Limits::default(),
         };
         let shutdown = CancellationToken::new();
         let chat = chat::AllInOne::build(

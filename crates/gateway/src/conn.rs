@@ -28,6 +28,8 @@ pub enum Disconnect {
     SlowConsumer,
     /// The client broke a rule repeatedly (1008).
     Policy,
+    /// The client kept sending past its rate limit after being refused (1008).
+    Flooding,
     /// A frame above the hard limit (1009).
     TooBig,
     /// No traffic, not even pongs, within the idle timeout (1000 with a reason).
@@ -41,7 +43,7 @@ impl Disconnect {
             Self::Normal | Self::Idle => CloseCode::Normal,
             Self::GoingAway => CloseCode::Away,
             Self::SlowConsumer => CloseCode::Again,
-            Self::Policy => CloseCode::Policy,
+            Self::Policy | Self::Flooding => CloseCode::Policy,
             Self::TooBig => CloseCode::Size,
         }
     }
@@ -53,6 +55,7 @@ impl Disconnect {
             Self::GoingAway => "server shutting down, reconnect and resume with since",
             Self::SlowConsumer => "outbound queue full: client too slow",
             Self::Policy => "policy violation",
+            Self::Flooding => "rate limit exceeded repeatedly",
             Self::TooBig => "frame too large",
             Self::Idle => "idle timeout",
         }

@@ -3,7 +3,7 @@
 //! every request in `http_requests_total` / `http_request_duration_seconds`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -22,7 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::auth::Authenticator;
 use crate::conn::ConnId;
 use crate::error::{GatewayError, json_error};
-use crate::metrics::GatewayMetrics;
+use crate::limits::Limits;
+use crate::metrics::{GatewayMetrics, Refusal};
 use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 
@@ -47,6 +48,10 @@ pub struct AppState {
     /// The process's registry, served on `/metrics` (in the all-in-one it also holds
     /// history's and presence's families).
     pub registry: Arc<Registry>,
+    /// Connection count, send rate and origin limits.
+    pub limits: Limits,
+    /// Open WebSockets, for [`Limits::max_connections`].
+    open: Arc<AtomicUsize>,
     next_conn: AtomicU64,
 }
 
@@ -67,6 +72,8 @@ impl AppState {
             shutdown,
             metrics: GatewayMetrics::default(),
             registry: Arc::new(Registry::default()),
+            limits: Limits::default(),
+            open: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -79,9 +86,35 @@ impl AppState {
         self
     }
 
+    /// Enforces `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Takes one of the [`Limits::max_connections`] places, if one is free.
+    pub fn admit(&self) -> Option<Admitted> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(self.open.clone()))
+    }
+
     /// A fresh connection number.
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// One WebSocket's place under [`Limits::max_connections`], given back on drop.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -149,13 +182,45 @@ async fn websocket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("<not text>"));
+    if !state.limits.origin_allowed(origin) {
+        state.metrics.sessions.upgrade_refused(Refusal::Origin);
+        return Ok(HttpResponse::Forbidden().json(json_error(
+            ErrorCode::Forbidden,
+            "this origin may not open a WebSocket here (CHAT_ALLOWED_ORIGINS)",
+        )));
+    }
     let user = state.auth.authenticate(&req)?;
     if state.shutdown.is_cancelled() {
+        state
+            .metrics
+            .sessions
+            .upgrade_refused(Refusal::ShuttingDown);
         return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
             .json(json_error(ErrorCode::Unavailable, "gateway shutting down")));
     }
+    let Some(admitted) = state.admit() else {
+        state.metrics.sessions.upgrade_refused(Refusal::AtCapacity);
+        let message = format!(
+            "gateway at its limit of {} connections; retry, or connect to another instance",
+            state.limits.max_connections
+        );
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "5"))
+            .json(json_error(ErrorCode::Unavailable, &message)));
+    };
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
-    actix_web::rt::spawn(crate::session::serve(state.into_inner(), user, ws, stream));
+    actix_web::rt::spawn(crate::session::serve(
+        state.into_inner(),
+        user,
+        ws,
+        stream,
+        admitted,
+    ));
     Ok(response)
 }
 

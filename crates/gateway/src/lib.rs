@@ -30,6 +30,7 @@ pub mod error;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
@@ -122,7 +123,8 @@ impl Gateway {
             settings.gateway_id.clone(),
             shutdown,
         )
-        .with_metrics(gateway_metrics, Arc::new(metrics.registry));
+        .with_metrics(gateway_metrics, Arc::new(metrics.registry))
+        .with_limits(settings.limits.clone());
         Ok(Self {
             listener,
             state: Arc::new(state),

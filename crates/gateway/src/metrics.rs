@@ -4,12 +4,17 @@
 //!
 //! - `chat_gateway_disconnects_total{reason}`: WebSocket sessions ended, by why:
 //!   `normal` (the client closed or the connection broke), `going_away` (shutdown, 1001),
-//!   `slow_consumer` (outbound queue full, 1013), `policy` (1008), `too_big` (1009),
+//!   `slow_consumer` (outbound queue full, 1013), `policy` (protocol violation, 1008),
+//!   `rate_limited` (kept flooding past the send rate limit, 1008), `too_big` (1009),
 //!   `idle` (no traffic for 60 s).
+//! - `chat_gateway_upgrades_refused_total{reason}`: WebSocket upgrades answered with an
+//!   error before any session started: `at_capacity` (503, `CHAT_MAX_CONNECTIONS`
+//!   reached), `origin` (403, not in `CHAT_ALLOWED_ORIGINS`), `shutting_down` (503).
+//!   Refused tokens show as 401 in `http_requests_total{endpoint="/v1/ws"}`.
 //! - `chat_gateway_slow_consumer_disconnects_total`: the `slow_consumer` ones alone, the
 //!   number to alert on.
-//! - `chat_gateway_rate_limited_frames_total`: frames refused by the per-connection send
-//!   rate limit. Registered ahead of the limiter, so it stays 0 until the limiter lands.
+//! - `chat_gateway_rate_limited_frames_total`: frames refused with `rate_limited` by the
+//!   per-connection send rate limit.
 //! - `chat_gateway_typing_throttled_total`: `typing` frames dropped because the same
 //!   connection relayed one to the same room less than a second before.
 //! - `chat_gateway_online_users`: distinct users with at least one WebSocket on this
@@ -101,18 +106,42 @@ fn reason_label(reason: Disconnect) -> &'static str {
         Disconnect::GoingAway => "going_away",
         Disconnect::SlowConsumer => "slow_consumer",
         Disconnect::Policy => "policy",
+        Disconnect::Flooding => "rate_limited",
         Disconnect::TooBig => "too_big",
         Disconnect::Idle => "idle",
     }
 }
 
-/// How sessions end, and frames refused by limits.
+/// Why a WebSocket upgrade was refused before a session started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `CHAT_MAX_CONNECTIONS` reached (503).
+    AtCapacity,
+    /// `Origin` not in `CHAT_ALLOWED_ORIGINS` (403).
+    Origin,
+    /// The gateway is draining (503).
+    ShuttingDown,
+}
+
+impl Refusal {
+    const ALL: [Self; 3] = [Self::AtCapacity, Self::Origin, Self::ShuttingDown];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::AtCapacity => "at_capacity",
+            Self::Origin => "origin",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// How sessions end, upgrades refused, and frames refused by limits.
 #[derive(Debug, Clone)]
 pub struct SessionMetrics {
     disconnects: Family<ReasonLabels, Counter>,
+    upgrades_refused: Family<ReasonLabels, Counter>,
     slow_consumers: Counter,
-    /// Incremented by the send-rate limiter.
-    pub rate_limited: Counter,
+    rate_limited: Counter,
     typing_throttled: Counter,
 }
 
@@ -120,6 +149,7 @@ impl Default for SessionMetrics {
     fn default() -> Self {
         let metrics = Self {
             disconnects: Family::default(),
+            upgrades_refused: Family::default(),
             slow_consumers: Counter::default(),
             rate_limited: Counter::default(),
             typing_throttled: Counter::default(),
@@ -129,11 +159,17 @@ impl Default for SessionMetrics {
             Disconnect::GoingAway,
             Disconnect::SlowConsumer,
             Disconnect::Policy,
+            Disconnect::Flooding,
             Disconnect::TooBig,
             Disconnect::Idle,
         ] {
             let _ = metrics.disconnects.get_or_create(&ReasonLabels {
                 reason: reason_label(reason),
+            });
+        }
+        for refusal in Refusal::ALL {
+            let _ = metrics.upgrades_refused.get_or_create(&ReasonLabels {
+                reason: refusal.label(),
             });
         }
         metrics
@@ -145,8 +181,13 @@ impl SessionMetrics {
         let metrics = Self::default();
         registry.register(
             "disconnects",
-            "WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), too_big (1009), idle",
+            "WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle",
             metrics.disconnects.clone(),
+        );
+        registry.register(
+            "upgrades_refused",
+            "WebSocket upgrades refused before a session started, by reason: at_capacity (503), origin (403), shutting_down (503)",
+            metrics.upgrades_refused.clone(),
         );
         registry.register(
             "slow_consumer_disconnects",
@@ -176,6 +217,20 @@ impl SessionMetrics {
         if reason == Disconnect::SlowConsumer {
             self.slow_consumers.inc();
         }
+    }
+
+    /// A WebSocket upgrade was refused.
+    pub fn upgrade_refused(&self, refusal: Refusal) {
+        self.upgrades_refused
+            .get_or_create(&ReasonLabels {
+                reason: refusal.label(),
+            })
+            .inc();
+    }
+
+    /// A frame was refused with `rate_limited`.
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     /// A `typing` frame was dropped by the per-room interval.
@@ -370,6 +425,9 @@ mod tests {
         );
         gateway.sessions.disconnected(Disconnect::SlowConsumer);
         gateway.sessions.disconnected(Disconnect::Normal);
+        gateway.sessions.disconnected(Disconnect::Flooding);
+        gateway.sessions.upgrade_refused(Refusal::AtCapacity);
+        gateway.sessions.rate_limited();
         gateway.sessions.typing_throttled();
         gateway.rooms.active.inc();
         gateway.rooms.gap_fill_reads.inc();
@@ -378,19 +436,24 @@ mod tests {
         redis.published(true);
         redis.received();
         let text = chat_metrics::exposition(&metrics.registry);
-        let expected = r#"# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), too_big (1009), idle.
+        let expected = r#"# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle.
 # TYPE chat_gateway_disconnects_total counter
 chat_gateway_disconnects_total{reason="normal"} 1
 chat_gateway_disconnects_total{reason="going_away"} 0
 chat_gateway_disconnects_total{reason="slow_consumer"} 1
 chat_gateway_disconnects_total{reason="policy"} 0
+chat_gateway_disconnects_total{reason="rate_limited"} 1
 chat_gateway_disconnects_total{reason="too_big"} 0
 chat_gateway_disconnects_total{reason="idle"} 0
+# TYPE chat_gateway_upgrades_refused_total counter
+chat_gateway_upgrades_refused_total{reason="at_capacity"} 1
+chat_gateway_upgrades_refused_total{reason="origin"} 0
+chat_gateway_upgrades_refused_total{reason="shutting_down"} 0
 # TYPE chat_gateway_slow_consumer_disconnects_total counter
 chat_gateway_slow_consumer_disconnects_total 1
 # HELP chat_gateway_rate_limited_frames_total Frames refused by the per-connection send rate limit.
 # TYPE chat_gateway_rate_limited_frames_total counter
-chat_gateway_rate_limited_frames_total 0
+chat_gateway_rate_limited_frames_total 1
 chat_gateway_typing_throttled_total 1
 # TYPE chat_gateway_online_users gauge
 chat_gateway_online_users 1

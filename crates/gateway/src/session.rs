@@ -18,15 +18,14 @@ use tokio::sync::mpsc;
 
 use crate::conn::{Conn, Disconnect};
 use crate::error::GatewayError;
-use crate::http::AppState;
+use crate::http::{Admitted, AppState};
+use crate::limits::{SendRate, Verdict};
 
 /// Frames above this size close the connection with 1009; frames between the protocol
 /// limit (64 KiB) and this are answered with `too_large` and the connection stays.
 pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
-/// How often the server pings an idle client.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// A connection with no inbound traffic (frames, pongs) for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing connection's writer waits for a client that does not read.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rooms one connection may have joined at once.
 pub const MAX_ROOMS_PER_CONN: usize = 256;
 /// Typing notices relayed per room per connection at most this often; extra ones are
@@ -40,7 +39,9 @@ pub async fn serve(
     user: UserId,
     ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
+    admitted: Admitted,
 ) {
+    let _admitted = admitted;
     let _active = state.metrics.ws.connection_opened();
     let (conn, outbound) = Conn::new(state.next_conn_id(), user);
     let writer = actix_web::rt::spawn(write(
@@ -51,6 +52,7 @@ pub async fn serve(
     ));
     let mut session = Session {
         conn_name: format!("{}-{}", state.gateway_id, conn.id),
+        rate: state.limits.send_rate(Instant::now()),
         state,
         conn,
         ws,
@@ -78,6 +80,12 @@ pub async fn serve(
 }
 
 /// Writes queued frames until the connection closes, then sends the close frame.
+///
+/// A client that stops reading fills the socket and then actix-ws's channel, and a
+/// write waits. The writer still notices a close: a slow consumer's pending frame is
+/// dropped at once, any other close gives it [`CLOSE_TIMEOUT`]; draining what is queued
+/// and the close frame get the same bound. So a stuck client never holds the session
+/// (its queue, rooms, presence) past that.
 async fn write(
     conn: Arc<Conn>,
     mut ws: actix_ws::Session,
@@ -90,7 +98,22 @@ async fn write(
             _ = conn.closing() => break,
             frame = outbound.recv() => match frame {
                 Some(frame) => {
-                    if ws.text(frame).await.is_err() {
+                    let send = ws.text(frame);
+                    tokio::pin!(send);
+                    let sent = tokio::select! {
+                        biased;
+                        sent = &mut send => sent,
+                        _ = conn.closing() => {
+                            if conn.reason() == Some(Disconnect::SlowConsumer) {
+                                break;
+                            }
+                            match tokio::time::timeout(CLOSE_TIMEOUT, send).await {
+                                Ok(sent) => sent,
+                                Err(_) => break,
+                            }
+                        }
+                    };
+                    if sent.is_err() {
                         conn.close(Disconnect::Normal);
                         return;
                     }
@@ -101,21 +124,25 @@ async fn write(
         }
     }
     let reason = conn.reason().unwrap_or(Disconnect::Normal);
-    if reason != Disconnect::SlowConsumer {
-        // Replies already queued (acks above all) still go out before the close.
-        while let Ok(frame) = outbound.try_recv() {
-            if ws.text(frame).await.is_err() {
-                return;
+    let finish = async {
+        if reason != Disconnect::SlowConsumer {
+            // Replies already queued (acks above all) still go out before the close.
+            while let Ok(frame) = outbound.try_recv() {
+                if ws.text(frame).await.is_err() {
+                    return;
+                }
+                metrics.message_out();
             }
-            metrics.message_out();
         }
-    }
-    let _ = ws
-        .close(Some(CloseReason {
-            code: reason.close_code(),
-            description: Some(reason.description().to_owned()),
-        }))
-        .await;
+        let _ = ws
+            .close(Some(CloseReason {
+                code: reason.close_code(),
+                description: Some(reason.description().to_owned()),
+            }))
+            .await;
+    };
+    // On timeout the session handle is dropped, which ends the response stream.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }
 
 struct Session {
@@ -129,6 +156,8 @@ struct Session {
     joined: HashMap<RoomId, Option<Instant>>,
     /// When the frame being handled was read: the start of `ws_message_latency_seconds`.
     received: Instant,
+    /// The send rate limit: every text or binary frame from the client counts.
+    rate: SendRate,
 }
 
 impl Session {
@@ -149,7 +178,9 @@ impl Session {
         if self.reply(hello).await.is_err() {
             return;
         }
-        let mut heartbeat = tokio::time::interval(PING_INTERVAL);
+        let limits = &self.state.limits;
+        let (ping_interval, idle_timeout) = (limits.ping_interval, limits.idle_timeout);
+        let mut heartbeat = tokio::time::interval(ping_interval);
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
         let shutdown = self.state.shutdown.clone();
@@ -162,7 +193,7 @@ impl Session {
                     return;
                 }
                 _ = heartbeat.tick() => {
-                    if last_seen.elapsed() > IDLE_TIMEOUT {
+                    if last_seen.elapsed() > idle_timeout {
                         self.conn.close(Disconnect::Idle);
                         return;
                     }
@@ -170,6 +201,22 @@ impl Session {
                 }
                 item = stream.recv() => {
                     last_seen = Instant::now();
+                    if let Some(Ok(AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))) = &item {
+                        match self.rate.check(last_seen) {
+                            Verdict::Allow => {}
+                            Verdict::Refuse => {
+                                if self.refuse_rate_limited(item).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                            Verdict::Disconnect => {
+                                self.state.metrics.sessions.rate_limited();
+                                self.conn.close(Disconnect::Flooding);
+                                return;
+                            }
+                        }
+                    }
                     let disconnect = match item {
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             self.state.metrics.ws.message_in();
@@ -209,6 +256,32 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a frame over the send rate limit with `rate_limited` (echoing its `ref`
+    /// when it has one) without handling it.
+    async fn refuse_rate_limited(
+        &self,
+        item: Option<Result<AggregatedMessage, ProtocolError>>,
+    ) -> Result<(), crate::conn::Closed> {
+        self.state.metrics.sessions.rate_limited();
+        let reference = match &item {
+            Some(Ok(AggregatedMessage::Text(text))) => {
+                parse_client_frame(text).ok().and_then(|f| f.reference)
+            }
+            _ => None,
+        };
+        let limits = &self.state.limits;
+        let message = format!(
+            "sending too fast: at most {} frames per second, bursts of {}; this frame was not handled, retry it later",
+            limits.frames_per_sec, limits.burst
+        );
+        self.reply(ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: &message,
+            reference: reference.as_deref(),
+        })
+        .await
     }
 
     /// Queues a direct reply, waiting for room in the queue.

@@ -1,8 +1,11 @@
 //! The gateway's configuration, from environment variables (see `.example_env`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use chat_proto::auth::{InternalToken, TOKEN_VAR};
+
+use crate::limits::{Limits, parse_origins};
 
 /// A secret that never prints.
 #[derive(Clone)]
@@ -61,6 +64,8 @@ pub struct Settings {
     pub workers: usize,
     /// `CHAT_SHUTDOWN_GRACE_SECS`: how long in-flight work may take on shutdown (10).
     pub shutdown_grace_secs: u64,
+    /// Connection count, send rate and origin limits.
+    pub limits: Limits,
 }
 
 /// A variable with a bad value.
@@ -119,6 +124,32 @@ pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
     Some(url)
 }
 
+/// The limits from `CHAT_MAX_CONNECTIONS`, `CHAT_SEND_RATE`, `CHAT_SEND_BURST` and
+/// `CHAT_ALLOWED_ORIGINS`.
+fn limits_from_env() -> Result<Limits, SettingsError> {
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_connections: parse("CHAT_MAX_CONNECTIONS", defaults.max_connections)?,
+        frames_per_sec: parse("CHAT_SEND_RATE", defaults.frames_per_sec)?,
+        burst: parse("CHAT_SEND_BURST", defaults.burst)?,
+        ping_interval: Duration::from_secs(parse(
+            "CHAT_PING_INTERVAL_SECS",
+            defaults.ping_interval.as_secs(),
+        )?),
+        idle_timeout: Duration::from_secs(parse(
+            "CHAT_IDLE_TIMEOUT_SECS",
+            defaults.idle_timeout.as_secs(),
+        )?),
+        allowed_origins: var("CHAT_ALLOWED_ORIGINS")
+            .map(|v| parse_origins(&v))
+            .transpose()
+            .map_err(|reason| SettingsError {
+                var: "CHAT_ALLOWED_ORIGINS",
+                reason,
+            })?,
+    })
+}
+
 /// `CHAT_INTERNAL_TOKEN`, validated, if set.
 fn internal_token(value: Option<String>) -> Result<Option<InternalToken>, SettingsError> {
     value
@@ -165,6 +196,7 @@ impl Settings {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )?,
             shutdown_grace_secs: parse("CHAT_SHUTDOWN_GRACE_SECS", 10)?,
+            limits: limits_from_env()?,
         };
         settings.validate()?;
         Ok(settings)
@@ -189,6 +221,29 @@ impl Settings {
             return Err(SettingsError {
                 var: "CHAT_GATEWAY_ID",
                 reason: format!("{id:?} must be 1-64 characters of [A-Za-z0-9_.:-]"),
+            });
+        }
+        for (var, value) in [
+            ("CHAT_MAX_CONNECTIONS", self.limits.max_connections),
+            ("CHAT_SEND_RATE", self.limits.frames_per_sec as usize),
+            ("CHAT_SEND_BURST", self.limits.burst as usize),
+        ] {
+            if value == 0 {
+                return Err(SettingsError {
+                    var,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.limits.ping_interval.is_zero()
+            || self.limits.idle_timeout <= self.limits.ping_interval
+        {
+            return Err(SettingsError {
+                var: "CHAT_IDLE_TIMEOUT_SECS",
+                reason: format!(
+                    "must be longer than CHAT_PING_INTERVAL_SECS ({} s), which must be at least 1",
+                    self.limits.ping_interval.as_secs()
+                ),
             });
         }
         if self.workers == 0 {

@@ -65,6 +65,7 @@ async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyh
         gateway_id: "survivor".into(),
         workers: 1,
         shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
     };
     let survivor = Gateway::build(&settings, stop.clone()).await?;
     let survivor_addr = survivor.local_addr()?;

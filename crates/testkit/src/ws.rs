@@ -30,6 +30,16 @@ pub struct WsClient {
     next_ref: u64,
 }
 
+/// An upgrade the server refused with an HTTP error.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub status: u16,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: Value,
+}
+
 /// What ended a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
@@ -69,9 +79,47 @@ impl std::error::Error for Closed {}
 impl WsClient {
     /// Connects to `url` (`ws://host:port/v1/ws?user=alice`) and reads `hello`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (stream, _) = connect_async(url)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting {url}: {e}"))?;
+        Self::connect_with_headers(url, &[])
+            .await?
+            .map_err(|refused| {
+                anyhow::anyhow!("connecting {url}: HTTP {} {}", refused.status, refused.body)
+            })
+    }
+
+    /// Connects with extra request headers (`Origin`, ...). `Err(Refused)` inside
+    /// the `Ok` when the server answered the upgrade with an HTTP error.
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Result<Self, Refused>> {
+        use tokio_tungstenite::tungstenite::Error;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(HeaderName::try_from(*name)?, HeaderValue::try_from(*value)?);
+        }
+        let stream = match connect_async(request).await {
+            Ok((stream, _)) => stream,
+            Err(Error::Http(response)) => {
+                let header = |name: &str| {
+                    response
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let body = response.body().as_deref().unwrap_or_default();
+                return Ok(Err(Refused {
+                    status: response.status().as_u16(),
+                    retry_after: header("retry-after"),
+                    body: serde_json::from_slice(body).unwrap_or(Value::Null),
+                }));
+            }
+            Err(e) => return Err(anyhow::anyhow!("connecting {url}: {e}")),
+        };
         let mut client = Self {
             stream,
             hello: Value::Null,
@@ -81,7 +129,7 @@ impl WsClient {
         let hello = client.recv().await?;
         anyhow::ensure!(hello["type"] == "hello", "expected hello, got {hello}");
         client.hello = hello;
-        Ok(client)
+        Ok(Ok(client))
     }
 
     /// The HTTP status of a refused upgrade, or `None` when the upgrade succeeded.

@@ -111,14 +111,21 @@ impl Cluster {
             gateway_id: chat_gateway::settings::random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 5,
+            limits: chat_gateway::limits::Limits::default(),
         }
     }
 
     /// Starts one more gateway; returns its index.
     pub async fn add_gateway(&mut self) -> anyhow::Result<usize> {
         let settings = self.gateway_settings();
+        self.add_gateway_with(&settings).await
+    }
+
+    /// Starts one more gateway with `settings` (start from [`Self::gateway_settings`]);
+    /// returns its index.
+    pub async fn add_gateway_with(&mut self, settings: &GatewaySettings) -> anyhow::Result<usize> {
         let shutdown = CancellationToken::new();
-        let gateway = Gateway::build(&settings, shutdown.clone()).await?;
+        let gateway = Gateway::build(settings, shutdown.clone()).await?;
         let addr = gateway.local_addr()?;
         let task = tokio::spawn(gateway.run());
         self.gateways.push(RunningGateway {

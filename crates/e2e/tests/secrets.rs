@@ -1,0 +1,258 @@
+//! Secrets never reach a log. Every service runs with `RUST_LOG=debug` and
+//! recognisable secrets (the JWT secret, the internal gRPC token, MongoDB and Redis
+//! passwords in their URLs), clients connect through the repo's nginx config with their
+//! token in the query string, and the paths where secrets are most likely to leak are
+//! exercised: refused tokens, a gateway holding the wrong internal token, history and
+//! presence failing to reach a backend that refuses their credentials. Then no log file
+//! (the services' output, nginx's access and error logs) may contain any of them.
+
+use std::time::Duration;
+
+use chat_e2e::{Harness, binary, wait_ready};
+use chat_testkit::mongo::{MongoServer, unique_db_name};
+use chat_testkit::process::ChildGuard;
+use chat_testkit::redis::RedisServer;
+use chat_testkit::ws::WsClient;
+use serde_json::json;
+
+const JWT_SECRET: &str = "jwt-secret-SENTINEL-9d41c07be35a";
+const INTERNAL_TOKEN: &str = "internal-token-SENTINEL-52aa0f6e1c";
+const WRONG_INTERNAL_TOKEN: &str = "wrong-internal-SENTINEL-b7e3190d4f";
+const MONGO_PASSWORD: &str = "mongo-pw-SENTINEL-0c8e2d";
+const REDIS_PASSWORD: &str = "redis-pw-SENTINEL-f19a7b";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_a_log() -> anyhow::Result<()> {
+    let harness = Harness::new("secrets")?;
+    let result = tokio::time::timeout(Duration::from_secs(120), scenario(&harness))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("secrets test took over 120 s")));
+    if result.is_err() {
+        harness.dump_logs();
+    }
+    result
+}
+
+async fn scenario(h: &Harness) -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let mongo = MongoServer::start().await?;
+    let debug = ("RUST_LOG", "debug".to_owned());
+    let internal = ("CHAT_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned());
+
+    let history = h
+        .spawn(
+            "history",
+            "chat-history",
+            "CHAT_GRPC_ADDR",
+            &[
+                debug.clone(),
+                internal.clone(),
+                ("CHAT_MONGODB_URL", mongo.url()),
+                ("CHAT_MONGODB_DB", unique_db_name()),
+                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ],
+        )
+        .await?;
+    let presence = h
+        .spawn(
+            "presence",
+            "chat-presence",
+            "CHAT_GRPC_ADDR",
+            &[
+                debug.clone(),
+                internal.clone(),
+                ("CHAT_REDIS_URL", redis.url()),
+                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ],
+        )
+        .await?;
+    let gateway_env = |token: &str| {
+        vec![
+            debug.clone(),
+            ("CHAT_INTERNAL_TOKEN", token.to_owned()),
+            ("CHAT_AUTH_MODE", "jwt".to_owned()),
+            ("CHAT_JWT_SECRET", JWT_SECRET.to_owned()),
+            ("CHAT_HISTORY_URL", history.url()),
+            ("CHAT_PRESENCE_URL", presence.url()),
+            ("CHAT_REDIS_URL", redis.url()),
+        ]
+    };
+    let gateway = h
+        .spawn(
+            "gateway",
+            "chat-gateway",
+            "CHAT_HTTP_ADDR",
+            &gateway_env(INTERNAL_TOKEN),
+        )
+        .await?;
+    let impostor = h
+        .spawn(
+            "gateway-wrong-token",
+            "chat-gateway",
+            "CHAT_HTTP_ADDR",
+            &gateway_env(WRONG_INTERNAL_TOKEN),
+        )
+        .await?;
+    wait_ready(gateway.addr, Duration::from_secs(30)).await?;
+    let nginx = h.nginx(&[gateway.addr]).await?;
+
+    // A real session through nginx, token in the query string.
+    let alice_token = token(JWT_SECRET, "alice", 3600)?;
+    let url = format!("ws://{}/v1/ws?token={alice_token}", nginx.addr);
+    let mut alice = WsClient::connect(&url).await?;
+    alice.join("vault", None).await?;
+    let ack = alice.send_message("vault", "hello", "c1").await?;
+    anyhow::ensure!(ack["type"] == "ack", "send through nginx failed: {ack}");
+    alice.close().await;
+
+    // Refused tokens, through nginx and directly.
+    let forged = token("not-the-secret-0123456789abcdef", "mallory", 3600)?;
+    let expired = token(JWT_SECRET, "alice", -3600)?;
+    for bad in [forged.as_str(), expired.as_str(), "not.a.jwt"] {
+        for base in [nginx.addr, gateway.addr] {
+            let status =
+                WsClient::refused_status(&format!("ws://{base}/v1/ws?token={bad}")).await?;
+            anyhow::ensure!(status == Some(401), "bad token answered {status:?}");
+        }
+    }
+
+    // The gateway with the wrong internal token: its calls are refused and it says so.
+    let url = format!(
+        "ws://{}/v1/ws?token={}",
+        impostor.addr,
+        token(JWT_SECRET, "bob", 3600)?
+    );
+    if let Ok(mut bob) = WsClient::connect(&url).await {
+        let _ = bob.join("vault", None).await;
+        let reply = bob
+            .request(json!({"type": "send", "room": "vault", "body": "x", "client_id": "c2"}))
+            .await?;
+        anyhow::ensure!(reply["type"] == "error", "wrong internal token got {reply}");
+    }
+
+    // Backends refusing credentials: the stand-in has no auth, so the driver's SCRAM
+    // handshake fails; Redis has no password, so AUTH fails. Each service gets a few
+    // seconds to log what it logs, then is stopped.
+    let mongo_with_password = mongo.url().replacen(
+        "mongodb://",
+        &format!("mongodb://chat:{MONGO_PASSWORD}@"),
+        1,
+    );
+    let redis_with_password =
+        redis
+            .url()
+            .replacen("redis://", &format!("redis://:{REDIS_PASSWORD}@"), 1);
+    let failing = [
+        (
+            "history-bad-credentials",
+            "chat-history",
+            vec![
+                debug.clone(),
+                ("CHAT_MONGODB_URL", mongo_with_password),
+                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ],
+        ),
+        (
+            "presence-bad-credentials",
+            "chat-presence",
+            vec![
+                debug.clone(),
+                ("CHAT_REDIS_URL", redis_with_password.clone()),
+                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ],
+        ),
+        (
+            "gateway-bad-credentials",
+            "chat-gateway",
+            vec![
+                debug.clone(),
+                ("CHAT_AUTH_MODE", "dev".to_owned()),
+                ("CHAT_REDIS_URL", redis_with_password),
+            ],
+        ),
+    ];
+    for (name, bin, env) in failing {
+        run_briefly(h, name, bin, &env, Duration::from_secs(4)).await?;
+    }
+    drop(nginx);
+
+    // Every log of the run.
+    let mut checked = 0;
+    let mut leaks = Vec::new();
+    for path in log_files(h.dir())? {
+        let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+        checked += text.len();
+        for secret in [
+            JWT_SECRET,
+            INTERNAL_TOKEN,
+            WRONG_INTERNAL_TOKEN,
+            MONGO_PASSWORD,
+            REDIS_PASSWORD,
+            alice_token.as_str(),
+            forged.as_str(),
+            expired.as_str(),
+        ] {
+            if let Some(at) = text.find(secret) {
+                let line = text[..at].lines().count();
+                leaks.push(format!("{} line {line}", path.display()));
+            }
+        }
+    }
+    anyhow::ensure!(
+        checked > 10_000,
+        "only {checked} bytes of logs: nothing was logged?"
+    );
+    anyhow::ensure!(leaks.is_empty(), "secrets in logs: {leaks:#?}");
+    Ok(())
+}
+
+/// An HS256 token for `user` signed with `secret`, expiring `expires_in` seconds from
+/// now (negative: already expired).
+fn token(secret: &str, user: &str, expires_in: i64) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let exp = now.as_secs() as i64 + expires_in;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?,
+    )?)
+}
+
+/// Runs `bin` for `how_long` with its output in `<name>.log` of the harness directory
+/// (whether or not it manages to start), then stops it.
+async fn run_briefly(
+    h: &Harness,
+    name: &str,
+    bin: &str,
+    env: &[(&str, String)],
+    how_long: Duration,
+) -> anyhow::Result<()> {
+    let log = std::fs::File::create(h.dir().join(format!("{name}.log")))?;
+    let mut cmd = std::process::Command::new(binary(bin)?);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for var in ["CHAT_GRPC_ADDR", "CHAT_HTTP_ADDR"] {
+        cmd.env(var, "127.0.0.1:0");
+    }
+    let mut child = ChildGuard::spawn(name, &mut cmd)?;
+    let _ = child.wait_exit(how_long).await?;
+    child.kill();
+    Ok(())
+}
+
+/// Every file under `dir`, recursively.
+fn log_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(log_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "log") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}

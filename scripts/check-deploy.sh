@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline (no Docker engine, no cluster needed):
 #   - docker-compose.yml: `docker-compose config -q` (Debian's docker-compose) with a .env
-#     made from .example_env (refused while CHAT_INTERNAL_TOKEN is empty, as shipped;
-#     accepted once it is set), the compose-spec JSON schema (check-jsonschema), and the
+#     made from .example_env as shipped, and refused with CHAT_INTERNAL_TOKEN emptied),
+#     the compose-spec JSON schema (check-jsonschema), and the
 #     scaling rules (no container_name, nothing internal published, token required);
 #   - deploy/nginx/nginx.conf: `nginx -t` (gateways are resolved at request time, so the
 #     test needs no Docker DNS);
@@ -72,7 +72,9 @@ done
 compose() {
     docker-compose --project-directory "$tmp/compose" -f "$tmp/compose/docker-compose.yml" "$@"
 }
-# .example_env ships CHAT_INTERNAL_TOKEN empty: compose must refuse it, naming the variable.
+check "docker-compose config -q (.env = .example_env as shipped)" compose config -q
+# With CHAT_INTERNAL_TOKEN emptied, compose must refuse to start, naming the variable.
+sed -i 's/^CHAT_INTERNAL_TOKEN=.*$/CHAT_INTERNAL_TOKEN=/' "$tmp/compose/.env"
 refuses_empty_token() {
     if compose config -q >"$tmp/refusal" 2>&1; then
         echo "docker-compose accepted an empty CHAT_INTERNAL_TOKEN"
@@ -80,10 +82,7 @@ refuses_empty_token() {
     fi
     grep -q CHAT_INTERNAL_TOKEN "$tmp/refusal" || { cat "$tmp/refusal"; return 1; }
 }
-check "docker-compose refuses .example_env's empty CHAT_INTERNAL_TOKEN" refuses_empty_token
-sed -i 's/^CHAT_INTERNAL_TOKEN=$/CHAT_INTERNAL_TOKEN=check-deploy-token-0123456789abcdef/' \
-    "$tmp/compose/.env"
-check "docker-compose config -q (.env from .example_env, token set)" compose config -q
+check "docker-compose refuses an empty CHAT_INTERNAL_TOKEN" refuses_empty_token
 check "compose-spec schema (check-jsonschema)" \
     "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 check "compose scaling rules" "$VENV/bin/python" - docker-compose.yml <<'EOF'

@@ -257,6 +257,16 @@ impl Settings {
 
     /// The authenticator these settings describe.
     pub fn authenticator(&self) -> Result<crate::auth::Authenticator, SettingsError> {
+        if let Some(secret) = &self.jwt_secret
+            && secret
+                .expose()
+                .starts_with(chat_proto::auth::PLACEHOLDER_PREFIX)
+        {
+            tracing::warn!(
+                "CHAT_JWT_SECRET is still the placeholder of .example_env: anyone who has \
+                 read it can mint tokens for any user; generate one with `openssl rand -hex 32`"
+            );
+        }
         let secret = self.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
         let auth = match (self.auth_mode, secret) {
             (AuthMode::Jwt, Some(secret)) => crate::auth::Authenticator::jwt(secret),

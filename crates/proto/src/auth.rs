@@ -60,6 +60,10 @@ pub struct InternalToken {
     header: MetadataValue<Ascii>,
 }
 
+/// How the example values in `.example_env` begin; a secret that still does gets a
+/// warning at start.
+pub const PLACEHOLDER_PREFIX: &str = "change-me";
+
 impl InternalToken {
     /// Validates a token: surrounding whitespace is dropped (a trailing newline from a
     /// secret file is a common slip), then it must be at least [`MIN_TOKEN_LEN`] bytes of
@@ -73,6 +77,12 @@ impl InternalToken {
         }
         if token.len() < MIN_TOKEN_LEN {
             return Err(TokenError::TooShort { len: token.len() });
+        }
+        if token.starts_with(PLACEHOLDER_PREFIX) {
+            tracing::warn!(
+                "{TOKEN_VAR} is still the placeholder of .example_env: anyone who has read \
+                 it can call history and presence; generate one with `openssl rand -hex 32`"
+            );
         }
         let mut header = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| TokenError::InvalidCharacter { position: 1 })?;

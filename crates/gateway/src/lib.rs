@@ -56,6 +56,29 @@ use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 pub use crate::settings::{AuthMode, Settings};
 
+/// Connections the kernel completes and queues before the gateway accepts them (capped
+/// by `net.core.somaxconn`). Std's `TcpListener::bind` uses 128, which a reconnect storm
+/// (every client of a dead gateway at once) overflows: the SYNs dropped then wait for
+/// the client's retransmission, a second or more.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Connections each HTTP worker may hold beyond `CHAT_MAX_CONNECTIONS`: room for plain
+/// HTTP requests, and for upgrades past the limit to be answered 503 instead of left
+/// waiting unaccepted.
+const CONNECTION_HEADROOM: usize = 1024;
+
+/// Binds the listening socket, non-blocking, with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// A bound, not yet running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -114,8 +137,7 @@ impl Gateway {
             settings.internal_token.as_ref(),
         )?);
         tokio::spawn(heartbeat(presence.clone(), hub.clone(), shutdown.clone()));
-        let listener = TcpListener::bind(settings.http_addr)?;
-        listener.set_nonblocking(true)?;
+        let listener = bind(settings.http_addr)?;
         let state = AppState::new(
             hub,
             presence,
@@ -155,6 +177,11 @@ impl Gateway {
         // second frame waits for the client's delayed ACK (up to 40 ms). See
         // docs/benchmarks.md.
         .tcp_nodelay(true)
+        // actix stops accepting at 25k connections per worker by default, which would
+        // cap a 2-core gateway at 50k whatever CHAT_MAX_CONNECTIONS says. Any worker may
+        // end up holding most connections, so each may hold the whole limit.
+        .max_connections(self.state.limits.max_connections + CONNECTION_HEADROOM)
+        .backlog(LISTEN_BACKLOG)
         .disable_signals()
         .shutdown_timeout(self.grace.as_secs())
         .listen(self.listener)?

@@ -894,3 +894,25 @@ pub async fn stored_messages(
         }
     }
 }
+
+/// Each of `users`' online status as `GET /v1/presence?users=...` of the gateway at
+/// `addr` reports it (asked as dev-mode user `asker`).
+pub async fn presence(
+    addr: SocketAddr,
+    asker: &str,
+    users: &[&str],
+) -> anyhow::Result<BTreeMap<String, bool>> {
+    let path = format!("/v1/presence?user={asker}&users={}", users.join(","));
+    let (code, body) = http_get(addr, &path).await?;
+    anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
+    let reply: Value = serde_json::from_str(&body)?;
+    users
+        .iter()
+        .map(|user| {
+            let online = reply["users"][*user]
+                .as_bool()
+                .ok_or_else(|| anyhow::anyhow!("GET {path}: no status of {user}: {body}"))?;
+            Ok(((*user).to_owned(), online))
+        })
+        .collect()
+}

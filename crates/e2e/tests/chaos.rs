@@ -22,21 +22,29 @@
 //! of a history replica, restarted on the same address; `kill -9` of the only history
 //! replica on its embedded store (acked messages must survive on disk); the MongoDB-wire
 //! server paused (SIGSTOP) for 3 s, and for longer than the gateway's history call
-//! timeout, then resumed. Each prints one line with what it measured (`--nocapture`).
+//! timeout, then resumed; `kill -9` of the presence service, restarted on the same
+//! address. Each prints one line with what it measured (`--nocapture`).
+//!
+//! The Redis and presence cases run presence with a short lease ([`PRESENCE_TTL`]) and
+//! also check guarantee 5 across the fault: once the service is back, a presence query
+//! reports every connected client online (and a user who never connected offline)
+//! within the lease plus one heartbeat interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_e2e::{
-    Harness, Nginx, Participant, Progress, Service, bench_check, check, metric, stored_messages,
-    wait_ready,
+    Harness, Nginx, Participant, Progress, Service, bench_check, check, metric, presence,
+    stored_messages, wait_ready,
 };
 use chat_testkit::mongo::{MongoServer, unique_db_name};
 use chat_testkit::process::{eventually, signal};
 use chat_testkit::redis::RedisServer;
+use chat_testkit::ws::WsClient;
 use tokio::task::JoinHandle;
 
 const ROOMS: [&str; 2] = ["lobby", "ops"];
@@ -51,6 +59,14 @@ const ACKS_AFTER: usize = 10;
 const WAIT: Duration = Duration::from_secs(30);
 /// The whole case, setup included.
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The presence lease (`CHAT_PRESENCE_TTL_MS`) of the cases that check presence:
+/// gateways heartbeat every third of it.
+const PRESENCE_TTL: Duration = Duration::from_millis(1500);
+/// How long the presence case keeps the service down at least: longer than the lease,
+/// so every user key expires meanwhile.
+const PRESENCE_OUTAGE: Duration = Duration::from_secs(2);
+/// A user who never connects: presence must report them offline.
+const NOBODY: &str = "nobody";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_kill9_under_load() -> anyhow::Result<()> {
@@ -68,6 +84,12 @@ async fn gateway_kill9_with_sends_in_flight_under_load() -> anyhow::Result<()> {
 async fn redis_restart_under_load() -> anyhow::Result<()> {
     let h = Harness::new("redis-restart")?;
     guarded(&h, redis_restart(&h)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_kill9_and_restart_under_load() -> anyhow::Result<()> {
+    let h = Harness::new("presence-kill9")?;
+    guarded(&h, presence_restart(&h)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -299,8 +321,17 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
 /// delivery does: each gateway must reconnect, subscribe its rooms again and resync
 /// them from history (what was published meanwhile is lost by Redis), after which
 /// pub/sub must carry messages again.
+///
+/// Presence lost every key too: the gateways must register their users again (a query
+/// reports every connected client online within the lease plus one heartbeat) and their
+/// room memberships (checked with two extra clients in a room without traffic, `quiet`,
+/// on different gateways: when one of them closes after the restart, the other must be
+/// told it went offline, which presence only knows if the membership was reported
+/// again).
 async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
+    let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
+    let mut watcher = quiet_member(&cluster.gateways[0], "watcher").await?;
+    let leaver = quiet_member(&cluster.gateways[1], "leaver").await?;
     let load = Load::start(&cluster.nginx).await?;
     anyhow::ensure!(
         load.gateways().len() == 2,
@@ -308,10 +339,14 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
         load.gateways()
     );
     load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+    let mut online = load.users();
+    online.extend(["watcher".to_owned(), "leaver".to_owned()]);
+    presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
 
     let fault = Fault::begin("Redis kill -9 and restart".to_owned());
     cluster.redis.restart().await?;
     let fault = fault.repaired();
+    let converged = presence_converges(cluster.gateways[0].addr, &online, fault.repaired).await?;
     // Every gateway noticed and resubscribed...
     for gateway in &cluster.gateways {
         eventually(
@@ -342,6 +377,13 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
             gateway.name
         );
     }
+    // The users stayed registered (heartbeats renew them), and the room memberships were
+    // reported again: a member leaving is announced.
+    still_online(cluster.gateways[1].addr, &online).await?;
+    leaver.close().await;
+    let left = Instant::now();
+    wait_offline_event(&mut watcher, "leaver").await?;
+    let announced = left.elapsed();
 
     let participants = load.finish().await?;
     no_closes(&participants)?;
@@ -350,9 +392,132 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
         &fault,
         &participants,
         cluster.gateways[0].addr,
-        "gateways resubscribed",
+        &format!(
+            "gateways resubscribed; presence converged {converged:.1?} after the restart, \
+             a leave in a room joined before it announced {announced:.1?} after the close"
+        ),
     )
     .await
+}
+
+/// `kill -9` of the only presence service, kept down for [`PRESENCE_OUTAGE`] and until
+/// every client got [`ACKS_AFTER`] more acks (every user key expires meanwhile), then
+/// restarted on the same address. Chat must not notice: presence is best effort, and
+/// no connection may be closed. Once it is back, the gateways' heartbeats register their
+/// users again: a query reports every client online within the lease plus one
+/// heartbeat, and keeps doing so.
+async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
+    let load = Load::start(&cluster.nginx).await?;
+    anyhow::ensure!(
+        load.gateways().len() == 2,
+        "nginx spread the clients over {:?}, expected both gateways",
+        load.gateways()
+    );
+    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+    let online = load.users();
+    presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
+
+    let fault = Fault::begin("presence kill -9 and restart".to_owned());
+    cluster.presence.kill();
+    let down = Instant::now();
+    // Chat goes on without presence: the outage is the fault itself, and every client
+    // must be acked meanwhile.
+    let mark: Vec<usize> = load.progress.iter().map(|p| p.acks()).collect();
+    load.wait_for("every client to be acked with presence down", || {
+        down.elapsed() >= PRESENCE_OUTAGE
+            && load
+                .progress
+                .iter()
+                .zip(&mark)
+                .all(|(p, m)| p.acks() >= m + ACKS_AFTER)
+    })
+    .await?;
+    let outage = down.elapsed();
+    h.restart(&mut cluster.presence).await?;
+    let fault = fault.repaired();
+    let converged = presence_converges(cluster.gateways[1].addr, &online, fault.repaired).await?;
+    load.wait_each_after(ACKS_AFTER, "load after the restart")
+        .await?;
+    still_online(cluster.gateways[0].addr, &online).await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "presence-kill9",
+        &fault,
+        &participants,
+        cluster.gateways[0].addr,
+        &format!("down {outage:.1?}; presence converged {converged:.1?} after the restart"),
+    )
+    .await
+}
+
+/// A client connected straight to `gateway` (not through nginx) that joined `quiet`, a
+/// room without load traffic.
+async fn quiet_member(gateway: &Service, user: &str) -> anyhow::Result<WsClient> {
+    let mut client = WsClient::connect(&format!("ws://{}/v1/ws?user={user}", gateway.addr)).await?;
+    client.join("quiet", None).await?;
+    Ok(client)
+}
+
+/// Reads `watcher`'s frames until the event that `user` went offline in `quiet`.
+async fn wait_offline_event(watcher: &mut WsClient, user: &str) -> anyhow::Result<()> {
+    let wait = async {
+        loop {
+            let frame = watcher.recv().await?;
+            if frame["type"] == "presence"
+                && frame["room"] == "quiet"
+                && frame["user"] == user
+                && frame["online"] == false
+            {
+                return anyhow::Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(PRESENCE_TTL + PRESENCE_TTL / 3, wait)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the watcher was not told that {user} left quiet (was the membership \
+                 registered again after the fault?)"
+            )
+        })?
+}
+
+/// Polls a presence query on `gateway` until every one of `users` is online and
+/// [`NOBODY`] offline; returns the time from `since`, which must be at most the lease
+/// plus one heartbeat interval.
+async fn presence_converges(
+    gateway: SocketAddr,
+    users: &[String],
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    let asked: Vec<&str> = users.iter().map(String::as_str).chain([NOBODY]).collect();
+    let converged = eventually(WAIT, "presence to report every client online", || async {
+        let status = presence(gateway, "auditor", &asked).await.ok()?;
+        (users.iter().all(|u| status[u]) && !status[NOBODY]).then(Instant::now)
+    })
+    .await?;
+    let took = converged - since;
+    let bound = PRESENCE_TTL + PRESENCE_TTL / 3;
+    anyhow::ensure!(
+        took <= bound,
+        "presence reported every client online only {took:?} after the repair (bound: the \
+         lease plus one heartbeat, {bound:?})"
+    );
+    Ok(took)
+}
+
+/// One presence query on `gateway`: every one of `users` online, [`NOBODY`] offline.
+async fn still_online(gateway: SocketAddr, users: &[String]) -> anyhow::Result<()> {
+    let asked: Vec<&str> = users.iter().map(String::as_str).chain([NOBODY]).collect();
+    let status = presence(gateway, "auditor", &asked).await?;
+    anyhow::ensure!(
+        users.iter().all(|u| status[u]) && !status[NOBODY],
+        "presence flapped after converging: {status:?}"
+    );
+    Ok(())
 }
 
 /// How a history replica is stopped.
@@ -531,6 +696,8 @@ struct Layout {
     histories: usize,
     /// MongoDB-wire store (`nx-27017`), else the embedded store (one replica).
     mongo: bool,
+    /// The presence lease, when not the service's default.
+    presence_ttl: Option<Duration>,
 }
 
 impl Layout {
@@ -539,6 +706,14 @@ impl Layout {
             gateways,
             histories,
             mongo: true,
+            presence_ttl: None,
+        }
+    }
+
+    fn presence_ttl(self, ttl: Duration) -> Self {
+        Self {
+            presence_ttl: Some(ttl),
+            ..self
         }
     }
 
@@ -547,6 +722,7 @@ impl Layout {
             gateways,
             histories: 1,
             mongo: false,
+            presence_ttl: None,
         }
     }
 }
@@ -557,7 +733,7 @@ struct Cluster {
     /// `gw-<i>`, using history replica `i % histories`.
     gateways: Vec<Service>,
     histories: Vec<Service>,
-    _presence: Service,
+    presence: Service,
     redis: RedisServer,
     mongo: Option<MongoServer>,
 }
@@ -590,16 +766,15 @@ impl Cluster {
                     .await?,
             );
         }
+        let mut env = vec![
+            ("CHAT_REDIS_URL", redis.url()),
+            ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        if let Some(ttl) = layout.presence_ttl {
+            env.push(("CHAT_PRESENCE_TTL_MS", ttl.as_millis().to_string()));
+        }
         let presence = h
-            .spawn(
-                "presence",
-                "chat-presence",
-                "CHAT_GRPC_ADDR",
-                &[
-                    ("CHAT_REDIS_URL", redis.url()),
-                    ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-                ],
-            )
+            .spawn("presence", "chat-presence", "CHAT_GRPC_ADDR", &env)
             .await?;
         let mut gateways = Vec::new();
         for i in 0..layout.gateways {
@@ -627,7 +802,7 @@ impl Cluster {
             nginx,
             gateways,
             histories,
-            _presence: presence,
+            presence,
             redis,
             mongo,
         })
@@ -668,6 +843,11 @@ impl Load {
             first_gateways,
             tasks,
         })
+    }
+
+    /// The clients' user ids.
+    fn users(&self) -> Vec<String> {
+        (0..CLIENTS).map(|i| format!("user{i}")).collect()
     }
 
     fn gateways(&self) -> BTreeSet<String> {

@@ -218,7 +218,11 @@ async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: Cancellat
                     hub.announce_presence(&room, &user, false).await;
                 }
                 if beat.lease_lost {
-                    tracing::warn!("presence lease lapsed; reporting room memberships again");
+                    // Also on the first heartbeat (presence had never seen one from
+                    // us), when there is usually nothing to report.
+                    tracing::info!(
+                        "presence lease lapsed or forgotten; reporting room memberships again"
+                    );
                     for (room, user) in presence.reenter_rooms().await {
                         hub.announce_presence(&room, &user, true).await;
                     }

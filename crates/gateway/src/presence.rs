@@ -56,8 +56,9 @@ pub struct PresenceTracker {
 pub struct Beat {
     pub next_in: Duration,
     pub expired: Vec<(RoomId, UserId)>,
-    /// This gateway went a whole lease without a successful heartbeat, so presence may
-    /// have released its room memberships: report them again
+    /// This gateway went a whole lease without a successful heartbeat, or presence says
+    /// it lost track of it (e.g. Redis restarted empty), so presence may have released or
+    /// forgotten its room memberships: report them again
     /// ([`PresenceTracker::reenter_rooms`]). Users come back by the heartbeat itself.
     pub lease_lost: bool,
 }
@@ -245,7 +246,11 @@ impl PresenceTracker {
             let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
             let lost = lease.is_some_and(|(ok_at, ttl)| sent_at.duration_since(ok_at) >= ttl);
             *lease = Some((sent_at, ttl));
-            lost
+            // Our own clock only sees failed heartbeats. Presence also says when it lost
+            // track of us although every heartbeat succeeded: Redis restarted empty between
+            // two of them, so it forgot our room memberships (users come back by the
+            // heartbeat itself) and nobody would be told when those members leave.
+            lost || reply.lease_lost
         };
         Ok(Beat {
             next_in,

@@ -229,7 +229,11 @@ impl PresenceStore for MeteredPresence {
             .record("leave_room", self.backend(), start, result)
     }
 
-    async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId]) -> Result<(), PresenceError> {
+    async fn heartbeat(
+        &self,
+        gateway: &GatewayId,
+        users: &[UserId],
+    ) -> Result<bool, PresenceError> {
         let start = Instant::now();
         let result = self.inner.heartbeat(gateway, users).await;
         self.metrics

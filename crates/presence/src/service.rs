@@ -118,7 +118,7 @@ impl Presence for PresenceService {
         let req = request.get_ref();
         let gw = gateway(&req.gateway)?;
         let users = users(&req.users)?;
-        self.store.heartbeat(gw, &users).await?;
+        let lease_lost = self.store.heartbeat(gw, &users).await?;
         // The lease is renewed; a failing sweep must not make the gateway believe it was
         // not (the next heartbeat, of any gateway, sweeps again).
         let mut expired = Vec::new();
@@ -154,6 +154,7 @@ impl Presence for PresenceService {
         Ok(Response::new(HeartbeatReply {
             ttl_ms: u64::try_from(self.store.ttl().as_millis()).unwrap_or(u64::MAX),
             expired,
+            lease_lost,
         }))
     }
 

@@ -217,7 +217,11 @@ impl PresenceStore for MemoryPresence {
         Ok(held && st.leave(&entry))
     }
 
-    async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId]) -> Result<(), PresenceError> {
+    async fn heartbeat(
+        &self,
+        gateway: &GatewayId,
+        users: &[UserId],
+    ) -> Result<bool, PresenceError> {
         let now = Instant::now();
         let ttl = self.ttl;
         let mut guard = self.lock();
@@ -227,6 +231,9 @@ impl PresenceStore for MemoryPresence {
             gateways,
             ..
         } = &mut *guard;
+        // This store loses nothing while it runs: only an unknown or lapsed lease means
+        // the gateway's room memberships may be gone.
+        let lost = gateways.get(gateway).is_none_or(|gw| gw.deadline < now);
         let gw = renew_lease(gateways, gateway, now, ttl);
         gw.left.retain(|_, at| *at + ttl >= now);
         for user in users {
@@ -245,7 +252,7 @@ impl PresenceStore for MemoryPresence {
             }
             online_until.insert(user.clone(), now + ttl);
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError> {

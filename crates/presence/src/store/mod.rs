@@ -127,10 +127,12 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// (its connect was lost, Redis lost its data, or the gateway was swept as dead after
     /// a silence of `ttl()`), except a user `gateway` disconnected within the last
     /// `ttl()`: this heartbeat may have been sent before that disconnect, and must not
-    /// bring the user back. Room memberships are not restored this way: a gateway whose
-    /// heartbeats failed for `ttl()` or longer should repeat `enter_room` for what it
-    /// holds (it is idempotent).
-    async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId]) -> Result<(), PresenceError>;
+    /// bring the user back. Room memberships are not restored this way: returns true when
+    /// the store has no record of `gateway`'s previous heartbeat within `ttl()` (its
+    /// first one, a lapsed lease, or the store lost its data), and the gateway must then
+    /// repeat `enter_room` for what it holds (it is idempotent).
+    async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId])
+    -> Result<bool, PresenceError>;
 
     /// Releases what gateways whose lease expired held: their users go offline unless
     /// another gateway holds them, their room memberships end. Returns at most `limit`

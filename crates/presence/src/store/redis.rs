@@ -278,22 +278,29 @@ impl PresenceStore for RedisPresence {
         self.run_flag(&self.scripts.leave_room, args).await
     }
 
-    async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId]) -> Result<(), PresenceError> {
+    async fn heartbeat(
+        &self,
+        gateway: &GatewayId,
+        users: &[UserId],
+    ) -> Result<bool, PresenceError> {
         let ttl = self.ttl_ms();
         let chunks: Vec<&[UserId]> = if users.is_empty() {
             vec![&[]]
         } else {
             users.chunks(HEARTBEAT_CHUNK).collect()
         };
-        // One after another: each call renews the lease, then refreshes its users.
+        // One after another: each call renews the lease, then refreshes its users. The
+        // first call tells whether the previous heartbeat was known.
+        let mut lost = None;
         for chunk in chunks {
             let mut args = Vec::with_capacity(2 + chunk.len());
             args.push(gateway.to_owned());
             args.push(ttl.clone());
             args.extend(chunk.iter().map(UserId::to_string));
-            let _: i64 = self.run(&self.scripts.heartbeat, args).await?;
+            let chunk_lost: i64 = self.run(&self.scripts.heartbeat, args).await?;
+            lost.get_or_insert(chunk_lost == 1);
         }
-        Ok(())
+        Ok(lost.unwrap_or(false))
     }
 
     async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError> {

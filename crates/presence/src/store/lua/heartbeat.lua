@@ -1,8 +1,17 @@
--- heartbeat(gw, ttl_ms, uid...) -> 0. One call per chunk of users.
+-- heartbeat(gw, ttl_ms, uid...) -> 1 when this gateway's previous heartbeat is not
+-- known (first one, none for a ttl, or Redis lost its data), else 0. One call per chunk
+-- of users.
 local gw, ttl = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 -- Renewed before any user is touched: from here on no sweeper releases this gateway.
 redis.call('ZADD', GATEWAYS, now + ttl, gw)
+-- Only heartbeats set this marker (connect and enter_room renew the lease too, so the
+-- lease cannot tell): without it, room memberships may be lost and the gateway must
+-- report them again. Users need no such step: the loop below registers them.
+local lost = 0
+if not redis.call('SET', gw_beat_key(gw), '1', 'PX', ttl, 'GET') then
+  lost = 1
+end
 local users, left = gw_users_key(gw), gw_left_key(gw)
 redis.call('ZREMRANGEBYSCORE', left, '-inf', '(' .. (now - ttl))
 for i = 3, #ARGV do
@@ -19,4 +28,4 @@ for i = 3, #ARGV do
     redis.call('SET', user_key(uid), 'online', 'PX', ttl)
   end
 end
-return 0
+return lost

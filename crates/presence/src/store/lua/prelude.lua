@@ -8,6 +8,7 @@ local function room_key(room) return 'presence:room:' .. room end
 local function gw_users_key(gw) return 'presence:gw:' .. gw .. ':users' end
 local function gw_rooms_key(gw) return 'presence:gw:' .. gw .. ':rooms' end
 local function gw_left_key(gw) return 'presence:gw:' .. gw .. ':left' end
+local function gw_beat_key(gw) return 'presence:gw:' .. gw .. ':beat' end
 
 -- Redis' clock, so that every presence replica agrees on lease deadlines.
 local function now_ms()

@@ -542,6 +542,27 @@ async fn heartbeat_registers_unknown_users(fx: &Fixture) {
     );
 }
 
+/// A heartbeat says when the store has no record of the gateway's previous one within
+/// the lease (its first, or after a silence): the gateway must then re-enter its rooms.
+async fn heartbeat_reports_a_lost_lease(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    let beat = || store.heartbeat("gw1", std::slice::from_ref(&alice));
+    assert!(
+        beat().await.expect("first heartbeat"),
+        "first: lease unknown"
+    );
+    assert!(!beat().await.expect("heartbeat"), "renewed in time: kept");
+    assert!(!beat().await.expect("heartbeat"), "renewed in time: kept");
+    // The fault under test is silence itself: let the lease lapse.
+    tokio::time::sleep(TTL + SLACK).await;
+    assert!(
+        beat().await.expect("late heartbeat"),
+        "after a silence: lost"
+    );
+    assert!(!beat().await.expect("heartbeat"), "renewed again: kept");
+}
+
 async fn stats_count_live_gateways_and_their_users(fx: &Fixture) {
     let store = &*fx.store;
     let stats = |gateways, users| PresenceStats { gateways, users };
@@ -593,6 +614,7 @@ suite!(
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,
         heartbeat_registers_unknown_users,
+        heartbeat_reports_a_lost_lease,
         stats_count_live_gateways_and_their_users,
     ]
 );
@@ -610,6 +632,7 @@ suite!(
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,
         heartbeat_registers_unknown_users,
+        heartbeat_reports_a_lost_lease,
         stats_count_live_gateways_and_their_users,
     ]
 );
@@ -626,6 +649,18 @@ async fn redis_restart_heartbeats_restore_online() {
     for gw in ["gw1", "gw2"] {
         store.connect(gw, &alice).await.expect("connect");
     }
+    // A gateway whose lease is current before the restart...
+    let bob = uid("bob");
+    store
+        .heartbeat("gw3", std::slice::from_ref(&bob))
+        .await
+        .expect("heartbeat");
+    assert!(
+        !store
+            .heartbeat("gw3", std::slice::from_ref(&bob))
+            .await
+            .expect("heartbeat")
+    );
     let beats = [
         Heartbeats::start(Arc::clone(&store), "gw1", &["alice"]),
         Heartbeats::start(Arc::clone(&store), "gw2", &["alice"]),
@@ -644,6 +679,14 @@ async fn redis_restart_heartbeats_restore_online() {
     .await
     .expect("redis back");
     let answering = back.elapsed();
+    // ...is told on its next heartbeat that presence forgot it: Redis came back empty.
+    assert!(
+        store
+            .heartbeat("gw3", std::slice::from_ref(&bob))
+            .await
+            .expect("heartbeat after the restart"),
+        "lease lost with Redis's data"
+    );
     eventually(INTERVAL + SLACK, "alice online again", || async {
         online(&*store, "alice").await.then_some(())
     })

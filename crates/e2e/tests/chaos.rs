@@ -461,17 +461,25 @@ async fn quiet_member(gateway: &Service, user: &str) -> anyhow::Result<WsClient>
     Ok(client)
 }
 
-/// Reads `watcher`'s frames until the event that `user` went offline in `quiet`.
+/// Reads `watcher`'s frames until the event that `user` went offline in `quiet`. Every
+/// event about `user` there must be a transition: the one `online: true` of its join,
+/// then that `online: false`; no second `online` when the gateways re-report their
+/// memberships after the fault (nobody left).
 async fn wait_offline_event(watcher: &mut WsClient, user: &str) -> anyhow::Result<()> {
     let wait = async {
+        let mut events = Vec::new();
         loop {
             let frame = watcher.recv().await?;
-            if frame["type"] == "presence"
-                && frame["room"] == "quiet"
-                && frame["user"] == user
-                && frame["online"] == false
-            {
-                return anyhow::Ok(());
+            if frame["type"] == "presence" && frame["room"] == "quiet" && frame["user"] == user {
+                events.push(frame["online"].clone());
+                if frame["online"] == false {
+                    anyhow::ensure!(
+                        events == [serde_json::json!(true), serde_json::json!(false)],
+                        "events about {user} in quiet: {events:?}, expected one online \
+                         (its join) then one offline"
+                    );
+                    return anyhow::Ok(());
+                }
             }
         }
     };

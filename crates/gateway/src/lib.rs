@@ -218,14 +218,19 @@ async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: Cancellat
                     hub.announce_presence(&room, &user, false).await;
                 }
                 if beat.lease_lost {
-                    // Also on the first heartbeat (presence had never seen one from
-                    // us), when there is usually nothing to report.
-                    tracing::info!(
-                        "presence lease lapsed or forgotten; reporting room memberships again"
-                    );
+                    tracing::warn!("presence lease lapsed; reporting room memberships again");
                     for (room, user) in presence.reenter_rooms().await {
                         hub.announce_presence(&room, &user, true).await;
                     }
+                } else if beat.forgotten {
+                    // Also on the first heartbeat (presence had never seen one from us),
+                    // when there is usually nothing to report.
+                    tracing::info!(
+                        "presence had no record of this gateway; reporting room memberships again"
+                    );
+                    // Silently: the members never left, so an `online` event would be
+                    // news to nobody (and a storm after a Redis restart).
+                    let _ = presence.reenter_rooms().await;
                 }
             }
             Err(e) => {

@@ -56,11 +56,16 @@ pub struct PresenceTracker {
 pub struct Beat {
     pub next_in: Duration,
     pub expired: Vec<(RoomId, UserId)>,
-    /// This gateway went a whole lease without a successful heartbeat, or presence says
-    /// it lost track of it (e.g. Redis restarted empty), so presence may have released or
-    /// forgotten its room memberships: report them again
-    /// ([`PresenceTracker::reenter_rooms`]). Users come back by the heartbeat itself.
+    /// This gateway went a whole lease without a successful heartbeat, so presence may
+    /// have swept it and announced its members' room exits: report the memberships again
+    /// ([`PresenceTracker::reenter_rooms`]) and announce the ones that come back. Users
+    /// come back by the heartbeat itself.
     pub lease_lost: bool,
+    /// Presence had no record of this gateway's lease although its heartbeats succeeded
+    /// (its first heartbeat, or Redis restarted empty between two): it forgot the room
+    /// memberships without anyone being told they ended. Report them again so that
+    /// later exits are announced, but announce nothing now: nobody left.
+    pub forgotten: bool,
 }
 
 impl PresenceTracker {
@@ -246,16 +251,17 @@ impl PresenceTracker {
             let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
             let lost = lease.is_some_and(|(ok_at, ttl)| sent_at.duration_since(ok_at) >= ttl);
             *lease = Some((sent_at, ttl));
-            // Our own clock only sees failed heartbeats. Presence also says when it lost
-            // track of us although every heartbeat succeeded: Redis restarted empty between
-            // two of them, so it forgot our room memberships (users come back by the
-            // heartbeat itself) and nobody would be told when those members leave.
-            lost || reply.lease_lost
+            lost
         };
+        // Our own clock only sees failed heartbeats. Presence also says when it lost track
+        // of us although every heartbeat succeeded: Redis restarted empty between two of
+        // them, so it forgot our room memberships and nobody would be told when those
+        // members leave.
         Ok(Beat {
             next_in,
             expired,
             lease_lost,
+            forgotten: reply.lease_lost && !lease_lost,
         })
     }
 

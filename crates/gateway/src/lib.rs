@@ -241,25 +241,3 @@ async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: Cancellat
         }
     }
 }
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-pub async fn shutdown_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown signal received; draining");
-    shutdown.cancel();
-}

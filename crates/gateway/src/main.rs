@@ -5,15 +5,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    chat_runtime::init_tracing();
     let settings = Settings::from_env(AuthMode::Jwt)?;
     let shutdown = CancellationToken::new();
     let gateway = Gateway::build(&settings, shutdown.clone()).await?;
-    tokio::spawn(chat_gateway::shutdown_on_signal(shutdown));
+    tokio::spawn(chat_runtime::cancel_on_signal(shutdown));
     gateway.run().await
 }

@@ -7,15 +7,10 @@ use chat_history::{HistoryServer, Settings, open_store};
 use chat_metrics::Metrics;
 use chat_metrics::serve::{health_check, serve_metrics};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    chat_runtime::init_tracing();
     let settings = Settings::from_env()?;
     tracing::debug!(?settings, "starting");
     let mut metrics = Metrics::new("history");
@@ -29,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;
     tracing::info!("metrics listening on {}", metrics_listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(chat_runtime::cancel_on_signal(shutdown.clone()));
     // /healthz: the store answers a ping.
     let health = health_check(move || {
         let store = store.clone();
@@ -49,31 +44,4 @@ async fn main() -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     result
-}
-
-/// Cancels `shutdown` on the first SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT; only SIGTERM stops");
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
 }

@@ -4,35 +4,24 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use chat_metrics::{GrpcMetrics, Metrics};
 use chat_proto::auth::{InternalToken, RequireToken};
 use chat_proto::presence::presence_server::{PresenceServer as PresenceGrpc, SERVICE_NAME};
+use chat_runtime::health::{report_health, set_health, stop_serving};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::metrics::{MeteredPresence, PresenceMetrics, sample_stats};
 use crate::service::PresenceService;
 use crate::store::PresenceStore;
 
-/// How often the store is pinged to keep the health status current.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(3);
-
-/// A ping slower than this counts as a failure.
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// On shutdown, how long the server keeps serving after reporting NOT_SERVING.
-pub const NOT_SERVING_LEAD: Duration = Duration::from_secs(1);
-/// After the server stops accepting, how long in-flight calls may take before `run`
-/// returns anyway.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+pub use chat_runtime::health::{DRAIN_GRACE, HEALTH_INTERVAL, NOT_SERVING_LEAD};
 
 /// A bound, not yet serving, presence gRPC server.
 #[derive(Debug)]
@@ -115,13 +104,15 @@ impl PresenceServer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Not ready until the first ping succeeds.
-        set_health(&reporter, ServingStatus::NotServing).await;
+        set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await;
         let stop_health = shutdown.child_token();
-        let health_task = tokio::spawn(report_health(
-            Arc::clone(&self.store),
-            reporter,
-            stop_health.clone(),
-        ));
+        let health_task = {
+            let store = Arc::clone(&self.store);
+            let stop = stop_health.clone();
+            tokio::spawn(async move {
+                report_health(SERVICE_NAME, || store.ping(), reporter, stop).await;
+            })
+        };
         let stats_task = tokio::spawn(sample_stats(
             Arc::clone(&self.store),
             self.metrics.clone(),
@@ -168,75 +159,4 @@ impl PresenceServer {
         tracing::info!(addr = %self.local_addr, "grpc server stopped");
         result
     }
-}
-
-/// What stops the server: shutdown, then NOT_SERVING in health, then
-/// [`NOT_SERVING_LEAD`] more of serving, so health-checking clients and balancers move away
-/// before connections are refused.
-fn stop_serving(
-    shutdown: &CancellationToken,
-    stop_health: &CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let shutdown = shutdown.clone();
-    let stop_health = stop_health.clone();
-    async move {
-        shutdown.cancelled().await;
-        // The health task reports NOT_SERVING as it stops.
-        stop_health.cancel();
-        tokio::time::sleep(NOT_SERVING_LEAD).await;
-    }
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status(SERVICE_NAME, status).await;
-    reporter.set_service_status("", status).await;
-}
-
-/// Pings the store every [`HEALTH_INTERVAL`] and reports the outcome until `stop`, then
-/// reports NOT_SERVING.
-async fn report_health(
-    store: Arc<dyn PresenceStore>,
-    reporter: HealthReporter,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = None;
-    loop {
-        let ping = async {
-            tick.tick().await;
-            tokio::time::timeout(PING_TIMEOUT, store.ping()).await
-        };
-        let healthy = tokio::select! {
-            () = stop.cancelled() => break,
-            pinged = ping => match pinged {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    if serving != Some(false) {
-                        tracing::warn!(error = %e, "store ping failed: NOT_SERVING");
-                    }
-                    false
-                }
-                Err(_) => {
-                    if serving != Some(false) {
-                        tracing::warn!("store ping timed out after {PING_TIMEOUT:?}: NOT_SERVING");
-                    }
-                    false
-                }
-            },
-        };
-        if serving != Some(healthy) {
-            if healthy {
-                tracing::info!("store reachable: SERVING");
-            }
-            let status = if healthy {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(&reporter, status).await;
-            serving = Some(healthy);
-        }
-    }
-    set_health(&reporter, ServingStatus::NotServing).await;
 }

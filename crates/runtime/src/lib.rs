@@ -1,6 +1,9 @@
 //! What every chat binary (`chat`, `chat-gateway`, `chat-history`, `chat-presence`)
 //! does the same way at start and at the end: logging from `RUST_LOG`, and shutdown on
-//! SIGINT or SIGTERM through one [`CancellationToken`] the whole process watches.
+//! SIGINT or SIGTERM through one [`CancellationToken`] the whole process watches; and
+//! for the two gRPC services, health from their backend and the drain ([`health`]).
+
+pub mod health;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chat_gateway::limits::Limits;
 use chat_testkit::process::eventually;
+use chat_testkit::prometheus::sample;
 use chat_testkit::ws::{Closed, WsClient};
 use common::{Cluster, Store};
 use serde_json::{Value, json};
@@ -29,12 +30,7 @@ async fn metric(cluster: &Cluster, series: &str) -> anyhow::Result<f64> {
         .await?
         .text()
         .await?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .ok_or_else(|| anyhow::anyhow!("no series {series} in /metrics"))?
-        .trim()
-        .parse()
-        .map_err(Into::into)
+    sample(&text, series).ok_or_else(|| anyhow::anyhow!("no series {series} in /metrics"))
 }
 
 /// Waits until `series` reads `value`.

@@ -860,11 +860,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
 pub async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let (code, body) = http_get(addr, "/metrics").await?;
     anyhow::ensure!(code == 200, "GET {addr}/metrics: {code}");
-    body.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        })
+    chat_testkit::prometheus::sample(&body, name)
         .ok_or_else(|| anyhow::anyhow!("{addr}/metrics has no sample {name}"))
 }
 

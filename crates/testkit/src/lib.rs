@@ -8,7 +8,7 @@
 //! - [`mongo::MongoServer`]: a MongoDB wire-protocol server (`nx-27017`, see
 //!   `docs/testing.md`), or the server named by `CHAT_TEST_MONGODB_URL`.
 //! - [`prometheus::PrometheusServer`]: a private Prometheus (the real server) and its
-//!   HTTP API.
+//!   HTTP API; [`prometheus::sample`] reads one sample of a `/metrics` text.
 //! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
 

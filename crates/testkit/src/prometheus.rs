@@ -153,3 +153,13 @@ impl PrometheusServer {
         Ok(())
     }
 }
+
+/// The value of one sample in a `/metrics` text: `series` is the name with its labels
+/// exactly as exposed (`chat_gateway_disconnects_total{reason="idle"}`), or the bare name
+/// of an unlabelled metric.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == series).then(|| value.trim().parse().ok()).flatten()
+    })
+}

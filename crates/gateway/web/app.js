@@ -26,6 +26,8 @@ const SEND_RETRY_MS = 1500;
 const LOAD_OLDER_MARGIN_PX = 300;
 /** Joining replays everything missed, which may take a while on a big backlog. */
 const JOIN_TIMEOUT_MS = 60_000;
+/** A hole in a room's log is fetched by at most this many `history` pages in a row. */
+const GAP_FILL_MAX_PAGES = 20;
 
 const $ = (id) => document.getElementById(id);
 
@@ -77,6 +79,10 @@ class Room {
     /** Whether the current connection has joined it. */
     this.joined = false;
     this.loadingOlder = false;
+    /** Whether `fillGap` is fetching missing messages. */
+    this.fillingGap = false;
+    /** Bumped by a reset: replies to requests made before it are stale. */
+    this.epoch = 0;
     /** user -> timer that clears their "typing" */
     this.typing = new Map();
   }
@@ -238,20 +244,22 @@ function startChat(session) {
   }
   const conn = new Connection(() => wsUrl(session));
   app.conn = conn;
-  conn.addEventListener('state', (e) => onConnectionState(e.detail.state));
+  conn.addEventListener('state', (e) => onConnectionState(e.detail.state, e.detail));
   conn.addEventListener('hello', (e) => onHello(e.detail));
   conn.addEventListener('frame', (e) => onFrame(e.detail));
   conn.addEventListener('refused', () => onRefused());
   conn.start();
 }
 
-function onConnectionState(state) {
+function onConnectionState(state, detail = {}) {
   const status = $('conn-status');
   status.dataset.state = state;
   $('conn-text').textContent =
     { connecting: 'Connecting…', open: 'Online', waiting: 'Offline, reconnecting…' }[state] ??
     'Signed out';
-  $('retry-now').hidden = state !== 'waiting';
+  $('retry-now').hidden = state !== 'waiting' || detail.throttled === true;
+  if (state === 'waiting') showCloseNotice(detail);
+  else if (state === 'open' || state === 'stopped') $('conn-notice').hidden = true;
   if (state !== 'open') {
     for (const room of app.rooms.values()) {
       room.joined = false;
@@ -272,6 +280,26 @@ function onHello(hello) {
   app.presence.asked.clear();
   for (const room of app.rooms.values()) joinRoom(room);
   flushOutbox();
+}
+
+/**
+ * Tells the user why the server closed the connection when it was on purpose: flooding
+ * (1008) or falling behind (1013) keep the client away for a while, so say so and when
+ * it tries again. A plain drop or a draining gateway (1001) needs no words.
+ */
+function showCloseNotice({ code, reason, throttled, retryAt }) {
+  const notice = $('conn-notice');
+  if (!throttled) {
+    notice.hidden = true;
+    return;
+  }
+  const why =
+    code === 1008
+      ? 'The server disconnected this page for sending too much'
+      : 'The server disconnected this page because it fell behind';
+  const seconds = Math.max(1, Math.round((retryAt - Date.now()) / 1000));
+  notice.textContent = `${why}${reason ? ` (${reason})` : ''}. Reconnecting in ${seconds} s.`;
+  notice.hidden = false;
 }
 
 /** The connection closed before `hello`: if the credentials are refused, sign out. */
@@ -323,7 +351,7 @@ function loadUserState(user) {
   }
   const outbox = storage.get(`outbox.${user}`, []);
   app.outbox = (Array.isArray(outbox) ? outbox : [])
-    .filter((m) => m && typeof m.client_id === 'string' && typeof m.body === 'string' && isValidRoom(m.room))
+    .filter((m) => m && typeof m.client_id === 'string' && typeof m.body === 'string' && app.rooms.has(m.room))
     .map((m) => ({ ...m, state: m.state === 'failed' ? 'failed' : 'queued' }));
   const active = app.rooms.has(saved?.active) ? saved.active : app.rooms.keys().next().value ?? null;
   selectRoom(active, { focus: true });
@@ -355,8 +383,15 @@ async function joinRoom(room) {
   if (app.rooms.get(room.id) !== room) return;
   room.joined = true;
   const outcome = room.log.joined(reply.last_seq);
-  if (outcome === 'reset' && room.id === app.active) renderMessages({ scroll: 'end' });
-  if (outcome !== 'resumed') await loadOlder(room);
+  if (outcome === 'reset') {
+    room.epoch += 1;
+    room.loadingOlder = false;
+    room.fillingGap = false;
+    if (room.id === app.active) renderMessages({ scroll: 'end' });
+  }
+  // A resumed room whose first page never loaded (that request failed) loads it now.
+  if (outcome !== 'resumed' || room.log.messages.size === 0) await loadOlder(room);
+  else if (room.id === app.active) maybeLoadOlder();
   askPresenceFor(room);
 }
 
@@ -374,6 +409,13 @@ function addRoom(id) {
 function removeRoom(room) {
   clearAllTyping(room);
   app.rooms.delete(room.id);
+  // Messages still waiting for a room the user left are not sent behind their back.
+  const kept = app.outbox.filter((m) => m.room !== room.id);
+  if (kept.length !== app.outbox.length) {
+    app.outbox = kept;
+    saveOutbox();
+    renderPending();
+  }
   if (app.active === room.id) {
     selectRoom(app.rooms.keys().next().value ?? null);
   } else {
@@ -469,7 +511,7 @@ function onMessage(msg) {
   if (!room) return;
   // Our own message came back: it is stored, so stop (re)sending it.
   if (msg.from === app.me && typeof msg.client_id === 'string') settleOutbox(msg.client_id);
-  if (!room.log.add(msg)) return;
+  if (!addToLog(room, msg)) return;
   clearTyping(room, msg.from);
   const looking = room.id === app.active && !document.hidden;
   if (msg.from !== app.me && !looking) {
@@ -482,6 +524,94 @@ function onMessage(msg) {
     if (msg.from !== app.me) announce(msg);
   }
   askPresence([msg.from]);
+  // Beyond the resume point: messages before it went missing (the server delivers in
+  // order, so they will not come by themselves). Fetch them.
+  if (room.joined && msg.seq > room.log.tip) fillGap(room);
+}
+
+/** Adds one message to a room's log; a seq conflict (a replaced store) resets the room. */
+function addToLog(room, msg) {
+  if (room.log.add(msg)) return true;
+  if (room.log.replaced) resetRoom(room);
+  return false;
+}
+
+/**
+ * Adds a `history` page to a room's log; returns how many messages were new, or null
+ * when the page revealed a replaced store (the room is being reset). Our own messages in
+ * it are stored, so their outbox entries go (else they would show twice).
+ */
+function addHistoryPage(room, messages) {
+  for (const msg of messages) {
+    if (msg.from === app.me && typeof msg.client_id === 'string') settleOutbox(msg.client_id);
+  }
+  const added = room.log.addPage(messages);
+  if (room.log.replaced) {
+    resetRoom(room);
+    return null;
+  }
+  askPresence(messages.map((m) => m.from));
+  return added;
+}
+
+/**
+ * The server's store was replaced (a seq we hold came back under another id): forget
+ * the room's messages and join it again from scratch, as on a first visit.
+ */
+function resetRoom(room) {
+  room.log.reset();
+  room.epoch += 1;
+  room.loadingOlder = false;
+  room.fillingGap = false;
+  room.unread = 0;
+  if (room.id === app.active) renderMessages({ scroll: 'end' });
+  renderSidebar();
+  updateTitle();
+  if (app.conn?.isOpen) joinRoom(room);
+}
+
+/**
+ * Fetches the messages missing between a room's resume point and the lowest message
+ * known above it, page by page from the top of the hole, and shows them in place.
+ */
+async function fillGap(room) {
+  if (room.fillingGap) return;
+  room.fillingGap = true;
+  const epoch = room.epoch;
+  try {
+    for (let pages = 0; pages < GAP_FILL_MAX_PAGES; pages++) {
+      const gap = room.log.gap();
+      if (!gap || !room.joined || !app.conn?.isOpen) break;
+      let page;
+      try {
+        page = await app.conn.request({ type: 'history', room: room.id, before: gap.before, limit: gap.limit });
+      } catch (err) {
+        // A reconnect rejoins with `since` = the resume point, which replays the hole.
+        console.debug('gap fill failed', err.code, err.message);
+        break;
+      }
+      if (app.rooms.get(room.id) !== room || room.epoch !== epoch) return;
+      const fromOthers = page.messages.filter((m) => m.from !== app.me && !room.log.messages.has(m.seq)).length;
+      const added = addHistoryPage(room, page.messages);
+      if (added === null) return;
+      if (added === 0) break; // the server has nothing there: do not spin
+      countUnread(room, fromOthers);
+      if (room.id === app.active) {
+        const atBottom = isAtBottom();
+        renderMessages({ scroll: atBottom ? 'end' : 'keep' });
+      }
+    }
+  } finally {
+    if (room.epoch === epoch) room.fillingGap = false;
+  }
+}
+
+/** Counts messages from others that arrived while their room was not being looked at. */
+function countUnread(room, n) {
+  if (n <= 0 || (room.id === app.active && !document.hidden)) return;
+  room.unread += n;
+  renderSidebar();
+  updateTitle();
 }
 
 /** Loads the page before the oldest known message (the latest page when none). */
@@ -489,6 +619,7 @@ async function loadOlder(room) {
   if (room.loadingOlder || !room.log.hasMore || !app.conn?.isOpen) return;
   room.loadingOlder = true;
   renderOlderControls();
+  const epoch = room.epoch;
   const before = room.log.oldest();
   const frame = { type: 'history', room: room.id, limit: PAGE_SIZE };
   if (before !== undefined) frame.before = before;
@@ -498,14 +629,13 @@ async function loadOlder(room) {
   } catch (err) {
     console.debug('history failed', err.code, err.message);
   } finally {
-    room.loadingOlder = false;
+    if (room.epoch === epoch) room.loadingOlder = false;
   }
-  if (app.rooms.get(room.id) !== room) return;
+  if (app.rooms.get(room.id) !== room || room.epoch !== epoch) return;
   if (page) {
-    let added = false;
-    for (const msg of page.messages) added = room.log.add(msg) || added;
+    const added = addHistoryPage(room, page.messages);
+    if (added === null) return;
     room.log.hasMore = page.has_more === true;
-    askPresence(page.messages.map((m) => m.from));
     if (room.id === app.active) {
       if (added) renderMessages({ scroll: before === undefined ? 'end' : 'keep' });
       else renderOlderControls();
@@ -701,7 +831,7 @@ function saveOutbox() {
 function flushOutbox() {
   if (!app.conn?.isOpen) return;
   for (const item of app.outbox) {
-    if (item.state === 'queued') sendItem(item);
+    if (item.state === 'queued' && app.rooms.has(item.room)) sendItem(item);
   }
 }
 
@@ -728,7 +858,9 @@ async function sendItem(item) {
   }
   settleOutbox(item.client_id);
   // Usually the `message` frame came first and this is a no-op; after a resend the
-  // ack may be `duplicate: true` for a seq already shown: `add` drops it either way.
+  // ack may be `duplicate: true` for a seq already shown, or for one below the loaded
+  // range (an old message whose ack was lost before a reload): `add` drops both, and
+  // scroll-back shows the latter in its place.
   const room = app.rooms.get(item.room);
   if (!room) return;
   const msg = {
@@ -740,7 +872,7 @@ async function sendItem(item) {
     body: item.body,
     client_id: item.client_id,
   };
-  if (room.log.add(msg) && room.id === app.active) insertMessage(room, msg);
+  if (addToLog(room, msg) && room.id === app.active) insertMessage(room, msg);
 }
 
 /** Removes a stored message from the outbox. */

@@ -1,7 +1,7 @@
 // The WebSocket to the gateway (protocol v1): reconnects by itself with backoff and
 // jitter, correlates replies with requests through `ref`, and notices dead links.
 
-import { backoffDelay } from './rooms.js';
+import { planReconnect } from './rooms.js';
 
 /** A request rejected by the server (`error` frame) or by the link. */
 export class RequestError extends Error {
@@ -20,7 +20,9 @@ const HEARTBEAT_TICK_MS = 5_000;
 /**
  * Events (all `CustomEvent`s):
  * - `state`: `detail.state` is `connecting`, `open` (after `hello`), `waiting` (a retry
- *   is scheduled, `detail.retryAt`), or `stopped`.
+ *   is scheduled, `detail.retryAt`; `detail.code` and `detail.reason` of the close, and
+ *   `detail.throttled` when the server shut us out for flooding or falling behind), or
+ *   `stopped`.
  * - `hello`: a new session; `detail` is the `hello` frame. Callers rejoin rooms here.
  * - `frame`: every server frame that is not the reply to a pending request.
  * - `refused`: the socket closed before `hello` (bad credentials, gateway down or
@@ -30,7 +32,12 @@ export class Connection extends EventTarget {
   #url;
   #ws = null;
   #state = 'stopped';
+  /** Tries since the last session that stayed up `STABLE_SESSION_MS`. */
   #attempt = 0;
+  /** When the current session got its `hello`. */
+  #openedAt = 0;
+  /** A 1008/1013 close: the server asked us to stay away until then; no shortcut. */
+  #throttledUntil = 0;
   #retryTimer = null;
   #heartbeat = null;
   #lastInbound = 0;
@@ -64,9 +71,12 @@ export class Connection extends EventTarget {
     this.#drop(1000, 'signed out');
   }
 
-  /** Skips the remaining backoff (network came back, user asked). */
+  /**
+   * Skips the remaining backoff (network came back, user asked), except after the
+   * server closed us for flooding or falling behind: that wait is served in full.
+   */
   retryNow() {
-    if (this.#state !== 'waiting') return;
+    if (this.#state !== 'waiting' || Date.now() < this.#throttledUntil) return;
     clearTimeout(this.#retryTimer);
     this.#attempt = 0;
     this.#connect();
@@ -110,7 +120,7 @@ export class Connection extends EventTarget {
       ws = new WebSocket(this.#url());
     } catch (e) {
       console.warn('cannot open WebSocket', e);
-      this.#closed(ws, false);
+      this.#closed(ws, false, 1006, '');
       return;
     }
     this.#ws = ws;
@@ -127,7 +137,10 @@ export class Connection extends EventTarget {
       }
       if (!greeted && frame.type === 'hello') {
         greeted = true;
-        this.#attempt = 0;
+        // The backoff is not reset here: a server that greets and closes at once
+        // would get a reconnect every half second. `#closed` resets it after a
+        // session that lasted.
+        this.#openedAt = Date.now();
         this.#setState('open');
         this.#startHeartbeat();
         this.dispatchEvent(new CustomEvent('hello', { detail: frame }));
@@ -135,7 +148,7 @@ export class Connection extends EventTarget {
       }
       this.#dispatch(frame);
     };
-    ws.onclose = () => this.#closed(ws, greeted);
+    ws.onclose = (event) => this.#closed(ws, greeted, event.code, event.reason);
     // An `error` event is always followed by `close`; nothing to do here.
     ws.onerror = () => {};
   }
@@ -152,7 +165,7 @@ export class Connection extends EventTarget {
     this.dispatchEvent(new CustomEvent('frame', { detail: frame }));
   }
 
-  #closed(ws, greeted) {
+  #closed(ws, greeted, code, reason) {
     if (ws && this.#ws !== ws) return; // an old socket we already replaced
     this.#ws = null;
     clearInterval(this.#heartbeat);
@@ -164,8 +177,13 @@ export class Connection extends EventTarget {
     if (this.#state === 'stopped') return;
     if (!greeted) this.dispatchEvent(new CustomEvent('refused'));
     if (this.#state === 'stopped') return; // a `refused` listener signed out
-    const delay = backoffDelay(this.#attempt++);
-    this.#setState('waiting', { retryAt: Date.now() + delay });
+    const upMs = greeted ? Date.now() - this.#openedAt : null;
+    const plan = planReconnect({ attempt: this.#attempt, upMs, code });
+    this.#attempt = plan.attempt;
+    const retryAt = Date.now() + plan.delay;
+    this.#throttledUntil = plan.throttled ? retryAt : 0;
+    this.#setState('waiting', { retryAt, code, reason, throttled: plan.throttled });
+    const delay = plan.delay;
     this.#retryTimer = setTimeout(() => this.#connect(), delay);
   }
 
@@ -191,7 +209,7 @@ export class Connection extends EventTarget {
       const idle = Date.now() - this.#lastInbound;
       if (idle > DEAD_AFTER_MS) {
         this.#drop(4000, 'no traffic');
-        this.#closed(null, true);
+        this.#closed(null, true, 4000, 'no traffic');
       } else if (idle > IDLE_PING_MS) {
         this.send({ type: 'ping' });
       }

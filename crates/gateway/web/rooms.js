@@ -42,6 +42,9 @@ export function utf8Length(s) {
   return new TextEncoder().encode(s).length;
 }
 
+/** The most messages one `history` request may ask for (protocol: `limit` 1-200). */
+export const HISTORY_MAX_LIMIT = 200;
+
 /**
  * The messages of one room this client knows, keyed by `seq`, and the point to resume
  * from after a reconnect.
@@ -50,24 +53,47 @@ export function utf8Length(s) {
  * joined: the server's `last_seq` at that join, advanced over every seq that follows it
  * contiguously. Rejoining with `since = tip` replays everything after it, so no gap can
  * survive a reconnect; seqs already known are dropped, so nothing shows twice.
+ *
+ * Downwards the log is contiguous too: from its oldest message up to `tip` nothing is
+ * missing, because scroll-back pages from the oldest message (`history before = oldest`)
+ * and a hole below it would never be filled. So a message below the known range (an
+ * old message's resend acked again with `duplicate: true`, say) is not kept; scrolling
+ * back reaches it in order. Above `tip` a few messages may wait for a gap below them to
+ * be filled (`gap()`).
  */
 export class RoomLog {
   constructor(id) {
     this.id = id;
     /** @type {Map<number, object>} seq -> message */
     this.messages = new Map();
-    /** Resume point; null until the room's first `joined`. */
+    /** Resume point; null until the room's first `joined` (nothing is kept until then). */
     this.tip = null;
     /** Whether older messages may exist before the oldest known one. */
     this.hasMore = true;
+    /**
+     * Set when a message came with a seq this log holds under another `id`: the server's
+     * store was replaced, so every seq here may name a different message. The caller
+     * resets the room.
+     */
+    this.replaced = false;
     this.sortedCache = null;
   }
 
-  /** Adds a message; false when its seq is already known (a duplicate). */
+  /**
+   * Adds a message; false when it is not kept: its seq is already known (a duplicate,
+   * or a conflict that sets `replaced`), the room was never joined, or it lies below the
+   * known range, where it would leave a hole.
+   */
   add(msg) {
-    if (!Number.isSafeInteger(msg.seq) || msg.seq < 1 || this.messages.has(msg.seq)) {
+    if (!Number.isSafeInteger(msg.seq) || msg.seq < 1) return false;
+    const known = this.messages.get(msg.seq);
+    if (known) {
+      if (typeof msg.id === 'string' && typeof known.id === 'string' && msg.id !== known.id) {
+        this.replaced = true;
+      }
       return false;
     }
+    if (this.tip === null || msg.seq < this.floor()) return false;
     this.messages.set(msg.seq, msg);
     this.sortedCache = null;
     this.advance();
@@ -75,10 +101,29 @@ export class RoomLog {
   }
 
   /**
+   * Adds a `history` page (oldest first), newest first so that each message extends the
+   * known range downwards. Returns how many were new.
+   */
+  addPage(messages) {
+    let added = 0;
+    for (const msg of [...messages].sort((a, b) => b.seq - a.seq)) {
+      if (this.add(msg)) added += 1;
+    }
+    return added;
+  }
+
+  /** The lowest seq `add` keeps: one below the oldest known (or below `tip + 1`). */
+  floor() {
+    const oldest = this.oldest();
+    return (oldest === undefined ? this.tip + 1 : Math.min(oldest, this.tip + 1)) - 1;
+  }
+
+  /**
    * Records a `joined` reply. Returns 'fresh' for the first join (the caller loads
    * the latest page), 'resumed' after a rejoin with `since`, and 'reset' when the server
-   * knows fewer messages than this log (its store was replaced): the log is cleared and
-   * the caller reloads it like a fresh join.
+   * knows fewer messages than this log: the log is cleared and the caller reloads it
+   * like a fresh join. (A gateway answers at least `since`, so a replaced store is
+   * usually noticed by `replaced` instead.)
    */
   joined(lastSeq) {
     if (this.tip === null) {
@@ -87,16 +132,23 @@ export class RoomLog {
       return 'fresh';
     }
     if (lastSeq < this.tip) {
-      this.messages.clear();
-      this.sortedCache = null;
+      this.reset();
       this.tip = lastSeq;
-      this.hasMore = true;
       return 'reset';
     }
     // The catch-up (everything after `since`) arrived before `joined`.
     this.tip = Math.max(this.tip, lastSeq);
     this.advance();
     return 'resumed';
+  }
+
+  /** Forgets everything, as before the first join. */
+  reset() {
+    this.messages.clear();
+    this.sortedCache = null;
+    this.tip = null;
+    this.hasMore = true;
+    this.replaced = false;
   }
 
   /** The `since` to rejoin with, or undefined before the first join. */
@@ -107,6 +159,19 @@ export class RoomLog {
   advance() {
     if (this.tip === null) return;
     while (this.messages.has(this.tip + 1)) this.tip += 1;
+  }
+
+  /**
+   * The `history` request that fetches (the top of) the hole between `tip` and the
+   * lowest known message above it, `{before, limit}`; null when there is none. A hole
+   * of more than 200 takes several requests, each from the lowest message known.
+   */
+  gap() {
+    if (this.tip === null) return null;
+    let above = Infinity;
+    for (const seq of this.messages.keys()) if (seq > this.tip && seq < above) above = seq;
+    if (above === Infinity) return null;
+    return { before: above, limit: Math.min(HISTORY_MAX_LIMIT, above - this.tip - 1) };
   }
 
   /** Known messages, oldest first. */
@@ -138,4 +203,29 @@ export class RoomLog {
 export function backoffDelay(attempt, random = Math.random, base = 500, cap = 15000) {
   const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 16));
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/** A session that stayed up this long was a good one: the next drop starts the backoff over. */
+export const STABLE_SESSION_MS = 10_000;
+/** The least wait after the server closed us for flooding (1008) or falling behind (1013). */
+export const THROTTLED_MIN_WAIT_MS = 10_000;
+
+/**
+ * The wait before reconnecting after a socket closed. `attempt` counts the tries since
+ * the last stable session; `upMs` is how long the session lasted after `hello` (null when
+ * there was none); `code` is the close code. Returns `{delay, attempt, throttled}` with
+ * the next `attempt`.
+ *
+ * The backoff starts over only after a session that lasted `STABLE_SESSION_MS`, so a
+ * server that greets and then drops us at once is not hammered. 1008 (policy: flooding)
+ * and 1013 (try again later: too slow) wait at least `THROTTLED_MIN_WAIT_MS`. 1001 (a
+ * draining gateway, after a normal session) is the fast path: the backoff starts over.
+ */
+export function planReconnect({ attempt, upMs, code }, random = Math.random) {
+  const stable = upMs !== null && upMs !== undefined && upMs >= STABLE_SESSION_MS;
+  const start = stable ? 0 : attempt;
+  const throttled = code === 1008 || code === 1013;
+  let delay = backoffDelay(start, random);
+  if (throttled) delay = Math.max(delay, THROTTLED_MIN_WAIT_MS);
+  return { delay, attempt: start + 1, throttled };
 }

@@ -130,6 +130,15 @@ class ChatProcess {
     if (this.child && this.child.exitCode === null) this.child.kill('SIGKILL');
   }
 
+  /** A crash: SIGKILL, no drain, no goodbye to the clients. */
+  async crash() {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await child.exited;
+    this.child = null;
+  }
+
   /** The server's own record of a room, oldest first. */
   async messages(room, asUser) {
     return this.#read(room, `user=${asUser}`, {});
@@ -175,10 +184,10 @@ function launchBrowser() {
   return chromium.launch({ executablePath: CHROMIUM_BIN, args: CHROMIUM_ARGS, timeout: 30_000 });
 }
 
-/** An HS256 JWT, as a login service would issue it. */
-function jwt(sub, secret) {
+/** An HS256 JWT, as a login service would issue it, valid for `ttlSecs`. */
+function jwt(sub, secret, ttlSecs = 3600) {
   const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + ttlSecs })}`;
   const signature = crypto.createHmac('sha256', secret).update(unsigned).digest('base64url');
   return `${unsigned}.${signature}`;
 }
@@ -546,6 +555,207 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     assert.equal(await carol.locator('#messages .body', { hasText: 'carol says hi once' }).count(), 1);
   });
 
+  step('the server crashes (SIGKILL) and restarts: nothing lost, nothing twice', async () => {
+    const { alice, bob } = pages;
+    await openRoom(alice, 'general');
+    await openRoom(bob, 'general');
+    await send(alice, 'just before the crash');
+    await waitForBodies(bob, 'general', ['just before the crash']);
+    await chat.crash();
+    for (const page of [alice, bob]) {
+      await page.locator('#conn-status:not([data-state="open"])').waitFor();
+    }
+    await send(bob, 'written while the server was dead');
+    await bob.locator('#pending li', { hasText: 'written while the server was dead' }).waitFor();
+    await chat.start();
+    await waitOnline(alice, RECOVER_MS);
+    await waitOnline(bob, RECOVER_MS);
+    await bob.locator('#pending li').first().waitFor({ state: 'detached', timeout: WAIT_MS });
+    await send(alice, 'right after the restart');
+    await waitForBodies(bob, 'general', ['written while the server was dead', 'right after the restart']);
+    await waitForBodies(alice, 'general', ['written while the server was dead', 'right after the restart']);
+    const truth = await chat.messages('general', 'alice');
+    for (const body of ['just before the crash', 'written while the server was dead', 'right after the restart']) {
+      assert.equal(truth.filter((m) => m.body === body).length, 1, `stored once: ${body}`);
+    }
+    await assertShowsExactly(alice, 'general', truth);
+    await assertShowsExactly(bob, 'general', truth);
+    await screenshot(alice, '09-after-crash-desktop');
+    await screenshot(bob, '10-after-crash-phone');
+  });
+
+  step('presence dots follow a second user going online and offline', async () => {
+    const { alice } = pages;
+    await startDm(alice, 'kim');
+    await alice.locator('#messages[data-room="dm:alice:kim"]').waitFor({ state: 'attached' });
+    const dot = alice.locator('#dm-list .dot[data-user="kim"]');
+    await dot.waitFor({ state: 'visible' });
+    assert.equal(await dot.getAttribute('aria-label'), 'offline');
+    const kim = await newUserPage('kim', { viewport: { width: 900, height: 700 } });
+    await signIn(kim, chat.base, 'kim');
+    await startDm(kim, 'alice');
+    await alice.locator('#dm-list .dot.online[data-user="kim"][aria-label="online"]').waitFor();
+    await alice.locator('#room-sub', { hasText: 'online' }).waitFor();
+    await screenshot(alice, '11-presence-online');
+    await kim.context().close();
+    delete pages.kim;
+    await alice.locator('#dm-list .dot[data-user="kim"][aria-label="offline"]:not(.online)').waitFor();
+    await alice.locator('#room-sub', { hasText: 'offline' }).waitFor();
+    await screenshot(alice, '12-presence-offline');
+  });
+
+  step('a live message lost on the way is fetched and shown in its place', async () => {
+    const { alice } = pages;
+    // Gina's link loses one `message` frame; the next one arrives with a seq one too far.
+    const gina = await newUserPage('gina', { viewport: { width: 900, height: 700 } });
+    await gina.routeWebSocket(/\/v1\/ws/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((text) => server.send(text));
+      server.onMessage((text) => {
+        const frame = JSON.parse(text);
+        if (frame.type === 'message' && frame.body === 'lost on the way') return;
+        ws.send(text);
+      });
+    });
+    await signIn(gina, chat.base, 'gina');
+    await openRoom(alice, 'general');
+    await send(alice, 'lost on the way');
+    await send(alice, 'arrived after the lost one');
+    await waitForBodies(gina, 'general', ['arrived after the lost one', 'lost on the way']);
+    await assertShowsExactly(gina, 'general', await chat.messages('general', 'gina'));
+    await gina.context().close();
+    delete pages.gina;
+  });
+
+  step('a first history page that failed loads after the reconnect', async () => {
+    const hank = await newUserPage('hank', { viewport: { width: 900, height: 700 } });
+    let connections = 0;
+    await hank.routeWebSocket(/\/v1\/ws/, (ws) => {
+      const n = ++connections;
+      const server = ws.connectToServer();
+      ws.onMessage((text) => {
+        const frame = JSON.parse(text);
+        if (n === 1 && frame.type === 'history') {
+          // The history service is down for this request; a moment later the link drops.
+          ws.send(JSON.stringify({ type: 'error', code: 'unavailable', message: 'test: history down', ref: frame.ref }));
+          setTimeout(() => {
+            ws.close({ code: 4000, reason: 'test: link lost' });
+            server.close();
+          }, 300);
+          return;
+        }
+        server.send(text);
+      });
+      server.onMessage((text) => ws.send(text));
+    });
+    await signIn(hank, chat.base, 'hank');
+    await eventually('a second connection', RECOVER_MS, () => connections >= 2);
+    await waitOnline(hank, RECOVER_MS);
+    const truth = await chat.messages('general', 'hank');
+    await waitForBodies(hank, 'general', [truth.at(-1).body]);
+    await hank.context().close();
+    delete pages.hank;
+  });
+
+  step('leaving a room drops its unsent messages; history settles stored ones', async () => {
+    const ivy = await newUserPage('ivy', { viewport: { width: 900, height: 700 } });
+    let connections = 0;
+    let cut = null;
+    await ivy.routeWebSocket(/\/v1\/ws/, (ws) => {
+      const n = ++connections;
+      const server = ws.connectToServer();
+      if (n === 1) {
+        cut = () => {
+          ws.close({ code: 4000, reason: 'test: link lost' });
+          server.close();
+        };
+      }
+      ws.onMessage((text) => {
+        // The first connection swallows the send: it stays pending.
+        if (n === 1 && JSON.parse(text).body === 'never to be sent') return;
+        server.send(text);
+      });
+      server.onMessage((text) => ws.send(text));
+    });
+    await signIn(ivy, chat.base, 'ivy');
+    await joinRoom(ivy, 'short-lived');
+    await send(ivy, 'never to be sent');
+    await ivy.locator('#pending li', { hasText: 'never to be sent' }).waitFor();
+    await ivy.locator('#room-list li[data-room="short-lived"] .leave').click();
+    await ivy.locator('#room-list li[data-room="short-lived"]').waitFor({ state: 'detached' });
+    cut();
+    await eventually('a second connection', RECOVER_MS, () => connections >= 2);
+    await waitOnline(ivy, RECOVER_MS);
+    // Anything resent after `hello` would be stored before this is.
+    await openRoom(ivy, 'general');
+    await send(ivy, 'ivy is back');
+    await waitForBodies(ivy, 'general', ['ivy is back']);
+    const res = await fetch(`${chat.base}/v1/rooms/short-lived/messages?user=ivy`);
+    assert.deepEqual((await res.json()).messages, [], 'nothing was sent to the room ivy left');
+    assert.deepEqual(await ivy.evaluate(() => JSON.parse(localStorage.getItem('chat.v1.outbox.ivy'))), []);
+
+    // A message stored on another connection whose outbox entry survived as failed (its
+    // ack never came): the history page shows it stored, so the pending bubble goes.
+    await ivy.evaluate(async () => {
+      const url = new URL('/v1/ws?user=ivy', location.href);
+      url.protocol = 'ws:';
+      const ws = new WebSocket(url);
+      await new Promise((resolve, reject) => {
+        ws.onerror = () => reject(new Error('second socket failed'));
+        ws.onmessage = (e) => {
+          const f = JSON.parse(e.data);
+          if (f.type === 'hello') {
+            ws.send(JSON.stringify({ type: 'send', room: 'general', body: 'stored, ack lost', client_id: 'ivy-ack-lost' }));
+          } else if (f.type === 'ack') {
+            resolve();
+          }
+        };
+      });
+      ws.close();
+      localStorage.setItem(
+        'chat.v1.outbox.ivy',
+        JSON.stringify([{ client_id: 'ivy-ack-lost', room: 'general', body: 'stored, ack lost', state: 'failed', error: 'test' }]),
+      );
+    });
+    await ivy.reload();
+    await waitOnline(ivy);
+    await waitForBodies(ivy, 'general', ['stored, ack lost']);
+    assert.equal(await ivy.locator('#pending li').count(), 0, 'no pending bubble for a stored message');
+    assert.equal(await ivy.locator('#messages .body', { hasText: 'stored, ack lost' }).count(), 1);
+    assert.deepEqual(await ivy.evaluate(() => JSON.parse(localStorage.getItem('chat.v1.outbox.ivy'))), []);
+    await ivy.context().close();
+    delete pages.ivy;
+  });
+
+  step('a server that closes with 1008 right after hello is not hammered', async () => {
+    const lee = await newUserPage('lee', { viewport: { width: 900, height: 700 } });
+    const opened = [];
+    await lee.routeWebSocket(/\/v1\/ws/, (ws) => {
+      opened.push(Date.now());
+      const server = ws.connectToServer();
+      ws.onMessage((text) => server.send(text));
+      server.onMessage((text) => {
+        ws.send(text);
+        if (JSON.parse(text).type === 'hello') {
+          ws.close({ code: 1008, reason: 'test: flooding' });
+          server.close();
+        }
+      });
+    });
+    await lee.goto(chat.base);
+    await lee.locator('#signin-name').fill('lee');
+    await lee.locator('#signin-form button[type=submit]').click();
+    const notice = lee.locator('#conn-notice', { hasText: 'sending too much' });
+    await notice.waitFor();
+    assert.match(await notice.innerText(), /test: flooding/);
+    assert.equal(await lee.locator('#retry-now').isVisible(), false, 'no shortcut around the wait');
+    await screenshot(lee, '13-throttled');
+    await sleep(4000);
+    assert.equal(opened.length, 1, `reconnected ${opened.length - 1} times within 4 s of a 1008`);
+    await lee.context().close();
+    delete pages.lee;
+  });
+
   step('no script errors or CSP violations on any page', async () => {
     assert.deepEqual(pageErrors, []);
   });
@@ -595,5 +805,38 @@ describe('sign-in against a JWT-only server', { timeout: 120_000 }, () => {
     await waitForBodies(page, 'general', ['signed in with a token']);
     await assertShowsExactly(page, 'general', await chat.messagesWithToken('general', jwt('dave', SECRET)));
     await screenshot(page, '08-token-signin');
+  });
+
+  it('a token that expires signs the page out with the reason, no reconnect loop', { timeout: 120_000 }, async () => {
+    await page.locator('#signout').click();
+    await page.locator('#signin-token').waitFor();
+    const token = jwt('erin', SECRET, 3);
+    await page.locator('#signin-token').fill(token);
+    await page.locator('#signin-form button[type=submit]').click();
+    await waitOnline(page);
+    assert.equal(await page.locator('#me-name').innerText(), 'erin');
+    let sockets = 0;
+    page.on('websocket', () => {
+      sockets += 1;
+    });
+    // The open socket outlives the token. Wait until the server refuses it (after its
+    // clock-skew leeway, if it has one).
+    await eventually('the server to refuse the expired token', 60_000, async () => {
+      const res = await fetch(`${chat.base}/v1/rooms/general/messages?limit=1`, {
+        headers: { Authorization: `Bearer ${token}` },
+      });
+      return res.status === 401;
+    });
+    // A gateway restart makes the page reconnect with its expired token.
+    await chat.stop();
+    await chat.start();
+    await page.locator('#signin-error', { hasText: /expired/i }).waitFor({ timeout: RECOVER_MS });
+    assert.equal(await page.locator('#chat').isVisible(), false);
+    assert.equal(await page.locator('#signin-token').isVisible(), true);
+    await screenshot(page, '14-token-expired');
+    const attempts = sockets;
+    await sleep(2000);
+    assert.equal(sockets, attempts, 'no reconnects after signing out');
+    assert.equal(await page.evaluate(() => localStorage.getItem('chat.v1.session')), null);
   });
 });

@@ -288,7 +288,7 @@ def grpc_server_rows(b, sel):
     )
     b.graph(
         "gRPC latency served",
-        "p50 and p99 of grpc_server_request_duration_seconds by method.",
+        "p50 and p99 of grpc_server_request_duration_seconds by method, over every status code (the histogram also has a code label).",
         (
             f"histogram_quantile(0.99, sum by (method, le) (rate(grpc_server_request_duration_seconds_bucket{sel}[{RATE}])))",
             "p99 {{method}}",
@@ -544,10 +544,14 @@ def gateway():
     )
     b.graph(
         "Latency p99",
-        "99th percentile of grpc_client_request_duration_seconds by method, as the gateway sees it.",
+        "99th percentile of grpc_client_request_duration_seconds by method, as the gateway sees it: over every status code, and over the non-OK calls alone (timeouts show near the channel timeout).",
         (
             f"histogram_quantile(0.99, sum by (service, method, le) (rate(grpc_client_request_duration_seconds_bucket{sel}[{RATE}])))",
             "{{service}}/{{method}}",
+        ),
+        (
+            f'histogram_quantile(0.99, sum by (service, method, le) (rate(grpc_client_request_duration_seconds_bucket{{code!="OK", {sel[1:-1]}}}[{RATE}])))',
+            "{{service}}/{{method}} non-OK",
         ),
         unit="s",
         w=12,

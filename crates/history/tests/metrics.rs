@@ -63,8 +63,9 @@ grpc_server_requests_total{service="chat.history.v1.History",method="Append",cod
 grpc_server_requests_total{service="chat.history.v1.History",method="List",code="OK"} 1
 grpc_server_requests_total{service="chat.history.v1.History",method="List",code="INVALID_ARGUMENT"} 1
 # TYPE grpc_server_request_duration_seconds histogram
-grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="Append"} 2
-grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="List"} 2"#;
+grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="Append",code="OK"} 2
+grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="List",code="OK"} 1
+grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="List",code="INVALID_ARGUMENT"} 1"#;
     assert_eq!(missing_lines(&text, expected), Vec::<&str>::new(), "{text}");
     // No store errors: that family has no series and is left out.
     assert!(!text.contains("chat_history_store_errors_total{"));

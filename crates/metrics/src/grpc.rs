@@ -1,11 +1,15 @@
 //! gRPC request counts and latencies, server and client side, as a tower layer.
 //!
 //! - `grpc_server_requests_total{service,method,code}`,
-//!   `grpc_server_request_duration_seconds{service,method}`: calls this process served,
-//!   timed from the request's arrival to the end of the response (its status).
+//!   `grpc_server_request_duration_seconds{service,method,code}`: calls this process
+//!   served, timed from the request's arrival to the end of the response (its status).
 //! - `grpc_client_requests_total{service,method,code}`,
-//!   `grpc_client_request_duration_seconds{service,method}`: calls this process made, as
-//!   the caller saw them, including connecting and waiting for the channel.
+//!   `grpc_client_request_duration_seconds{service,method,code}`: calls this process made,
+//!   as the caller saw them, including connecting and waiting for the channel.
+//!
+//! Both families of a side have the same labels, so the latency of failures (a timeout,
+//! a fast `UNAVAILABLE`) can be told from that of successes; sum over `code` for the
+//! latency of all calls.
 //!
 //! `service` and `method` come from the request path (`/chat.history.v1.History/Append`
 //! → `chat.history.v1.History`, `Append`); `code` is the gRPC status name (`OK`,
@@ -36,7 +40,7 @@ use tower_service::Service;
 
 use crate::buckets::rpc_histogram;
 
-/// Labels of the request counters.
+/// Labels of the request counters and latency histograms.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     /// The fully qualified gRPC service, e.g. `chat.history.v1.History`.
@@ -47,20 +51,11 @@ pub struct CallLabels {
     pub code: &'static str,
 }
 
-/// Labels of the latency histograms.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MethodLabels {
-    /// The fully qualified gRPC service.
-    pub service: String,
-    /// The method.
-    pub method: String,
-}
-
 /// One side's families.
 #[derive(Debug, Clone)]
 struct Side {
     requests: Family<CallLabels, Counter>,
-    duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    duration: Family<CallLabels, Histogram, fn() -> Histogram>,
     /// Servers label `UNIMPLEMENTED` calls `unknown`: their paths come from anyone.
     server: bool,
 }
@@ -104,7 +99,7 @@ impl GrpcMetrics {
         );
         registry.register_with_unit(
             "server_request_duration",
-            "Time from receiving a gRPC request to the end of its response, by service and method",
+            "Time from receiving a gRPC request to the end of its response, by service, method and status code",
             Unit::Seconds,
             metrics.server.duration.clone(),
         );
@@ -115,7 +110,7 @@ impl GrpcMetrics {
         );
         registry.register_with_unit(
             "client_request_duration",
-            "Time from starting a gRPC call to the end of its response, as the caller saw it, by service and method",
+            "Time from starting a gRPC call to the end of its response, as the caller saw it, by service, method and the status code it got",
             Unit::Seconds,
             metrics.client.duration.clone(),
         );
@@ -240,21 +235,13 @@ impl Call {
                 std::mem::take(&mut self.method),
             )
         };
-        self.side
-            .duration
-            .get_or_create(&MethodLabels {
-                service: service.clone(),
-                method: method.clone(),
-            })
-            .observe(elapsed);
-        self.side
-            .requests
-            .get_or_create(&CallLabels {
-                service,
-                method,
-                code,
-            })
-            .inc();
+        let labels = CallLabels {
+            service,
+            method,
+            code,
+        };
+        self.side.duration.get_or_create(&labels).observe(elapsed);
+        self.side.requests.get_or_create(&labels).inc();
     }
 }
 
@@ -503,27 +490,61 @@ mod tests {
         // A caller that drops the response before its trailers: CANCELLED.
         drop(call(&mut client, "/chat.presence.v1.Presence/Query").await);
         let text = crate::exposition(&registry);
-        for line in [
-            "# HELP grpc_server_requests_total gRPC requests served by this process, by service, method and status code.",
-            "# TYPE grpc_server_requests_total counter",
-            r#"grpc_server_requests_total{service="chat.history.v1.History",method="Append",code="OK"} 1"#,
-            r#"grpc_server_requests_total{service="chat.history.v1.History",method="Fail",code="UNAVAILABLE"} 1"#,
-            r#"grpc_server_requests_total{service="unknown",method="unknown",code="UNIMPLEMENTED"} 1"#,
-            "# TYPE grpc_server_request_duration_seconds histogram",
-            r#"grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="Append"} 1"#,
-            r#"grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",le="0.0005"} 1"#,
-            r#"grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",le="10"} 1"#,
-            "# TYPE grpc_client_requests_total counter",
-            r#"grpc_client_requests_total{service="chat.presence.v1.Presence",method="Heartbeat",code="OK"} 1"#,
-            r#"grpc_client_requests_total{service="chat.presence.v1.Presence",method="Query",code="CANCELLED"} 1"#,
-            "# TYPE grpc_client_request_duration_seconds histogram",
-            r#"grpc_client_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Heartbeat"} 1"#,
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line:?} missing in:\n{text}"
-            );
-        }
+        // Every HELP and TYPE line; every bucket of one series per histogram (an instant
+        // call falls in the first); the duration series carry the code like the counts.
+        let expected = r#"# HELP grpc_server_requests_total gRPC requests served by this process, by service, method and status code.
+# TYPE grpc_server_requests_total counter
+grpc_server_requests_total{service="chat.history.v1.History",method="Append",code="OK"} 1
+grpc_server_requests_total{service="chat.history.v1.History",method="Fail",code="UNAVAILABLE"} 1
+grpc_server_requests_total{service="unknown",method="unknown",code="UNIMPLEMENTED"} 1
+# HELP grpc_server_request_duration_seconds Time from receiving a gRPC request to the end of its response, by service, method and status code.
+# TYPE grpc_server_request_duration_seconds histogram
+grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="Append",code="OK"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.0005"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.001"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.0025"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.005"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.01"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.025"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.05"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.1"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.25"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="0.5"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="1"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="2.5"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="5"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="10"} 1
+grpc_server_request_duration_seconds_bucket{service="chat.history.v1.History",method="Append",code="OK",le="+Inf"} 1
+grpc_server_request_duration_seconds_count{service="chat.history.v1.History",method="Fail",code="UNAVAILABLE"} 1
+grpc_server_request_duration_seconds_count{service="unknown",method="unknown",code="UNIMPLEMENTED"} 1
+# HELP grpc_client_requests_total gRPC requests made by this process, by service, method and the status code it got.
+# TYPE grpc_client_requests_total counter
+grpc_client_requests_total{service="chat.presence.v1.Presence",method="Heartbeat",code="OK"} 1
+grpc_client_requests_total{service="chat.presence.v1.Presence",method="Query",code="CANCELLED"} 1
+# HELP grpc_client_request_duration_seconds Time from starting a gRPC call to the end of its response, as the caller saw it, by service, method and the status code it got.
+# TYPE grpc_client_request_duration_seconds histogram
+grpc_client_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Heartbeat",code="OK"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.0005"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.001"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.0025"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.005"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.01"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.025"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.05"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.1"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.25"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="0.5"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="1"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="2.5"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="5"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="10"} 1
+grpc_client_request_duration_seconds_bucket{service="chat.presence.v1.Presence",method="Heartbeat",code="OK",le="+Inf"} 1
+grpc_client_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Query",code="CANCELLED"} 1"#;
+        assert_eq!(
+            crate::missing_lines(&text, expected),
+            Vec::<&str>::new(),
+            "{text}"
+        );
         assert!(!text.contains("made.up"), "invented paths make no series");
     }
 

@@ -59,7 +59,8 @@ grpc_server_requests_total{service="chat.presence.v1.Presence",method="Attach",c
 grpc_server_requests_total{service="chat.presence.v1.Presence",method="Heartbeat",code="OK"} 1
 grpc_server_requests_total{service="chat.presence.v1.Presence",method="Query",code="OK"} 1
 grpc_server_requests_total{service="chat.presence.v1.Presence",method="Query",code="INVALID_ARGUMENT"} 1
-grpc_server_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Query"} 2"#;
+grpc_server_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Query",code="OK"} 1
+grpc_server_request_duration_seconds_count{service="chat.presence.v1.Presence",method="Query",code="INVALID_ARGUMENT"} 1"#;
     // (The online-users and gateways gauges are sampled every 10 s: see the unit test
     // in src/metrics.rs.)
     let registry = &metrics.registry;

@@ -8,9 +8,11 @@
 //! - `ws_message_latency_seconds`: for each `send` frame that is acked, the time from
 //!   the gateway reading the frame to the `ack` being queued on the connection: frame
 //!   parsing and checks, the history `Append` call (the durable store, including its
-//!   fsync or MongoDB majority write) and handing the message to local delivery. It
-//!   excludes the client's network, the time the `ack` then waits in the connection's
-//!   outbound queue, and the fan-out publish (which happens after the ack).
+//!   fsync or MongoDB majority write), handing the message to local delivery, and
+//!   queuing the `ack`: when the connection's outbound queue is full, that includes
+//!   waiting for room in it (`Conn::send` waits rather than drop a reply). It excludes the
+//!   client's network, the time the queued `ack` then waits behind earlier frames until
+//!   it is written, and the fan-out publish (which happens after the ack).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -77,7 +79,7 @@ impl WsMetrics {
         );
         registry.register_with_unit(
             "ws_message_latency",
-            "Time from reading a send frame to queuing its ack: checks, the durable history append and local delivery",
+            "Time from reading a send frame to queuing its ack: checks, the durable history append, local delivery and any wait for room in a full outbound queue (not the time the ack then spends in the queue)",
             Unit::Seconds,
             metrics.latency.clone(),
         );
@@ -147,7 +149,7 @@ ws_connections_total 2
 # TYPE ws_messages_total counter
 ws_messages_total{direction="in"} 1
 ws_messages_total{direction="out"} 2
-# HELP ws_message_latency_seconds Time from reading a send frame to queuing its ack: checks, the durable history append and local delivery.
+# HELP ws_message_latency_seconds Time from reading a send frame to queuing its ack: checks, the durable history append, local delivery and any wait for room in a full outbound queue (not the time the ack then spends in the queue).
 # TYPE ws_message_latency_seconds histogram
 ws_message_latency_seconds_sum 0.0018
 ws_message_latency_seconds_count 1

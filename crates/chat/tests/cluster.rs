@@ -181,6 +181,13 @@ async fn join_since_on_another_gateway_resumes_exactly(store: Store) -> anyhow::
     assert_eq!(carol.join("resume", Some(7)).await?["last_seq"], 7);
     alice.send_message("resume", "after", "a8").await?;
     assert_eq!(collect_seqs(&mut carol, "resume", 1).await?, vec![8]);
+    // since past the room's end (a position kept across a store reset): joined says
+    // where the room really is, and the next messages arrive instead of being skipped
+    // as already seen.
+    let mut dave = cluster.client(0, "dave").await?;
+    assert_eq!(dave.join("resume", Some(1000)).await?["last_seq"], 8);
+    alice.send_message("resume", "next", "a9").await?;
+    assert_eq!(collect_seqs(&mut dave, "resume", 1).await?, vec![9]);
     Ok(())
 }
 
@@ -269,6 +276,67 @@ async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<(
     // And live delivery continues after the fill.
     alice.send_message("gappy", "six", "g6").await?;
     assert_eq!(collect_seqs(&mut bob, "gappy", 1).await?, vec![6]);
+    Ok(())
+}
+
+/// An event for a seq history does not have (a foreign publisher on a shared Redis, a
+/// store reset under running gateways) must not make the room ask history in a loop:
+/// it is retried at a pause and then dropped, and delivery goes on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_history_never_stored_is_given_up() -> anyhow::Result<()> {
+    use fred::interfaces::{ClientLike, PubsubInterface};
+
+    let cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut bob = cluster.client(0, "bob").await?;
+    bob.join("haunted", None).await?;
+    let mut alice = cluster.client(0, "alice").await?;
+    alice.send_message("haunted", "first", "h1").await?;
+    assert_eq!(collect_seqs(&mut bob, "haunted", 1).await?, vec![1]);
+
+    let ghost = serde_json::json!({
+        "type": "message", "room": "haunted", "seq": 100, "id": "ghost", "from": "mallory",
+        "body": "boo", "ts": "2026-11-30T00:00:00.000Z", "client_id": "g",
+    });
+    let redis = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&cluster.redis.url())?,
+        None,
+        None,
+        None,
+    );
+    redis.init().await?;
+    let _: i64 = redis
+        .publish("chat:room:haunted", ghost.to_string())
+        .await?;
+    // Live delivery is not held up by the ghost.
+    alice.send_message("haunted", "second", "h2").await?;
+    assert_eq!(collect_seqs(&mut bob, "haunted", 1).await?, vec![2]);
+
+    let fill_reads = || async {
+        let text = reqwest::get(format!("{}/metrics", cluster.http_url(0)))
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok(
+            chat_testkit::prometheus::sample(&text, "chat_gateway_gap_fill_reads_total")
+                .unwrap_or_default(),
+        )
+    };
+    // Ten fills at 500 ms pauses, then the ghost is dropped and the reads stop.
+    // A quiet window longer than the retry pause: the reads have stopped.
+    let reads = chat_testkit::process::eventually(
+        std::time::Duration::from_secs(20),
+        "gap-fill reads to stop",
+        || async {
+            let before = fill_reads().await.ok()?;
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+            let after = fill_reads().await.ok()?;
+            (after == before).then_some(after)
+        },
+    )
+    .await?;
+    assert!(reads <= 15.0, "{reads} history reads for one ghost event");
+    alice.send_message("haunted", "third", "h3").await?;
+    assert_eq!(collect_seqs(&mut bob, "haunted", 1).await?, vec![3]);
     Ok(())
 }
 
@@ -461,6 +529,23 @@ async fn history_paging_over_websocket_and_http(store: Store) -> anyhow::Result<
         .map(|m| m["id"].to_string())
         .collect();
     assert_eq!(ids.len(), 2);
+
+    // The protocol's template with empty values: both absent (newest page, limit 50).
+    let get = |query: &'static str| {
+        reqwest::Client::new()
+            .get(format!(
+                "{}/v1/rooms/log/messages{query}",
+                cluster.http_url(0)
+            ))
+            .bearer_auth(common::token("bob"))
+            .send()
+    };
+    let body: serde_json::Value = get("?before=&limit=").await?.json().await?;
+    assert_eq!(seqs(&body), (1..=7).collect::<Vec<_>>());
+    assert_eq!(body["has_more"], false);
+    for bad in ["?limit=0", "?limit=201", "?before=x", "?before=-1"] {
+        assert_eq!(get(bad).await?.status(), 400, "{bad}");
+    }
     Ok(())
 }
 

@@ -8,8 +8,10 @@ use serde::Deserialize;
 
 /// Longest token accepted; anything larger is refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
-/// Clock skew tolerated on `exp`, in seconds.
-const EXP_LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`, in seconds: none. PROTOCOL.md says `exp` is honoured
+/// and an expired token is refused; a token that expired a second ago is expired. Keep
+/// the issuer's clock in sync (NTP) rather than widening this.
+const EXP_LEEWAY_SECS: u64 = 0;
 
 /// How clients prove who they are.
 #[derive(Clone)]
@@ -63,6 +65,9 @@ impl Authenticator {
         validation.set_required_spec_claims(&["sub"]);
         validation.validate_exp = true;
         validation.leeway = EXP_LEEWAY_SECS;
+        // The protocol names no audience; a token that carries one (many identity
+        // providers add `aud`) is not refused for it.
+        validation.validate_aud = false;
         let key = DecodingKey::from_secret(secret)
             .map_err(|e| AuthError::Invalid(format!("unusable JWT secret: {e}")))?;
         Ok(Self::Jwt {
@@ -175,6 +180,16 @@ mod tests {
             .insert_header(("Authorization", format!("Bearer {good}")))
             .to_http_request();
         assert_eq!(auth.authenticate(&req).expect("valid").as_str(), "alice");
+        // An audience claim is not a reason to refuse.
+        let with_aud = token(
+            serde_json::json!({"sub": "alice", "aud": "chat", "exp": now() + 60}),
+            Algorithm::HS256,
+            b"s3cret",
+        );
+        let req = TestRequest::get()
+            .uri(&format!("/v1/ws?token={with_aud}"))
+            .to_http_request();
+        assert_eq!(auth.authenticate(&req).expect("valid").as_str(), "alice");
 
         let refused = |t: String| {
             let req = TestRequest::get()
@@ -184,6 +199,12 @@ mod tests {
         };
         assert!(refused(token(
             serde_json::json!({"sub": "alice", "exp": now() - 3600}),
+            Algorithm::HS256,
+            b"s3cret"
+        )));
+        // Expired a few seconds ago: no leeway.
+        assert!(refused(token(
+            serde_json::json!({"sub": "alice", "exp": now() - 2}),
             Algorithm::HS256,
             b"s3cret"
         )));

@@ -182,6 +182,8 @@ async fn websocket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // Who first: a missing or bad token is a 401 whatever the origin (PROTOCOL.md).
+    let user = state.auth.authenticate(&req)?;
     let origin = req
         .headers()
         .get(actix_web::http::header::ORIGIN)
@@ -193,7 +195,6 @@ async fn websocket(
             "this origin may not open a WebSocket here (CHAT_ALLOWED_ORIGINS)",
         )));
     }
-    let user = state.auth.authenticate(&req)?;
     if state.shutdown.is_cancelled() {
         state
             .metrics
@@ -224,10 +225,29 @@ async fn websocket(
     Ok(response)
 }
 
+/// `?before=&limit=`: read as text so an empty value (`before=`, as the protocol's own
+/// template writes it) means absent instead of failing to parse.
 #[derive(Deserialize)]
 struct PageQuery {
-    before: Option<Seq>,
-    limit: Option<u32>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// A query parameter's value; `None` when absent or empty.
+fn query_number<T: std::str::FromStr>(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<T>, GatewayError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| GatewayError::BadRequest(format!("invalid {name} {v:?}: {e}"))),
+    }
 }
 
 async fn room_messages(
@@ -243,7 +263,8 @@ async fn room_messages(
     if !room.admits(&user) {
         return Err(GatewayError::forbidden_room(&room).into());
     }
-    let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    let before: Option<Seq> = query_number("before", query.before.as_deref())?;
+    let limit = query_number("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_HISTORY_LIMIT);
     if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
         return Err(
             GatewayError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")).into(),
@@ -252,7 +273,7 @@ async fn room_messages(
     let page = state
         .hub
         .history()
-        .list(&room, query.before, None, limit)
+        .list(&room, before, None, limit)
         .await
         .map_err(actix_web::Error::from)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({

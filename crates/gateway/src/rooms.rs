@@ -39,8 +39,16 @@ const ROOM_MAILBOX: usize = 4096;
 const MAX_PENDING: usize = 4096;
 /// Messages per history read when filling gaps or catching up.
 const PAGE: u32 = 200;
-/// Pause before retrying a failed gap fill.
+/// Pause before retrying a failed gap fill, or one that brought nothing new.
 const FILL_RETRY: Duration = Duration::from_millis(500);
+/// Fills in a row that may bring nothing new while messages wait past the gap; then the
+/// waiting ones history does not have are dropped (an event for a room history never
+/// stored: a foreign publisher on a shared Redis, or a store reset under running
+/// gateways) instead of being asked for forever.
+const MAX_STALLED_FILLS: u32 = 10;
+/// Pause before asking history again when a catch-up finds the room's sequencer ahead
+/// of what history just returned.
+const BEHIND_RETRY: Duration = Duration::from_millis(20);
 /// Attempts to reach a room whose sequencer is retiring at the same moment.
 const JOIN_ATTEMPTS: usize = 8;
 
@@ -177,15 +185,26 @@ impl Hub {
     ) -> Result<Seq, GatewayError> {
         let (handle, state) = self.register(conn, room, since).await?;
         let Some(mut cursor) = since.filter(|_| !state.live) else {
-            return Ok(state.head.max(since.unwrap_or(0)));
+            return Ok(state.head);
         };
         let caught_up = async {
+            let mut behind_without_progress = false;
             loop {
+                if behind_without_progress {
+                    tokio::time::sleep(BEHIND_RETRY).await;
+                }
                 let page = self
                     .inner
                     .history
                     .list(room, None, Some(cursor), PAGE)
                     .await?;
+                behind_without_progress = false;
+                if cursor > page.last_seq {
+                    // `since` is past the room's last message (a client that kept its
+                    // position across a store reset, or a made-up one): resume from the
+                    // real end, and `joined.last_seq` below `since` tells the client.
+                    cursor = page.last_seq;
+                }
                 for m in &page.messages {
                     if m.seq > cursor {
                         conn.send(message_frame(m))
@@ -209,7 +228,10 @@ impl Hub {
                 }
                 match rx.await {
                     Ok(GoLive::Live(last)) => return Ok(last),
-                    Ok(GoLive::Behind) => continue,
+                    Ok(GoLive::Behind) => {
+                        behind_without_progress = page.messages.is_empty();
+                        continue;
+                    }
                     Ok(GoLive::Gone) | Err(_) => {
                         return Err(GatewayError::Internal("left during catch-up".into()));
                     }
@@ -298,6 +320,7 @@ impl Hub {
             head: 0,
             pending: BTreeMap::new(),
             filling: false,
+            stalled_fills: 0,
             members: HashMap::new(),
             subscribed: false,
         };
@@ -393,6 +416,8 @@ struct Sequencer {
     pending: BTreeMap<Seq, ByteString>,
     /// Whether a history read for the gap is in flight.
     filling: bool,
+    /// Fills in a row that delivered nothing while messages waited in `pending`.
+    stalled_fills: u32,
     members: HashMap<ConnId, Member>,
     subscribed: bool,
 }
@@ -474,7 +499,10 @@ impl Sequencer {
         match cmd {
             RoomCmd::Join { conn, since, reply } => {
                 let cursor = since.unwrap_or(self.head);
-                let live = cursor >= self.head;
+                // Ahead of our head (`since` > head) is not live either: the joining
+                // session asks history whether the room really is there (a message we
+                // have not heard of yet) or the client is ahead of the store.
+                let live = cursor == self.head;
                 let state = JoinState {
                     head: self.head,
                     live,
@@ -584,6 +612,7 @@ impl Sequencer {
         self.filling = false;
         match result {
             Ok(page) => {
+                let head_before = self.head;
                 for m in &page.messages {
                     if m.seq == self.head + 1 {
                         self.deliver(m.seq, &message_frame(m));
@@ -592,19 +621,42 @@ impl Sequencer {
                     }
                 }
                 self.drain_pending();
-                if self.head < page.last_seq || !self.pending.is_empty() {
+                if self.head > head_before || self.pending.is_empty() {
+                    self.stalled_fills = 0;
+                } else {
+                    self.stalled_fills += 1;
+                }
+                if self.stalled_fills >= MAX_STALLED_FILLS {
+                    let unknown = self.pending.split_off(&(page.last_seq + 1));
+                    tracing::warn!(
+                        room = %self.room,
+                        dropped = unknown.len(),
+                        last_seq = page.last_seq,
+                        "dropping fan-out messages history does not have"
+                    );
+                    self.stalled_fills = 0;
+                }
+                if self.stalled_fills > 0 {
+                    // Nothing new yet: ask again after a pause, not in a tight loop.
+                    self.retry_fill_later();
+                } else if self.head < page.last_seq || !self.pending.is_empty() {
                     self.fill();
                 }
             }
             Err(e) => {
                 tracing::warn!(room = %self.room, error = %e, "gap fill failed; retrying");
                 self.hub.metrics.gap_fill_failures.inc();
-                let tx = self.handle.tx.clone();
-                self.hub.runtime.spawn(async move {
-                    tokio::time::sleep(FILL_RETRY).await;
-                    let _ = tx.send(RoomCmd::Resync).await;
-                });
+                self.retry_fill_later();
             }
         }
+    }
+
+    /// Asks for a resync (a fill) after [`FILL_RETRY`].
+    fn retry_fill_later(&self) {
+        let tx = self.handle.tx.clone();
+        self.hub.runtime.spawn(async move {
+            tokio::time::sleep(FILL_RETRY).await;
+            let _ = tx.send(RoomCmd::Resync).await;
+        });
     }
 }

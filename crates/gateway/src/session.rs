@@ -412,9 +412,21 @@ impl Session {
                 "at most {MAX_ROOMS_PER_CONN} rooms per connection; leave one first"
             )));
         }
-        let last_seq = self.state.hub.join(&self.conn, room, since).await?;
-        self.joined.entry(room.clone()).or_insert(None);
-        Ok(last_seq)
+        match self.state.hub.join(&self.conn, room, since).await {
+            Ok(last_seq) => {
+                self.joined.entry(room.clone()).or_insert(None);
+                Ok(last_seq)
+            }
+            Err(e) => {
+                // The hub dropped the membership, also one this join was renewing: the
+                // connection is no longer in the room, so it must not look joined
+                // (typing, leave) or keep the user counted in it.
+                if self.joined.remove(room).is_some() {
+                    self.state.presence.left(&self.conn.user, room).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn send(

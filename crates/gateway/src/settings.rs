@@ -161,6 +161,24 @@ fn internal_token(value: Option<String>) -> Result<Option<InternalToken>, Settin
         })
 }
 
+/// `CHAT_AUTH_MODE`, or when it is unset: JWT if a secret is configured, else `default`.
+fn auth_mode(
+    mode: Option<&str>,
+    secret_set: bool,
+    default: AuthMode,
+) -> Result<AuthMode, SettingsError> {
+    match mode.map(str::trim) {
+        None if secret_set => Ok(AuthMode::Jwt),
+        None => Ok(default),
+        Some("jwt") => Ok(AuthMode::Jwt),
+        Some("dev") => Ok(AuthMode::Dev),
+        Some(other) => Err(SettingsError {
+            var: "CHAT_AUTH_MODE",
+            reason: format!("must be jwt or dev, not {other:?}"),
+        }),
+    }
+}
+
 /// A random instance id, `gw-` and 8 hex digits.
 pub fn random_gateway_id() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -168,19 +186,16 @@ pub fn random_gateway_id() -> String {
 }
 
 impl Settings {
-    /// Reads the environment, with `default_auth` when `CHAT_AUTH_MODE` is unset.
+    /// Reads the environment, with `default_auth` when `CHAT_AUTH_MODE` is unset, except
+    /// that a configured `CHAT_JWT_SECRET` then means JWT mode: dev mode (`?user=`) is
+    /// only ever on when nothing says the operator wants tokens, or when asked for by name.
     pub fn from_env(default_auth: AuthMode) -> Result<Self, SettingsError> {
-        let auth_mode = match var("CHAT_AUTH_MODE").as_deref().map(str::trim) {
-            None => default_auth,
-            Some("jwt") => AuthMode::Jwt,
-            Some("dev") => AuthMode::Dev,
-            Some(other) => {
-                return Err(SettingsError {
-                    var: "CHAT_AUTH_MODE",
-                    reason: format!("must be jwt or dev, not {other:?}"),
-                });
-            }
-        };
+        let jwt_secret = var("CHAT_JWT_SECRET").map(Secret::new);
+        let auth_mode = auth_mode(
+            var("CHAT_AUTH_MODE").as_deref(),
+            jwt_secret.is_some(),
+            default_auth,
+        )?;
         let settings = Self {
             http_addr: parse("CHAT_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             history_url: var("CHAT_HISTORY_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into()),
@@ -188,7 +203,7 @@ impl Settings {
                 .unwrap_or_else(|| "http://127.0.0.1:50052".into()),
             redis_url: redis_url(var("CHAT_REDIS_URL"), parse_flag("CHAT_REDIS_CLUSTER")?),
             auth_mode,
-            jwt_secret: var("CHAT_JWT_SECRET").map(Secret::new),
+            jwt_secret,
             internal_token: internal_token(var(TOKEN_VAR))?,
             gateway_id: var("CHAT_GATEWAY_ID").unwrap_or_else(random_gateway_id),
             workers: parse(
@@ -287,7 +302,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use super::{internal_token, redis_url};
+    use super::{AuthMode, auth_mode, internal_token, redis_url};
 
     #[test]
     fn internal_token_is_validated_without_echoing_it() {
@@ -309,6 +324,20 @@ mod tests {
             );
             assert!(!err.to_string().contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn a_jwt_secret_turns_the_dev_default_off() {
+        let mode = |m, secret| auth_mode(m, secret, AuthMode::Dev).expect("valid");
+        assert_eq!(mode(None, false), AuthMode::Dev);
+        assert_eq!(mode(None, true), AuthMode::Jwt);
+        assert_eq!(mode(Some("dev"), true), AuthMode::Dev);
+        assert_eq!(mode(Some(" jwt "), false), AuthMode::Jwt);
+        assert_eq!(
+            auth_mode(None, false, AuthMode::Jwt).expect("valid"),
+            AuthMode::Jwt
+        );
+        assert!(auth_mode(Some("none"), false, AuthMode::Dev).is_err());
     }
 
     #[test]

@@ -82,8 +82,18 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// An I/O failure (disk full, read-only file system) is `Unavailable`: nothing was
+/// stored and a retry may succeed once the operator fixed it. Anything else is a bug or
+/// corruption.
 fn db_error(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Internal(format!("embedded store: {}", e.into()))
+    match e.into() {
+        redb::Error::Io(e) => StoreError::Unavailable(format!("embedded store I/O: {e}")),
+        // redb refuses work after an I/O failure until the database is reopened.
+        redb::Error::PreviousIo => StoreError::Unavailable(
+            "embedded store failed an earlier write; restart history".into(),
+        ),
+        e => StoreError::Internal(format!("embedded store: {e}")),
+    }
 }
 
 impl EmbeddedStore {
@@ -161,7 +171,11 @@ fn run_writer(db: &Database, mut queue: mpsc::Receiver<AppendJob>) {
             Err(e) => {
                 tracing::error!(error = %e, appends = batch.len(), "embedded store commit failed");
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Internal(e.to_string())));
+                    let again = match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+                    };
+                    let _ = job.reply.send(Err(again));
                 }
             }
         }

@@ -273,13 +273,12 @@ impl Settings {
     /// The authenticator these settings describe.
     pub fn authenticator(&self) -> Result<crate::auth::Authenticator, SettingsError> {
         if let Some(secret) = &self.jwt_secret
-            && secret
-                .expose()
-                .starts_with(chat_proto::auth::PLACEHOLDER_PREFIX)
+            && chat_proto::auth::is_placeholder(secret.expose())
         {
             tracing::warn!(
-                "CHAT_JWT_SECRET is still the placeholder of .example_env: anyone who has \
-                 read it can mint tokens for any user; generate one with `openssl rand -hex 32`"
+                "CHAT_JWT_SECRET is still a placeholder of .example_env or deploy/k8s: anyone \
+                 who has read them can mint tokens for any user; generate one with \
+                 `openssl rand -hex 32`"
             );
         }
         let secret = self.jwt_secret.as_ref().map(|s| s.expose().as_bytes());

@@ -60,9 +60,15 @@ pub struct InternalToken {
     header: MetadataValue<Ascii>,
 }
 
-/// How the example values in `.example_env` begin; a secret that still does gets a
-/// warning at start.
+/// How the example secrets of `.example_env` and `deploy/k8s/config.yaml` begin; a
+/// secret that still does gets a warning at start (see [`is_placeholder`]).
 pub const PLACEHOLDER_PREFIX: &str = "change-me";
+
+/// Whether `secret` is still one of the shipped placeholders, which anyone who has read
+/// the repository knows.
+pub fn is_placeholder(secret: &str) -> bool {
+    secret.trim().starts_with(PLACEHOLDER_PREFIX)
+}
 
 impl InternalToken {
     /// Validates a token: surrounding whitespace is dropped (a trailing newline from a
@@ -78,10 +84,10 @@ impl InternalToken {
         if token.len() < MIN_TOKEN_LEN {
             return Err(TokenError::TooShort { len: token.len() });
         }
-        if token.starts_with(PLACEHOLDER_PREFIX) {
+        if is_placeholder(token) {
             tracing::warn!(
-                "{TOKEN_VAR} is still the placeholder of .example_env: anyone who has read \
-                 it can call history and presence; generate one with `openssl rand -hex 32`"
+                "{TOKEN_VAR} is still a placeholder of .example_env or deploy/k8s: anyone who \
+                 has read them can call history and presence; generate one with `openssl rand -hex 32`"
             );
         }
         let mut header = MetadataValue::try_from(format!("Bearer {token}"))
@@ -288,6 +294,37 @@ mod tests {
             MetadataValue::try_from(value).expect("ascii"),
         );
         metadata
+    }
+
+    /// The values of `key` in a `.env` file (`KEY=value`) or a manifest (`KEY: value`).
+    fn values_of(text: &str, key: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|line| {
+                let rest = line.trim().strip_prefix(key)?;
+                let value = rest.strip_prefix('=').or_else(|| rest.strip_prefix(':'))?;
+                Some(value.trim().to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shipped_secrets_are_recognised_as_placeholders() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for file in [".example_env", "deploy/k8s/config.yaml"] {
+            let text = std::fs::read_to_string(root.join(file)).expect("shipped file");
+            for key in ["CHAT_JWT_SECRET", TOKEN_VAR] {
+                let values = values_of(&text, key);
+                assert_eq!(values.len(), 1, "{key} in {file}: {values:?}");
+                assert!(
+                    is_placeholder(&values[0]),
+                    "{key} in {file} ({:?}) would start without the placeholder warning",
+                    values[0]
+                );
+            }
+        }
+        assert!(!is_placeholder(
+            "3f6c1e0a9b7d4c2e8f1a5b6c7d8e9f00112233445566778899aabbccddeeff00"
+        ));
     }
 
     #[test]

@@ -14,7 +14,8 @@
 #   skeleton   the workspace's manifests with every target replaced by an empty stub
 #   deps       all dependencies compiled against the skeleton: a layer that is reused
 #              until a Cargo.toml or Cargo.lock changes
-#   build      the real sources compiled on top
+#   build      the real sources compiled on top (build arg CHAT_GIT_COMMIT: build_info's
+#              git_commit)
 #   runtime    distroless/cc (glibc, no shell, no package manager), user nonroot (65532)
 #
 # Health checks run `chat-probe` (the image has no shell or curl): HTTP 200 from the
@@ -76,6 +77,12 @@ RUN cargo build --release --locked $PACKAGES
 FROM deps AS build
 ARG PACKAGES
 COPY . .
+# The commit build_info reports (git_commit; `unknown` when not given), read by rustc at
+# compile time: `docker build --build-arg CHAT_GIT_COMMIT=$(git rev-parse HEAD) .`
+# (compose passes it from the environment). Declared here, after the deps stage, so a new
+# commit never invalidates the dependency layer.
+ARG CHAT_GIT_COMMIT=unknown
+ENV CHAT_GIT_COMMIT=${CHAT_GIT_COMMIT}
 # The stubs were compiled after the real files' mtimes: touch the sources so cargo
 # rebuilds the workspace crates (dependencies stay cached).
 RUN find crates proto -type f -exec touch {} + \

@@ -35,7 +35,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 const FIRST_CPU_SAMPLE: Duration = Duration::from_secs(1);
 
 /// The git commit the binaries were built from: `CHAT_GIT_COMMIT` in the environment of
-/// the build (the Dockerfile may pass it as a build argument), else `unknown`.
+/// the build (the Dockerfile's build argument of that name, which docker-compose.yml
+/// passes on), else `unknown`. Cargo rebuilds this crate when the variable changes.
 pub const GIT_COMMIT: &str = match option_env!("CHAT_GIT_COMMIT") {
     Some(commit) if !commit.is_empty() => commit,
     _ => "unknown",

@@ -4,12 +4,18 @@
 #     made from .example_env as shipped, and refused with CHAT_INTERNAL_TOKEN emptied),
 #     the compose-spec JSON schema (check-jsonschema), and the
 #     scaling rules (no container_name, nothing internal published, token required);
+#   - open files and stop: gateway and nginx have `ulimits: nofile` above
+#     CHAT_MAX_CONNECTIONS, nginx.conf has worker_rlimit_nofile for its worker_connections
+#     and a worker_shutdown_timeout below nginx's stop_grace_period;
 #   - deploy/nginx/nginx.conf: `nginx -t` (gateways are resolved at request time, so the
 #     test needs no Docker DNS);
 #   - Dockerfile: hadolint, and its dependency-layer skeleton is accepted by cargo;
 #   - deploy/k8s/*.yaml: kubernetes-validate --strict against the oldest supported
 #     Kubernetes (1.30: preStop sleep) and the newest schemas it bundles; every manifest
-#     is listed in kustomization.yaml.
+#     is listed in kustomization.yaml; `kubectl kustomize` renders the directory (kubectl
+#     comes with the machine image and has kustomize built in; no cluster needed) and the
+#     output is validated too: namespace, image overrides, and Secret placeholders in the
+#     form the services warn about (change-me...).
 # Installs what is missing first (Debian packages, a venv in .venv-deploy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -124,6 +130,68 @@ print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
 
+# Open files and stop timing: the gateway holds one descriptor per WebSocket, nginx two.
+check "open-file limits and nginx stop timing" "$VENV/bin/python" - docker-compose.yml \
+    .example_env deploy/nginx/nginx.conf <<'EOF'
+import re, sys
+from ruamel.yaml import YAML
+
+compose, env_file, nginx_conf = sys.argv[1:4]
+services = YAML(typ="safe").load(open(compose))["services"]
+env = dict(
+    line.split("=", 1) for line in open(env_file).read().splitlines()
+    if line and not line.startswith("#") and "=" in line
+)
+max_connections = int(env["CHAT_MAX_CONNECTIONS"])
+problems = []
+
+def seconds(value):
+    m = re.fullmatch(r"(\d+)(ms|s|m)?", str(value).strip())
+    if not m:
+        raise SystemExit(f"cannot read duration {value!r}")
+    n = int(m.group(1))
+    return {"ms": n / 1000, "s": n, "m": 60 * n, None: n}[m.group(2)]
+
+def nofile(name):
+    limit = (services[name].get("ulimits") or {}).get("nofile")
+    if limit is None:
+        problems.append(f"{name}: no ulimits.nofile")
+        return 0
+    if isinstance(limit, int):
+        return limit
+    if limit.get("soft") != limit.get("hard"):
+        problems.append(f"{name}: ulimits.nofile soft and hard differ")
+    return int(limit.get("soft", 0))
+
+# The gateway's own descriptors besides WebSockets (chat_gateway::open_files::SPARE_FILES).
+gateway_files = nofile("gateway")
+if gateway_files < max_connections + 1024:
+    problems.append(f"gateway: nofile {gateway_files} < CHAT_MAX_CONNECTIONS {max_connections} + 1024")
+
+conf = re.sub(r"#.*", "", open(nginx_conf).read())
+def directive(name):
+    m = re.search(rf"\b{name}\s+([^;]+);", conf)
+    return m.group(1).strip() if m else None
+worker_connections = int(directive("worker_connections") or 0)
+rlimit = directive("worker_rlimit_nofile")
+if rlimit is None:
+    problems.append("nginx.conf: no worker_rlimit_nofile")
+elif int(rlimit) < 2 * worker_connections:
+    problems.append(f"nginx.conf: worker_rlimit_nofile {rlimit} < 2 x worker_connections {worker_connections}")
+nginx_files = nofile("nginx")
+if rlimit is not None and nginx_files < int(rlimit):
+    problems.append(f"nginx: nofile {nginx_files} < worker_rlimit_nofile {rlimit}")
+
+shutdown = directive("worker_shutdown_timeout")
+grace = services["nginx"].get("stop_grace_period")
+if shutdown is None:
+    problems.append("nginx.conf: no worker_shutdown_timeout (a graceful stop waits for every WebSocket)")
+elif grace is None or seconds(shutdown) >= seconds(grace):
+    problems.append(f"nginx: worker_shutdown_timeout {shutdown} not below stop_grace_period {grace}")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+
 # --- nginx -------------------------------------------------------------------------
 mkdir -p "$tmp/nginx"
 check "nginx -t deploy/nginx/nginx.conf" \
@@ -178,6 +246,59 @@ for f in unlisted:
     print(f"not listed: {f}")
 sys.exit(1 if missing or unlisted else 0)
 EOF
+
+# The manifests as `kubectl apply -k` sends them. kubectl comes with the machine image
+# (no Debian or PyPI package ships kustomize); its built-in kustomize needs no cluster.
+render_kustomize() {
+    command -v kubectl >/dev/null || {
+        echo "kubectl not found: it renders deploy/k8s offline (kubectl kustomize)"
+        return 1
+    }
+    kubectl kustomize deploy/k8s >"$tmp/rendered.yaml"
+}
+check "kubectl kustomize deploy/k8s renders" render_kustomize
+if [ -s "$tmp/rendered.yaml" ]; then
+    for version in 1.30.0 1.37.0; do
+        check "kubernetes-validate --strict -k $version (kustomize output)" \
+            "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$tmp/rendered.yaml"
+    done
+    check "kustomize output: namespace, images, secret placeholders" \
+        "$VENV/bin/python" - "$tmp/rendered.yaml" <<'EOF'
+import re, sys
+from ruamel.yaml import YAML
+
+docs = [d for d in YAML(typ="safe").load_all(open(sys.argv[1])) if d]
+kustomization = YAML(typ="safe").load(open("deploy/k8s/kustomization.yaml"))
+images = {f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+# The prefix the services warn about at start (crates/proto/src/auth.rs).
+prefix = re.search(r'PLACEHOLDER_PREFIX: &str = "([^"]+)"',
+                   open("crates/proto/src/auth.rs").read()).group(1)
+problems = []
+kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+wanted = [("Deployment", n) for n in ("gateway", "history", "presence")] + [
+    ("Secret", "chat-secrets"), ("ConfigMap", "chat-config"),
+    ("HorizontalPodAutoscaler", "gateway"), ("Namespace", "chat"),
+]
+for kind, name in wanted:
+    if (kind, name) not in kinds:
+        problems.append(f"missing {kind}/{name}")
+for d in docs:
+    what = f"{d['kind']}/{d['metadata']['name']}"
+    if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "chat":
+        problems.append(f"{what}: not in namespace chat")
+    if d["kind"] == "Deployment":
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            if c["image"] not in images:
+                problems.append(f"{what}: image {c['image']} is not one the kustomization sets")
+    if d["kind"] == "Secret":
+        for key, value in (d.get("stringData") or {}).items():
+            if key != "CHAT_MONGODB_URL" and not value.startswith(prefix):
+                problems.append(f"{what} {key}: placeholder {value!r} does not start with "
+                                f"{prefix!r}, so the services would not warn that it is unchanged")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+fi
 
 if [ "$failed" != 0 ]; then
     echo "check-deploy: FAILED"

@@ -20,6 +20,7 @@
 //! - [`presence`]: connection counting and the gRPC client of the presence service;
 //!   heartbeats and announcing presence events.
 //! - [`counts`]: first/last reference counts shared by fan-out and presence.
+//! - [`open_files`]: raising the open-file limit for `CHAT_MAX_CONNECTIONS` at start.
 //! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP.
 //! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
@@ -32,6 +33,7 @@ pub mod history;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod open_files;
 pub mod presence;
 pub mod rooms;
 pub mod session;

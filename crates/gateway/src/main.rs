@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     chat_runtime::init_tracing();
     let settings = Settings::from_env(AuthMode::Jwt)?;
+    chat_gateway::open_files::raise_open_file_limit(settings.limits.max_connections);
     let shutdown = CancellationToken::new();
     let gateway = Gateway::build(&settings, shutdown.clone()).await?;
     tokio::spawn(chat_runtime::cancel_on_signal(shutdown));

@@ -73,6 +73,48 @@ pub async fn serve_metrics(
         .await
 }
 
+/// The `/metrics` + `/healthz` listener of a gRPC service binary (history, presence),
+/// serving in a task of its own beside the gRPC server.
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl MetricsEndpoint {
+    /// Binds `addr` (logging `metrics listening on <addr>`, the operator contract's line)
+    /// and serves `metrics` and `health` as [`serve_metrics`] does until `shutdown`
+    /// completes. Fails only when the address cannot be bound.
+    pub async fn start(
+        addr: std::net::SocketAddr,
+        metrics: crate::Metrics,
+        health: HealthCheck,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        tracing::info!("metrics listening on {}", listener.local_addr()?);
+        let task = tokio::spawn(serve_metrics(
+            listener,
+            Arc::new(metrics.registry),
+            metrics.http,
+            health,
+            shutdown,
+        ));
+        Ok(Self { task })
+    }
+
+    /// Waits for the server to stop (after `shutdown`), logging how it failed if it did:
+    /// metrics are not worth failing the service's exit for.
+    pub async fn finish(self) {
+        match self.task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
 /// Every request: two routes, each counted with its template; anything else is
 /// `unmatched`.
 async fn handle(State(state): State<Arc<ServerState>>, request: Request) -> Response {

@@ -1,11 +1,9 @@
 //! `chat-presence`: the presence service binary. Configuration: see [`chat_presence::Settings`].
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use chat_metrics::Metrics;
-use chat_metrics::serve::{health_check, serve_metrics};
-use chat_presence::{PresenceServer, Settings, open_store};
+use chat_metrics::serve::{MetricsEndpoint, health_check};
+use chat_presence::{PresenceServer, Settings, open_store_with_metrics};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -14,15 +12,11 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     tracing::debug!(?settings, "starting");
     let mut metrics = Metrics::new("presence");
-    let store = open_store(&settings).await?;
+    let store = open_store_with_metrics(&settings, &mut metrics).await?;
     let server = PresenceServer::bind_with_metrics(settings.grpc_addr, store.clone(), &mut metrics)
         .await
         .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?
         .with_internal_token(settings.internal_token.clone());
-    let metrics_listener = tokio::net::TcpListener::bind(settings.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;
-    tracing::info!("metrics listening on {}", metrics_listener.local_addr()?);
     let shutdown = CancellationToken::new();
     tokio::spawn(chat_runtime::cancel_on_signal(shutdown.clone()));
     // /healthz: the store answers a ping.
@@ -30,18 +24,14 @@ async fn main() -> anyhow::Result<()> {
         let store = store.clone();
         async move { store.ping().await.map_err(|e| e.to_string()) }
     });
-    let metrics_server = tokio::spawn(serve_metrics(
-        metrics_listener,
-        Arc::new(metrics.registry),
-        metrics.http,
+    let endpoint = MetricsEndpoint::start(
+        settings.metrics_addr,
+        metrics,
         health,
         shutdown.clone().cancelled_owned(),
-    ));
+    )
+    .await?;
     let result = server.run(shutdown).await;
-    match metrics_server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
-        Err(e) => tracing::warn!(error = %e, "metrics server panicked"),
-        Ok(Ok(())) => {}
-    }
+    endpoint.finish().await;
     result
 }

@@ -1,5 +1,6 @@
-//! Presence over WebSockets: room presence events once per transition, the `presence`
-//! query and `GET /v1/presence` agreeing, typing relayed but never echoed or stored.
+//! Presence over WebSockets: presence events once per online/offline transition, the
+//! `presence` query and `GET /v1/presence` agreeing, typing relayed (rate limited) but
+//! never echoed or stored.
 //! History + presence (Redis store) + two gateways + a private redis-server.
 
 mod common;
@@ -36,8 +37,12 @@ async fn next_presence(client: &mut WsClient) -> anyhow::Result<Value> {
     }
 }
 
+/// Events follow the user's online status, not room membership: `online: true` when a
+/// room is first joined during the user's online period, `online: false` to that room
+/// once, when the last connection anywhere closes. A `leave`, or one of several devices
+/// (on another gateway) closing, tells nobody: the user is still online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_get_one_event_per_room_transition() -> anyhow::Result<()> {
+async fn members_get_one_event_per_transition() -> anyhow::Result<()> {
     let cluster = Cluster::start(Store::Embedded, 2).await?;
     let mut alice = cluster.client(0, "alice").await?;
     alice.join("lobby", None).await?;
@@ -54,7 +59,7 @@ async fn members_get_one_event_per_room_transition() -> anyhow::Result<()> {
         json!({"type": "presence", "room": "lobby", "user": "bob", "online": true})
     );
 
-    // A second device, on the other gateway: bob was already in the room.
+    // A second device, on the other gateway: the room already knows bob is online.
     let mut bob_laptop = cluster.client(0, "bob").await?;
     bob_laptop.join("lobby", None).await?;
     assert!(
@@ -66,18 +71,41 @@ async fn members_get_one_event_per_room_transition() -> anyhow::Result<()> {
         "bob is not told about himself"
     );
 
-    // One device leaves: bob is still in the room.
+    // The device on the other gateway closes: bob is still online.
     bob_phone.close().await;
     assert!(
         presence_events(&mut alice).await?.is_empty(),
-        "one of two devices left: no event"
+        "one of two devices closed: no event"
     );
 
-    // The last one leaves the room (explicitly this time).
+    // The last device leaves the room but stays connected: bob is still online.
     let left = bob_laptop
         .request(json!({"type": "leave", "room": "lobby"}))
         .await?;
     assert_eq!(left["type"], "left");
+    assert!(
+        presence_events(&mut alice).await?.is_empty(),
+        "leave while connected: no event"
+    );
+    let http = reqwest::Client::new();
+    let body: Value = http
+        .get(format!("{}/v1/presence?users=bob", cluster.http_url(1)))
+        .bearer_auth(common::token("carol"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(body["users"]["bob"], true, "and presence agrees");
+
+    // Back in during the same online period: the room already knows.
+    bob_laptop.join("lobby", None).await?;
+    assert!(
+        presence_events(&mut alice).await?.is_empty(),
+        "rejoin while online: no event"
+    );
+
+    // The last connection anywhere closes: exactly one offline event.
+    bob_laptop.close().await;
     let event = next_presence(&mut alice).await?;
     assert_eq!(
         event,
@@ -88,11 +116,46 @@ async fn members_get_one_event_per_room_transition() -> anyhow::Result<()> {
         "exactly one offline event"
     );
 
-    // Back in, then gone by closing the connection.
-    bob_laptop.join("lobby", None).await?;
+    // A new online period.
+    let mut bob = cluster.client(1, "bob").await?;
+    bob.join("lobby", None).await?;
     assert_eq!(next_presence(&mut alice).await?["online"], true);
-    bob_laptop.close().await;
+    bob.close().await;
     assert_eq!(next_presence(&mut alice).await?["online"], false);
+    assert!(presence_events(&mut alice).await?.is_empty());
+    Ok(())
+}
+
+/// A room the user left is still told when they go offline: its members were told they
+/// were online, and nothing since said otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_reaches_every_room_of_the_online_period() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Store::Embedded, 2).await?;
+    let mut alice = cluster.client(0, "alice").await?;
+    alice.join("one", None).await?;
+    alice.join("two", None).await?;
+    let mut bob = cluster.client(1, "bob").await?;
+    bob.join("one", None).await?;
+    bob.join("two", None).await?;
+    let mut online = Vec::new();
+    for _ in 0..2 {
+        let event = next_presence(&mut alice).await?;
+        assert_eq!(event["online"], true);
+        online.push(event["room"].clone());
+    }
+    online.sort_by_key(ToString::to_string);
+    assert_eq!(online, [json!("one"), json!("two")]);
+    bob.request(json!({"type": "leave", "room": "two"})).await?;
+    assert!(presence_events(&mut alice).await?.is_empty());
+    bob.close().await;
+    let mut offline = Vec::new();
+    for _ in 0..2 {
+        let event = next_presence(&mut alice).await?;
+        assert_eq!(event["online"], false);
+        offline.push(event["room"].clone());
+    }
+    offline.sort_by_key(ToString::to_string);
+    assert_eq!(offline, [json!("one"), json!("two")]);
     assert!(presence_events(&mut alice).await?.is_empty());
     Ok(())
 }
@@ -193,5 +256,44 @@ async fn typing_is_relayed_to_others_not_echoed_not_stored() -> anyhow::Result<(
         .await?;
     assert_eq!(page["messages"], json!([]), "typing is never stored");
     assert_eq!(bob.join("desk", None).await?["last_seq"], 0);
+    Ok(())
+}
+
+/// `typing` is relayed at most once per second per room per connection: a second one
+/// within the second is dropped silently and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_rate_limited_per_room() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut alice = cluster.client(0, "alice").await?;
+    let mut bob = cluster.client(0, "bob").await?;
+    for c in [&mut alice, &mut bob] {
+        c.join("desk", None).await?;
+    }
+    let metrics_url = format!("{}/metrics", cluster.http_url(0));
+    let throttled = || async {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        anyhow::Ok(
+            chat_testkit::prometheus::sample(&text, "chat_gateway_typing_throttled_total")
+                .unwrap_or(0.0),
+        )
+    };
+    let before = throttled().await?;
+    let typing = json!({"type": "typing", "room": "desk"});
+    alice.send_json(&typing).await?;
+    alice.send_json(&typing).await?;
+    // Both were handled once alice's ping is answered (one reader, in order).
+    alice.request(json!({"type": "ping"})).await?;
+    tokio::time::sleep(SETTLE).await;
+    bob.request(json!({"type": "ping"})).await?;
+    let relayed = bob
+        .drain_backlog()
+        .into_iter()
+        .filter(|f| f["type"] == "typing")
+        .count();
+    assert_eq!(
+        relayed, 1,
+        "the second typing within a second is not relayed"
+    );
+    assert_eq!(throttled().await? - before, 1.0, "and it is counted");
     Ok(())
 }

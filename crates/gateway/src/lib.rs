@@ -204,8 +204,9 @@ impl Gateway {
     }
 }
 
-/// Renews this gateway's presence lease until shutdown, and announces the room exits of
-/// dead gateways that the presence service hands back.
+/// Renews this gateway's presence lease until shutdown, and announces the offline events
+/// of dead gateways' users that the presence service hands out (acknowledged by the next
+/// heartbeat, so a batch whose reply was lost is handed out again).
 async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
     let mut next = Duration::ZERO;
     loop {
@@ -219,6 +220,7 @@ async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: Cancellat
                 for (room, user) in beat.expired {
                     hub.announce_presence(&room, &user, false).await;
                 }
+                presence.announced(beat.claim);
                 if beat.lease_lost {
                     tracing::warn!("presence lease lapsed; reporting room memberships again");
                     for (room, user) in presence.reenter_rooms().await {

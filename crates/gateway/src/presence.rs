@@ -1,6 +1,13 @@
 //! The gateway's side of presence: it counts its own connections per user and per
-//! (room, user), and tells the presence service only about transitions (first/last),
-//! plus a heartbeat listing every user it holds.
+//! (room, user), and tells the presence service only about transitions (first/last
+//! connection of a user, first connection of a user in a room), plus heartbeats listing
+//! every user it holds.
+//!
+//! Events (see `docs/protocol.md`): `online: true` when presence says a room was not yet
+//! told of the user's online period ([`PresenceTracker::entered`]); `online: false` to
+//! every room told, when the user's last connection anywhere closes
+//! ([`PresenceTracker::disconnected`]) or when presence hands out the users of a dead
+//! gateway ([`PresenceTracker::heartbeat`]). A `leave` tells nobody.
 //!
 //! Presence is best effort: when the presence service is down, chat goes on; a failed
 //! report is logged and the next heartbeat restores the users' online status.
@@ -11,7 +18,9 @@ use chat_metrics::{GrpcMetrics, MeteredChannel};
 use chat_model::{RoomId, UserId};
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::presence::presence_client::PresenceClient as Grpc;
-use chat_proto::presence::{HeartbeatRequest, QueryRequest, RoomRequest, UserRequest};
+use chat_proto::presence::{
+    HeartbeatRequest, QueryRequest, RoomRequest, TakeExitsRequest, UserRequest,
+};
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
@@ -27,9 +36,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const STRIPES: usize = 64;
 /// Heartbeat interval until the presence service has told us its TTL.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
-/// The presence service hands back at most this many expired room exits per heartbeat;
-/// a full reply means more are waiting.
-const MAX_EXITS_PER_HEARTBEAT: usize = 10_000;
+/// The presence service hands back at most this many offline events per claim; a full
+/// reply means more are waiting.
+const MAX_EXITS_PER_CLAIM: usize = 10_000;
+/// Users per `Heartbeat` call: 5,000 ids of at most 64 bytes are about 0.35 MB, far below
+/// the 4 MiB gRPC message limit, and one call is a few milliseconds of Redis work.
+pub const HEARTBEAT_CHUNK: usize = 5_000;
 /// Heartbeat interval while a dead gateway's exits are still being handed out.
 const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -49,13 +61,20 @@ pub struct PresenceTracker {
     /// When the last heartbeat succeeded and the lease length it reported: a gap longer
     /// than the lease means presence may have swept this gateway.
     lease: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+    /// The claim of the last batch of offline events announced, acknowledged by the next
+    /// `TakeExits` (0: none). A batch not acknowledged is handed out again.
+    announced: std::sync::Mutex<u64>,
 }
 
-/// Room exits of dead gateways to announce, and when to heartbeat next.
+/// Offline events of dead gateways' users to announce, and when to heartbeat next.
 #[derive(Debug)]
 pub struct Beat {
     pub next_in: Duration,
+    /// (room, user): announce the user offline in the room, then
+    /// [`PresenceTracker::announced`] with `claim`.
     pub expired: Vec<(RoomId, UserId)>,
+    /// Names the batch `expired` came from (0: none).
+    pub claim: u64,
     /// This gateway went a whole lease without a successful heartbeat, so presence may
     /// have swept it and announced its members' room exits: report the memberships again
     /// ([`PresenceTracker::reenter_rooms`]) and announce the ones that come back. Users
@@ -106,6 +125,7 @@ impl PresenceTracker {
             rooms: RefCounts::default(),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             lease: std::sync::Mutex::new(None),
+            announced: std::sync::Mutex::new(0),
         })
     }
 
@@ -142,20 +162,36 @@ impl PresenceTracker {
         }
     }
 
-    /// A connection of `user` closed here.
-    pub async fn disconnected(&self, user: &UserId) {
+    /// A connection of `user` closed here. Returns the rooms to tell that the user went
+    /// offline: when this was their last connection anywhere, every room told during their
+    /// online period; otherwise none.
+    pub async fn disconnected(&self, user: &UserId) -> Vec<RoomId> {
         let _order = self.stripe(user).lock().await;
         if !self.users.remove(user) {
-            return;
+            return Vec::new();
         }
         self.online_users.dec();
-        if let Err(e) = self.grpc.clone().detach(self.user_request(user)).await {
-            tracing::warn!(%user, error = %e.message(), "presence disconnect not reported");
+        match self.grpc.clone().detach(self.user_request(user)).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if !reply.changed {
+                    return Vec::new();
+                }
+                reply
+                    .rooms
+                    .iter()
+                    .filter_map(|room| RoomId::parse(room).ok())
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e.message(), "presence disconnect not reported");
+                Vec::new()
+            }
         }
     }
 
-    /// A connection of `user` joined `room`. True when the user just entered the room
-    /// cluster-wide: announce it.
+    /// A connection of `user` joined `room`. True when the room was not yet told of the
+    /// user's online period: announce it.
     pub async fn entered(&self, user: &UserId, room: &RoomId) -> bool {
         let _order = self.stripe(user).lock().await;
         if !self.rooms.add(&(room.clone(), user.clone())) {
@@ -175,25 +211,11 @@ impl PresenceTracker {
         }
     }
 
-    /// A connection of `user` left `room` (or closed). True when the user just left the
-    /// room cluster-wide: announce it.
-    pub async fn left(&self, user: &UserId, room: &RoomId) -> bool {
+    /// A connection of `user` left `room` (or closed). Only counted here: the user is
+    /// still online, and the room is told when they go offline.
+    pub async fn left(&self, user: &UserId, room: &RoomId) {
         let _order = self.stripe(user).lock().await;
-        if !self.rooms.remove(&(room.clone(), user.clone())) {
-            return false;
-        }
-        match self
-            .grpc
-            .clone()
-            .leave_room(self.room_request(user, room))
-            .await
-        {
-            Ok(reply) => reply.into_inner().changed,
-            Err(e) => {
-                tracing::warn!(%user, %room, error = %e.message(), "presence leave not reported");
-                false
-            }
-        }
+        self.rooms.remove(&(room.clone(), user.clone()));
     }
 
     /// Whether each user is online anywhere.
@@ -215,22 +237,48 @@ impl PresenceTracker {
         Ok(reply.online)
     }
 
-    /// Renews this gateway's lease and its users' online status.
+    /// Renews this gateway's lease and its users' online status, in calls of at most
+    /// [`HEARTBEAT_CHUNK`] users (the first tells whether the lease was lost), then
+    /// acknowledges the last batch of offline events announced and claims the next.
     pub async fn heartbeat(&self) -> Result<Beat, GatewayError> {
-        let users = self.users.keys().iter().map(ToString::to_string).collect();
+        let unavailable =
+            |e: tonic::Status| GatewayError::Unavailable(format!("presence: {}", e.message()));
+        let users = self.users.keys();
         let sent_at = std::time::Instant::now();
-        let reply = self
+        let mut first = None;
+        let mut chunks = users.chunks(HEARTBEAT_CHUNK);
+        // An empty gateway still renews its lease: one call without users.
+        let mut next: Option<&[UserId]> = Some(chunks.next().unwrap_or(&[]));
+        while let Some(chunk) = next {
+            let reply = self
+                .grpc
+                .clone()
+                .heartbeat(HeartbeatRequest {
+                    gateway: self.gateway_id.clone(),
+                    users: chunk.iter().map(ToString::to_string).collect(),
+                })
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+            first.get_or_insert(reply);
+            next = chunks.next();
+        }
+        let Some(reply) = first else {
+            return Err(GatewayError::Internal("no heartbeat sent".into()));
+        };
+        let ack = *self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        let exits = self
             .grpc
             .clone()
-            .heartbeat(HeartbeatRequest {
+            .take_exits(TakeExitsRequest {
                 gateway: self.gateway_id.clone(),
-                users,
+                ack,
             })
             .await
-            .map_err(|e| GatewayError::Unavailable(format!("presence: {}", e.message())))?
+            .map_err(unavailable)?
             .into_inner();
-        let expired = reply
-            .expired
+        let expired = exits
+            .exits
             .iter()
             .filter_map(|exit| {
                 Some((
@@ -240,7 +288,7 @@ impl PresenceTracker {
             })
             .collect();
         let ttl = Duration::from_millis(reply.ttl_ms);
-        let next_in = if reply.expired.len() >= MAX_EXITS_PER_HEARTBEAT {
+        let next_in = if exits.exits.len() >= MAX_EXITS_PER_CLAIM {
             DRAIN_HEARTBEAT
         } else if ttl.is_zero() {
             DEFAULT_HEARTBEAT
@@ -260,9 +308,18 @@ impl PresenceTracker {
         Ok(Beat {
             next_in,
             expired,
+            claim: exits.claim,
             lease_lost,
             forgotten: reply.lease_lost && !lease_lost,
         })
+    }
+
+    /// The batch `claim` ([`Beat::claim`]) was announced: the next heartbeat acknowledges
+    /// it. Until then presence hands it out again.
+    pub fn announced(&self, claim: u64) {
+        if claim != 0 {
+            *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = claim;
+        }
     }
 
     /// Reports every room membership this gateway holds again, after a lost lease.

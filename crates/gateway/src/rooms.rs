@@ -290,8 +290,9 @@ impl Hub {
         frame
     }
 
-    /// Tells every member of `room`, on every gateway, that `user` entered (`online`) or
-    /// left it. Best effort, like all ephemeral events.
+    /// Tells every member of `room`, on every gateway, that `user` is online or went
+    /// offline (when to is [`crate::presence`]'s call). Best effort, like all ephemeral
+    /// events.
     pub async fn announce_presence(&self, room: &RoomId, user: &UserId, online: bool) {
         let frame = ServerFrame::PresenceEvent { room, user, online }.to_json();
         if let Err(e) = self.inner.fanout.publish(room, frame.into()).await {

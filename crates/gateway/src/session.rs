@@ -71,11 +71,13 @@ pub async fn serve(
     } = session;
     for room in joined.keys() {
         state.hub.leave(conn.id, room);
-        if state.presence.left(&conn.user, room).await {
-            state.hub.announce_presence(room, &conn.user, false).await;
-        }
+        state.presence.left(&conn.user, room).await;
     }
-    state.presence.disconnected(&conn.user).await;
+    // Only the user's last connection anywhere going away is news: every room told of
+    // their online period hears it.
+    for room in state.presence.disconnected(&conn.user).await {
+        state.hub.announce_presence(&room, &conn.user, false).await;
+    }
     let _ = writer.await;
 }
 
@@ -345,12 +347,8 @@ impl Session {
                 })
                 .await
                 .map_err(closed)?;
-                if self.state.presence.left(&self.conn.user, &room).await {
-                    self.state
-                        .hub
-                        .announce_presence(&room, &self.conn.user, false)
-                        .await;
-                }
+                // No event: the user is still online (the room hears when they go offline).
+                self.state.presence.left(&self.conn.user, &room).await;
                 Ok(())
             }
             Request::Send {

@@ -5,7 +5,10 @@
 //! - Redis commands per heartbeat interval with 100k users, ttl 30 s, interval 10 s,
 //!   from `INFO commandstats` before and after (commands run inside scripts are counted
 //!   by Redis too, so both round trips and total commands are shown);
-//! - releasing a dead gateway that held 100k users in 100k room memberships.
+//! - the same heartbeat through gRPC as a gateway sends it: 100k users with 64-character
+//!   ids (the longest) in calls of 5,000 users, to a `PresenceServer` on port 0;
+//! - releasing a dead gateway that held 100k users, each told in one room: background
+//!   sweep steps, then claims of the offline events.
 //!
 //! Run: `cargo bench -p chat-presence --bench presence_scale` (starts its own
 //! `redis-server` on a free port; `CHAT_TEST_REDIS_SERVER` picks the executable).
@@ -29,6 +32,8 @@ const QUERY_USERS: usize = 500;
 const QUERY_RUNS: usize = 200;
 const TTL: Duration = Duration::from_secs(30);
 const INTERVAL: Duration = Duration::from_secs(10);
+/// Users per gRPC heartbeat call, as the gateway sends them.
+const GRPC_CHUNK: usize = 5_000;
 /// Connections opened at once in the attach measurement.
 const IN_FLIGHT: usize = 64;
 
@@ -189,17 +194,26 @@ async fn main() -> anyhow::Result<()> {
         describe(&calls),
     );
 
-    // One heartbeat interval: the gateway heartbeats once, then the service sweeps once
-    // (nothing expired).
+    // One heartbeat interval: the gateway heartbeats once and claims exits once (which
+    // runs one sweep step); the service's background sweeper ticks every second (nothing
+    // expired).
+    let sweeps_per_interval =
+        (INTERVAL.as_millis() / chat_presence::server::sweep_interval(TTL).as_millis()).max(1);
     let before = command_calls(&admin).await?;
     store.heartbeat("gw-1", &users).await?;
-    let swept = store.sweep(1000).await?;
-    anyhow::ensure!(swept.is_empty());
+    anyhow::ensure!(!store.sweep().await?);
+    anyhow::ensure!(store.take_exits("gw-1", 0, 10_000).await?.exits.is_empty());
+    for _ in 0..sweeps_per_interval {
+        anyhow::ensure!(!store.sweep().await?);
+    }
     let calls = diff(&before, &command_calls(&admin).await?);
     let total: u64 = calls.values().sum();
     let round_trips = calls.get("evalsha").copied().unwrap_or(0);
     table.row(
-        format!("Redis commands per {INTERVAL:?} interval, 100k users, 1 gateway"),
+        format!(
+            "Redis commands per {INTERVAL:?} interval, 100k users, 1 gateway \
+             (heartbeat, TakeExits, {sweeps_per_interval} background sweeps)"
+        ),
         format!("{round_trips} EVALSHA round trips; {total} commands incl. in-script"),
     );
     table.row("  of which", describe(&calls));
@@ -216,7 +230,48 @@ async fn main() -> anyhow::Result<()> {
         used_memory(&admin).await?,
     );
 
-    // A gateway dies holding 100k users, each in one room: how long the sweep takes.
+    // The gRPC path: a gateway's heartbeat of 100k long ids in calls of 5,000.
+    let long: Vec<String> = (0..USERS).map(|i| format!("{i:0>64}")).collect();
+    let grpc_store: std::sync::Arc<dyn PresenceStore> =
+        std::sync::Arc::new(RedisPresence::connect(&server.url(), TTL).await?);
+    let grpc_server =
+        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), grpc_store).await?;
+    let url = format!("http://{}", grpc_server.local_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(grpc_server.run(stop.clone()));
+    let mut client = chat_proto::presence::presence_client::PresenceClient::connect(url).await?;
+    let mut grpc_beats = Vec::new();
+    for _ in 0..6 {
+        let start = Instant::now();
+        for chunk in long.chunks(GRPC_CHUNK) {
+            client
+                .heartbeat(chat_proto::presence::HeartbeatRequest {
+                    gateway: "gw-grpc".into(),
+                    users: chunk.to_vec(),
+                })
+                .await?;
+        }
+        grpc_beats.push(start.elapsed());
+    }
+    // The first registered the users; the steady state is the rest.
+    let (median, _) = median_and_p99(grpc_beats.split_off(1));
+    table.row(
+        format!(
+            "gRPC heartbeat, 100k users with 64-char ids, {} calls of {GRPC_CHUNK} (median of 5)",
+            USERS / GRPC_CHUNK
+        ),
+        format!(
+            "{:.0} ms (first, registering: {:.0} ms)",
+            median.as_secs_f64() * 1e3,
+            grpc_beats[0].as_secs_f64() * 1e3
+        ),
+    );
+    stop.cancel();
+    drop(client);
+    let _ = serving.await;
+
+    // A gateway dies holding 100k users, each told in one room: how long releasing it
+    // takes (background sweep steps), and handing out its 100k offline events.
     let short = RedisPresence::connect(&server.url(), Duration::from_secs(1)).await?;
     let rooms: Vec<RoomId> = (0..100)
         .map(|r| RoomId::parse(&format!("room{r}")).unwrap_or_else(|e| panic!("room: {e}")))
@@ -238,24 +293,36 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = command_calls(&admin).await?;
     let start = Instant::now();
-    let mut exits = 0;
-    let mut sweeps = 0;
-    loop {
-        let batch = short.sweep(1000).await?;
+    let mut sweeps = 1;
+    while short.sweep().await? {
         sweeps += 1;
-        exits += batch.len();
-        if batch.is_empty() {
-            break;
-        }
     }
-    let took = start.elapsed();
+    let swept = start.elapsed();
     let calls = diff(&before, &command_calls(&admin).await?);
     table.row(
-        "sweep of a dead gateway, 100k users in 100k room memberships",
+        "sweep of a dead gateway, 100k users each told in 1 room",
         format!(
-            "{:.0} ms, {exits} exits in {sweeps} sweep(1000) calls, {} EVALSHA",
-            took.as_secs_f64() * 1e3,
+            "{:.0} ms in {sweeps} sweep steps ({} EVALSHA)",
+            swept.as_secs_f64() * 1e3,
             calls.get("evalsha").copied().unwrap_or(0)
+        ),
+    );
+    let start = Instant::now();
+    let (mut exits, mut claims, mut ack) = (0, 0, 0);
+    loop {
+        let batch = short.take_exits("gw-live", ack, 10_000).await?;
+        if batch.exits.is_empty() {
+            break;
+        }
+        exits += batch.exits.len();
+        claims += 1;
+        ack = batch.claim;
+    }
+    table.row(
+        "  then claiming its offline events",
+        format!(
+            "{:.0} ms, {exits} exits in {claims} claims of ≤ 10,000",
+            start.elapsed().as_secs_f64() * 1e3
         ),
     );
 

@@ -1,8 +1,8 @@
 //! The presence service: the only component that talks to the online-status keys. A user
 //! is online while at least one gateway holds a connection of theirs; gateways renew a
 //! lease with heartbeats, and when a gateway dies without saying goodbye its users expire
-//! with the lease and its room memberships are released by the next sweep, which hands
-//! them to a live gateway to announce (`proto/presence.proto`).
+//! with the lease and a background sweep queues their offline events, which live gateways
+//! claim, announce and acknowledge (`proto/presence.proto`).
 //!
 //! # Layout
 //!
@@ -33,7 +33,7 @@ pub mod store;
 
 pub use server::PresenceServer;
 pub use service::PresenceService;
-pub use settings::{Settings, open_store};
+pub use settings::{Settings, open_store, open_store_with_metrics};
 pub use store::{
-    GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit, check_gateway_id,
+    ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit, check_gateway_id,
 };

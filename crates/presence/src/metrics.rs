@@ -1,13 +1,14 @@
 //! The presence service's own metrics (prefix `chat_presence`):
 //!
 //! - `chat_presence_store_operation_duration_seconds{op,backend}`: time of each store
-//!   call (`op` = `connect`, `disconnect`, `enter_room`, `leave_room`, `heartbeat`,
-//!   `sweep`, `online`; `backend` = `memory` | `redis`).
+//!   call (`op` = `connect`, `disconnect`, `enter_room`, `heartbeat`, `sweep`,
+//!   `take_exits`, `online`; `backend` = `memory` | `redis`).
 //! - `chat_presence_store_errors_total{op,kind}`: failed store calls, `kind` =
 //!   `unavailable` | `internal`.
-//! - `chat_presence_sweeps_total`: sweeps run (every `Heartbeat` call sweeps at least
-//!   once); `chat_presence_expired_exits_total`: room memberships of dead gateways those
-//!   sweeps released (each is announced as an offline event by a live gateway).
+//! - `chat_presence_sweeps_total`: sweep steps run (the background sweeper's, and one per
+//!   `TakeExits` call); `chat_presence_expired_exits_total`: offline events of users of
+//!   dead gateways handed to live gateways to announce (a batch handed out again because
+//!   it was not acknowledged counts again).
 //! - `chat_presence_online_users`, `chat_presence_gateways`: sampled every
 //!   [`STATS_INTERVAL`] from [`PresenceStore::stats`], never at scrape time: gateways
 //!   with a live lease, and the users they hold (a user once per gateway holding them,
@@ -29,7 +30,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit};
+use crate::store::{ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore};
 
 /// How often the online users and live gateways are sampled.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
@@ -94,12 +95,12 @@ impl PresenceMetrics {
         );
         registry.register(
             "sweeps",
-            "Sweeps for gateways whose lease expired (every heartbeat call sweeps)",
+            "Sweep steps for gateways whose lease expired (background, and one per TakeExits call)",
             metrics.sweeps.clone(),
         );
         registry.register(
             "expired_exits",
-            "Room memberships of dead gateways released by sweeps, each announced as an offline event",
+            "Offline events of users of dead gateways handed to live gateways to announce (re-sent batches count again)",
             metrics.expired_exits.clone(),
         );
         registry.register(
@@ -198,7 +199,11 @@ impl PresenceStore for MeteredPresence {
             .record("connect", self.backend(), start, result)
     }
 
-    async fn disconnect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError> {
+    async fn disconnect(
+        &self,
+        gateway: &GatewayId,
+        user: &UserId,
+    ) -> Result<Option<Vec<RoomId>>, PresenceError> {
         let start = Instant::now();
         let result = self.inner.disconnect(gateway, user).await;
         self.metrics
@@ -217,18 +222,6 @@ impl PresenceStore for MeteredPresence {
             .record("enter_room", self.backend(), start, result)
     }
 
-    async fn leave_room(
-        &self,
-        gateway: &GatewayId,
-        user: &UserId,
-        room: &RoomId,
-    ) -> Result<bool, PresenceError> {
-        let start = Instant::now();
-        let result = self.inner.leave_room(gateway, user, room).await;
-        self.metrics
-            .record("leave_room", self.backend(), start, result)
-    }
-
     async fn heartbeat(
         &self,
         gateway: &GatewayId,
@@ -240,12 +233,11 @@ impl PresenceStore for MeteredPresence {
             .record("heartbeat", self.backend(), start, result)
     }
 
-    async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError> {
+    async fn sweep(&self) -> Result<bool, PresenceError> {
         let start = Instant::now();
-        let result = self.inner.sweep(limit).await;
-        if let Ok(exits) = &result {
+        let result = self.inner.sweep().await;
+        if result.is_ok() {
             self.metrics.sweeps.inc();
-            self.metrics.expired_exits.inc_by(exits.len() as u64);
         }
         self.metrics.record("sweep", self.backend(), start, result)
     }
@@ -254,6 +246,21 @@ impl PresenceStore for MeteredPresence {
         let start = Instant::now();
         let result = self.inner.online(users).await;
         self.metrics.record("online", self.backend(), start, result)
+    async fn take_exits(
+        &self,
+        gateway: &GatewayId,
+        ack: u64,
+        limit: usize,
+    ) -> Result<ExitBatch, PresenceError> {
+        let start = Instant::now();
+        let result = self.inner.take_exits(gateway, ack, limit).await;
+        if let Ok(batch) = &result {
+            self.metrics.expired_exits.inc_by(batch.exits.len() as u64);
+        }
+        self.metrics
+            .record("take_exits", self.backend(), start, result)
+    }
+
     }
 
     async fn stats(&self) -> Result<PresenceStats, PresenceError> {
@@ -281,7 +288,7 @@ mod tests {
         let alice = UserId::parse("alice").expect("valid");
         store.connect("gw1", &alice).await.expect("connect");
         store.heartbeat("gw1", &[alice]).await.expect("heartbeat");
-        store.sweep(10).await.expect("sweep");
+        store.sweep().await.expect("sweep");
         metrics.set_stats(store.stats().await.expect("stats"));
         let text = chat_metrics::exposition(&registry);
         let expected = r#"# HELP chat_presence_store_operation_duration_seconds Time of each presence store call, by operation and backend (memory, redis).
@@ -291,10 +298,10 @@ chat_presence_store_operation_duration_seconds_count{op="heartbeat",backend="mem
 chat_presence_store_operation_duration_seconds_count{op="sweep",backend="memory"} 1
 chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.0005"} 1
 chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="+Inf"} 1
-# HELP chat_presence_sweeps_total Sweeps for gateways whose lease expired (every heartbeat call sweeps).
+# HELP chat_presence_sweeps_total Sweep steps for gateways whose lease expired (background, and one per TakeExits call).
 # TYPE chat_presence_sweeps_total counter
 chat_presence_sweeps_total 1
-# HELP chat_presence_expired_exits_total Room memberships of dead gateways released by sweeps, each announced as an offline event.
+# HELP chat_presence_expired_exits_total Offline events of users of dead gateways handed to live gateways to announce (re-sent batches count again).
 # TYPE chat_presence_expired_exits_total counter
 chat_presence_expired_exits_total 0
 # HELP chat_presence_online_users Users held by gateways with a live lease, once per gateway holding them (sampled every 10 s; the same on every presence replica).

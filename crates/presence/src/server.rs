@@ -23,6 +23,42 @@ use crate::store::PresenceStore;
 
 pub use chat_runtime::health::{DRAIN_GRACE, HEALTH_INTERVAL, NOT_SERVING_LEAD};
 
+/// Sweep steps the background sweeper runs back to back at most before it waits for its
+/// next tick (each step is bounded: about 1,000 users or exits).
+const SWEEP_STEPS_PER_TICK: usize = 1000;
+
+/// How often the background sweeper looks for expired gateways: a tenth of the lease,
+/// between 50 ms and 1 s, so offline events are queued soon after a lease ends.
+pub fn sweep_interval(ttl: std::time::Duration) -> std::time::Duration {
+    (ttl / 10).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(1),
+    )
+}
+
+/// Releases expired gateways every [`sweep_interval`] until `stop`, off the path of any
+/// gateway's call. Every presence replica runs one; the store makes that safe.
+async fn sweep_expired(store: Arc<dyn PresenceStore>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(sweep_interval(store.ttl()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for _ in 0..SWEEP_STEPS_PER_TICK {
+            match store.sweep().await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping expired gateways failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// A bound, not yet serving, presence gRPC server.
 #[derive(Debug)]
 pub struct PresenceServer {
@@ -100,7 +136,8 @@ impl PresenceServer {
     /// lets in-flight calls finish (at most [`DRAIN_GRACE`]).
     ///
     /// Health (for the service `chat.presence.v1.Presence` and the whole server `""`) is
-    /// SERVING while the store answers pings, NOT_SERVING otherwise.
+    /// SERVING while the store answers pings, NOT_SERVING otherwise. Meanwhile a
+    /// background task sweeps expired gateways every [`sweep_interval`].
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Not ready until the first ping succeeds.
@@ -118,6 +155,7 @@ impl PresenceServer {
             self.metrics.clone(),
             stop_health.clone(),
         ));
+        let sweep_task = tokio::spawn(sweep_expired(Arc::clone(&self.store), stop_health.clone()));
 
         // Small request/reply messages: without TCP_NODELAY, Nagle plus delayed ACKs can
         // add tens of milliseconds per call.
@@ -155,6 +193,9 @@ impl PresenceServer {
         }
         if let Err(e) = stats_task.await {
             tracing::error!(error = %e, "presence stats task failed");
+        }
+        if let Err(e) = sweep_task.await {
+            tracing::error!(error = %e, "presence sweeper task failed");
         }
         tracing::info!(addr = %self.local_addr, "grpc server stopped");
         result

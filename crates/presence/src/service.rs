@@ -10,7 +10,7 @@ use chat_model::{RoomId, UserId};
 use chat_proto::presence::presence_server::Presence;
 use chat_proto::presence::{
     HeartbeatReply, HeartbeatRequest, QueryReply, QueryRequest, RoomRequest, RoomTransition,
-    Transition, UserRequest,
+    TakeExitsReply, TakeExitsRequest, Transition, UserRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -20,13 +20,9 @@ use crate::store::{PresenceError, PresenceStore, check_gateway_id};
 /// refused with `INVALID_ARGUMENT` rather than truncated.
 pub const MAX_QUERY_USERS: usize = MAX_PRESENCE_USERS;
 
-/// Room exits one sweep call returns at most.
-pub const SWEEP_BATCH: usize = 1000;
-
-/// Room exits one `Heartbeat` reply carries at most: the sweep is repeated while it
-/// returns full batches, up to this many. The rest goes to the next heartbeat (of any
-/// gateway), so a huge dead gateway cannot make one reply huge.
-pub const MAX_EXITS_PER_HEARTBEAT: usize = 10 * SWEEP_BATCH;
+/// Offline events one `TakeExits` reply carries at most (about 0.5 MiB with the longest
+/// ids, far below the 4 MiB message limit); the rest goes to the next claim.
+pub const MAX_EXITS_PER_CLAIM: usize = 10_000;
 
 /// The one place where store errors become gRPC statuses.
 impl From<PresenceError> for Status {
@@ -81,14 +77,24 @@ impl Presence for PresenceService {
         let req = request.get_ref();
         let (gw, user) = (gateway(&req.gateway)?, user(&req.user)?);
         let changed = self.store.connect(gw, &user).await?;
-        Ok(Response::new(Transition { changed }))
+        Ok(Response::new(Transition {
+            changed,
+            rooms: Vec::new(),
+        }))
     }
 
     async fn detach(&self, request: Request<UserRequest>) -> Result<Response<Transition>, Status> {
         let req = request.get_ref();
         let (gw, user) = (gateway(&req.gateway)?, user(&req.user)?);
-        let changed = self.store.disconnect(gw, &user).await?;
-        Ok(Response::new(Transition { changed }))
+        let offline = self.store.disconnect(gw, &user).await?;
+        Ok(Response::new(Transition {
+            changed: offline.is_some(),
+            rooms: offline
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }))
     }
 
     async fn enter_room(
@@ -101,16 +107,6 @@ impl Presence for PresenceService {
         Ok(Response::new(RoomTransition { changed }))
     }
 
-    async fn leave_room(
-        &self,
-        request: Request<RoomRequest>,
-    ) -> Result<Response<RoomTransition>, Status> {
-        let req = request.get_ref();
-        let (gw, user, room) = (gateway(&req.gateway)?, user(&req.user)?, room(&req.room)?);
-        let changed = self.store.leave_room(gw, &user, &room).await?;
-        Ok(Response::new(RoomTransition { changed }))
-    }
-
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
@@ -119,42 +115,48 @@ impl Presence for PresenceService {
         let gw = gateway(&req.gateway)?;
         let users = users(&req.users)?;
         let lease_lost = self.store.heartbeat(gw, &users).await?;
-        // The lease is renewed; a failing sweep must not make the gateway believe it was
-        // not (the next heartbeat, of any gateway, sweeps again).
-        let mut expired = Vec::new();
-        while expired.len() < MAX_EXITS_PER_HEARTBEAT {
-            match self.store.sweep(SWEEP_BATCH).await {
-                Ok(batch) => {
-                    let full = batch.len() >= SWEEP_BATCH;
-                    expired.extend(
-                        batch
-                            .into_iter()
-                            .map(|exit| chat_proto::presence::RoomExit {
-                                room: exit.room.to_string(),
-                                user: exit.user.to_string(),
-                            }),
-                    );
-                    if !full {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweeping expired gateways failed");
-                    break;
-                }
-            }
-        }
-        if !expired.is_empty() {
-            tracing::info!(
-                gateway = gw,
-                exits = expired.len(),
-                "released room memberships of expired gateways"
-            );
-        }
+        // No sweep here: the caller has a short deadline, and the sweep of a huge dead
+        // gateway would not fit in it. The server's sweeper runs it in the background.
         Ok(Response::new(HeartbeatReply {
             ttl_ms: u64::try_from(self.store.ttl().as_millis()).unwrap_or(u64::MAX),
-            expired,
             lease_lost,
+        }))
+    }
+
+    async fn take_exits(
+        &self,
+        request: Request<TakeExitsRequest>,
+    ) -> Result<Response<TakeExitsReply>, Status> {
+        let req = request.get_ref();
+        let gw = gateway(&req.gateway)?;
+        // One bounded step (about a millisecond in Redis), so that exits of a gateway
+        // that just expired are handed out without waiting for the background sweeper;
+        // it does the rest. A failure here must not fail the claim.
+        if let Err(e) = self.store.sweep().await {
+            tracing::warn!(error = %e, "sweeping expired gateways failed");
+        }
+        let batch = self
+            .store
+            .take_exits(gw, req.ack, MAX_EXITS_PER_CLAIM)
+            .await?;
+        if !batch.exits.is_empty() {
+            tracing::info!(
+                gateway = gw,
+                exits = batch.exits.len(),
+                claim = batch.claim,
+                "handed out offline events of expired gateways"
+            );
+        }
+        Ok(Response::new(TakeExitsReply {
+            claim: batch.claim,
+            exits: batch
+                .exits
+                .into_iter()
+                .map(|exit| chat_proto::presence::RoomExit {
+                    room: exit.room.to_string(),
+                    user: exit.user.to_string(),
+                })
+                .collect(),
         }))
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use chat_presence::PresenceServer;
 use chat_presence::store::memory::MemoryPresence;
 use chat_proto::presence::presence_client::PresenceClient;
-use chat_proto::presence::{HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, UserRequest};
+use chat_proto::presence::{
+    HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, TakeExitsRequest, UserRequest,
+};
 use chat_testkit::process::eventually;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -118,9 +120,6 @@ async fn transitions_queries_and_expiry() {
     assert!(!room_changed(
         client.enter_room(room_req("gw2", "alice", "general")).await
     ));
-    assert!(!room_changed(
-        client.leave_room(room_req("gw2", "alice", "general")).await
-    ));
     assert!(room_changed(
         client.enter_room(room_req("gw2", "bob", "general")).await
     ));
@@ -132,34 +131,45 @@ async fn transitions_queries_and_expiry() {
         .expect("heartbeat")
         .into_inner();
     assert_eq!(reply.ttl_ms, 600);
-    assert!(reply.expired.is_empty());
+    let take = |ack| TakeExitsRequest {
+        gateway: "gw2".into(),
+        ack,
+    };
+    let batch = client.take_exits(take(0)).await.expect("take").into_inner();
+    assert!(batch.exits.is_empty());
+    assert_eq!(batch.claim, 0);
 
-    // gw1 goes silent; gw2 keeps heartbeating and is handed alice's exit once.
-    let mut exits = Vec::new();
+    // gw1 goes silent; gw2 keeps heartbeating and is handed alice's exit, again until it
+    // acknowledges it.
     let mut tick = tokio::time::interval(TTL / 3);
     let deadline = tokio::time::Instant::now() + TTL * 4;
-    while exits.is_empty() && tokio::time::Instant::now() < deadline {
+    let batch = loop {
         tick.tick().await;
-        let reply = client
+        assert!(tokio::time::Instant::now() < deadline, "no exit handed out");
+        client
             .heartbeat(heartbeat("gw2", &["bob"]))
             .await
-            .expect("heartbeat")
-            .into_inner();
-        exits.extend(reply.expired);
-    }
+            .expect("heartbeat");
+        let batch = client.take_exits(take(0)).await.expect("take").into_inner();
+        if !batch.exits.is_empty() {
+            break batch;
+        }
+    };
     assert_eq!(
-        exits,
+        batch.exits,
         vec![RoomExit {
             room: "general".into(),
             user: "alice".into()
         }]
     );
-    let reply = client
-        .heartbeat(heartbeat("gw2", &["bob"]))
+    let again = client.take_exits(take(0)).await.expect("take").into_inner();
+    assert_eq!(again, batch, "not acknowledged: handed out again");
+    let after = client
+        .take_exits(take(batch.claim))
         .await
-        .expect("heartbeat")
+        .expect("ack")
         .into_inner();
-    assert!(reply.expired.is_empty(), "handed out once");
+    assert!(after.exits.is_empty(), "acknowledged: handed out once");
     let online = client
         .query(query(&["alice", "bob"]))
         .await
@@ -167,8 +177,36 @@ async fn transitions_queries_and_expiry() {
         .into_inner()
         .online;
     assert_eq!(online, vec![false, true]);
-    assert!(changed(client.detach(user_req("gw2", "bob")).await));
+    let gone = client
+        .detach(user_req("gw2", "bob"))
+        .await
+        .expect("detach")
+        .into_inner();
+    assert!(gone.changed);
+    assert_eq!(gone.rooms, vec!["general".to_owned()]);
 
+    server.stop().await;
+}
+
+/// The gateway's heartbeat chunk, 5,000 users with 64-character ids (the longest), fits
+/// in one call (it is far below the 4 MiB message limit) and registers them all.
+#[tokio::test]
+async fn heartbeat_chunk_of_5000_long_ids() {
+    let server = Running::start().await;
+    let mut client = PresenceClient::new(server.channel().await);
+    let names: Vec<String> = (0..5000).map(|i| format!("{i:0>64}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    client
+        .heartbeat(heartbeat("gw1", &refs))
+        .await
+        .expect("one chunk");
+    let online = client
+        .query(query(&refs[..500]))
+        .await
+        .expect("query")
+        .into_inner()
+        .online;
+    assert!(online.iter().all(|o| *o));
     server.stop().await;
 }
 
@@ -199,9 +237,7 @@ async fn invalid_requests_are_invalid_argument() {
         room_req("", "alice", "general"),
     ] {
         let what = format!("{req:?}");
-        let status = client.enter_room(req.clone()).await.expect_err(&what);
-        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
-        let status = client.leave_room(req).await.expect_err(&what);
+        let status = client.enter_room(req).await.expect_err(&what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
     for req in [heartbeat("", &[]), heartbeat("gw1", &["ok", "not ok"])] {
@@ -209,6 +245,14 @@ async fn invalid_requests_are_invalid_argument() {
         let status = client.heartbeat(req).await.expect_err(&what);
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
+    let status = client
+        .take_exits(TakeExitsRequest {
+            gateway: "gw 1".into(),
+            ack: 0,
+        })
+        .await
+        .expect_err("bad gateway");
+    assert_eq!(status.code(), Code::InvalidArgument);
     let status = client.query(query(&["a", ""])).await.expect_err("empty id");
     assert_eq!(status.code(), Code::InvalidArgument);
 

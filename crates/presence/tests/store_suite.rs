@@ -88,8 +88,9 @@ async fn online(store: &dyn PresenceStore, user: &str) -> bool {
     reply[0]
 }
 
-/// A live gateway: heartbeats every [`INTERVAL`] and sweeps after each heartbeat, as the
-/// service does, collecting the exits it is handed.
+/// A live gateway: heartbeats every [`INTERVAL`], then sweeps and claims exits as the
+/// service's `TakeExits` does, acknowledging each batch with the next claim, and
+/// collects the exits it is handed.
 struct Heartbeats {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -109,6 +110,7 @@ impl Heartbeats {
             let (stop, exits, rounds) = (stop.clone(), Arc::clone(&exits), Arc::clone(&rounds));
             async move {
                 let mut tick = tokio::time::interval(INTERVAL);
+                let mut ack = 0;
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -116,9 +118,11 @@ impl Heartbeats {
                     }
                     // Failures (Redis restarting) are retried at the next tick.
                     if store.heartbeat(&gateway, &users).await.is_ok()
-                        && let Ok(batch) = store.sweep(1000).await
+                        && store.sweep().await.is_ok()
+                        && let Ok(batch) = store.take_exits(&gateway, ack, 1000).await
                     {
-                        exits.lock().expect("exits").extend(batch);
+                        exits.lock().expect("exits").extend(batch.exits);
+                        ack = batch.claim;
                         rounds.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -177,26 +181,48 @@ async fn second_device_keeps_user_online(fx: &Fixture) {
     let alice = uid("alice");
     assert!(store.connect("gw1", &alice).await.expect("connect 1"));
     assert!(!store.connect("gw2", &alice).await.expect("connect 2"));
-    assert!(!store.disconnect("gw1", &alice).await.expect("disconnect 1"));
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("disconnect 1")
+            .is_none()
+    );
     assert!(online(store, "alice").await, "still on gw2");
-    assert!(store.disconnect("gw2", &alice).await.expect("disconnect 2"));
+    assert!(
+        store
+            .disconnect("gw2", &alice)
+            .await
+            .expect("disconnect 2")
+            .is_some()
+    );
     assert!(!online(store, "alice").await, "offline at once");
     // Repeats and strangers change nothing.
-    assert!(!store.disconnect("gw2", &alice).await.expect("repeat"));
     assert!(
-        !store
+        store
+            .disconnect("gw2", &alice)
+            .await
+            .expect("repeat")
+            .is_none()
+    );
+    assert!(
+        store
             .disconnect("gw3", &uid("bob"))
             .await
             .expect("stranger")
+            .is_none()
     );
     // And back.
     assert!(store.connect("gw2", &alice).await.expect("reconnect"));
     assert!(online(store, "alice").await);
 }
 
-async fn rooms_counted_across_gateways(fx: &Fixture) {
+/// Each room is told once per online period that the user is online, whichever gateway
+/// reports the entry and however often the user leaves and joins again; when the period
+/// ends the last disconnect returns every room told, once.
+async fn rooms_told_once_per_online_period(fx: &Fixture) {
     let store = &*fx.store;
-    let (alice, room) = (uid("alice"), rid("general"));
+    let (alice, room, dm) = (uid("alice"), rid("general"), rid("dm:alice:bob"));
     for gw in ["gw1", "gw2"] {
         store.connect(gw, &alice).await.expect("connect");
     }
@@ -218,63 +244,55 @@ async fn rooms_counted_across_gateways(fx: &Fixture) {
             .await
             .expect("enter 2")
     );
-    assert!(
-        !store
-            .leave_room("gw1", &alice, &room)
-            .await
-            .expect("leave 1")
-    );
-    assert!(
-        !store
-            .leave_room("gw1", &alice, &room)
-            .await
-            .expect("repeat")
-    );
-    assert!(
-        !store
-            .leave_room("gw3", &alice, &room)
-            .await
-            .expect("stranger")
-    );
-    assert!(
-        store
-            .leave_room("gw2", &alice, &room)
-            .await
-            .expect("leave 2")
-    );
-    assert!(
-        !store
-            .leave_room("gw2", &alice, &room)
-            .await
-            .expect("repeat")
-    );
-    // Rooms and users are independent.
-    let dm = rid("dm:alice:bob");
-    assert!(store.enter_room("gw1", &alice, &dm).await.expect("dm"));
+    assert!(store.enter_room("gw2", &alice, &dm).await.expect("dm"));
+    // Rooms are per user.
     assert!(
         store
             .enter_room("gw1", &uid("bob"), &dm)
             .await
             .expect("bob")
     );
-    assert!(store.enter_room("gw1", &alice, &room).await.expect("again"));
+    // One device goes: she is still online, nobody is told anything.
     assert!(
         store
-            .leave_room("gw1", &alice, &dm)
+            .disconnect("gw1", &alice)
             .await
-            .expect("leave dm")
+            .expect("gw1")
+            .is_none()
     );
+    assert!(!store.enter_room("gw2", &alice, &room).await.expect("again"));
+    // The last one: every room of the period, also the one entered through gw1.
+    let mut rooms = store
+        .disconnect("gw2", &alice)
+        .await
+        .expect("gw2")
+        .expect("went offline");
+    rooms.sort();
+    assert_eq!(rooms, vec![rid("dm:alice:bob"), rid("general")]);
     assert!(
         store
-            .leave_room("gw1", &uid("bob"), &dm)
+            .disconnect("gw2", &alice)
             .await
-            .expect("bob")
+            .expect("repeat")
+            .is_none()
+    );
+    // A new period: told again.
+    store.connect("gw1", &alice).await.expect("back");
+    assert!(
+        store
+            .enter_room("gw1", &alice, &room)
+            .await
+            .expect("new period")
+    );
+    assert_eq!(
+        store.disconnect("gw1", &alice).await.expect("gone"),
+        Some(vec![rid("general")])
     );
 }
 
 /// A gateway stops heartbeating (killed); another keeps going. Within ttl + one interval
-/// its user is offline and the sweep hands out its room exits exactly once; a user the
-/// live gateway also holds stays online and in the room.
+/// its user is offline and the live gateway is handed her offline events exactly once; a
+/// user the live gateway also holds stays online, and nobody is told otherwise.
 async fn dead_gateway_is_released(fx: &Fixture) {
     let store = &fx.store;
     let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
@@ -329,17 +347,19 @@ async fn dead_gateway_is_released(fx: &Fixture) {
         got,
         BTreeSet::from([exit("r1", "alice"), exit("r2", "alice")])
     );
-    assert!(store.sweep(1000).await.expect("sweep").is_empty());
+    assert!(!store.sweep().await.expect("sweep"));
+    assert_eq!(
+        store.take_exits("live", 0, 1000).await.expect("take"),
+        Default::default()
+    );
     assert!(online(&**store, "bob").await);
     assert!(online(&**store, "carol").await);
-    // bob is in r1 on the live gateway only now: leaving there is the last leave.
-    assert!(
-        store
-            .leave_room("live", &bob, &rid("r1"))
-            .await
-            .expect("leave")
+    // bob's period goes on: r1 hears when it ends.
+    assert_eq!(
+        store.disconnect("live", &bob).await.expect("bob leaves"),
+        Some(vec![rid("r1")])
     );
-    // And alice's memberships are gone: entering is a first entry again.
+    // And alice's period is over: entering tells the room again.
     store.connect("live", &alice).await.expect("alice back");
     assert!(
         store
@@ -373,14 +393,22 @@ async fn no_flapping_while_heartbeats_arrive(fx: &Fixture) {
         checks += 1;
     }
     assert!(checks >= 20, "only {checks} checks");
-    assert!(store.sweep(1000).await.expect("sweep").is_empty());
+    assert!(!store.sweep().await.expect("sweep"));
+    assert!(
+        store
+            .take_exits("gw2", 0, 1000)
+            .await
+            .expect("take")
+            .exits
+            .is_empty()
+    );
     assert_eq!(beats.stop().await, Vec::new());
 }
 
-/// Two presence replicas sweep the same dead gateway at once: every exit is returned
-/// exactly once in total.
-async fn replicas_sweep_each_exit_once(fx: &Fixture) {
-    const USERS: usize = 150;
+/// Two presence replicas sweep the same dead gateway at once, and two gateways (one on
+/// each replica) claim its exits at once: every exit is handed out exactly once in total.
+async fn replicas_hand_out_each_exit_once(fx: &Fixture) {
+    const USERS: usize = 600;
     const ROOMS: usize = 4;
     let store = &fx.store;
     let mut expected = BTreeSet::new();
@@ -399,38 +427,41 @@ async fn replicas_sweep_each_exit_once(fx: &Fixture) {
             });
         }
     }
-    let replicas = [Arc::clone(store), fx.replica().await];
-    // The first non-empty sweep proves the lease expired.
-    let first = eventually(TTL * 3, "the lease to expire", || {
-        let store = Arc::clone(store);
-        async move {
-            let batch = store.sweep(50).await.expect("sweep");
-            (!batch.is_empty()).then_some(batch)
-        }
+    let users: Vec<UserId> = (0..USERS).map(|u| uid(&format!("u{u}"))).collect();
+    // Connecting them all may take longer than a lease: wait for the last renewal's end.
+    eventually(TTL * 3, "the lease to expire", || async {
+        (store.stats().await.expect("stats").gateways == 0).then_some(())
     })
     .await
     .expect("expired");
-    let sweepers = replicas.map(|replica| {
+    let replicas = [Arc::clone(store), fx.replica().await];
+    let workers = replicas.into_iter().enumerate().map(|(i, replica)| {
         tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let batch = replica.sweep(50).await.expect("sweep");
-                assert!(batch.len() <= 50);
-                if batch.is_empty() {
-                    return mine;
-                }
-                mine.extend(batch);
+            let gateway = format!("live{i}");
+            let (mut mine, mut ack, mut idle) = (Vec::new(), 0, 0);
+            // Claims of 50 while sweeping, until both are idle a few times in a row.
+            while idle < 3 {
+                let more = replica.sweep().await.expect("sweep");
+                let batch = replica.take_exits(&gateway, ack, 50).await.expect("take");
+                assert!(batch.exits.len() <= 50);
+                idle = if batch.exits.is_empty() && !more {
+                    idle + 1
+                } else {
+                    0
+                };
+                ack = batch.claim;
+                mine.extend(batch.exits);
             }
+            mine
         })
     });
-    let mut all = first;
-    for sweeper in sweepers {
-        all.extend(sweeper.await.expect("sweeper"));
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.expect("worker"));
     }
     let got: BTreeSet<_> = all.iter().cloned().collect();
-    assert_eq!(got.len(), all.len(), "some exit was returned twice");
+    assert_eq!(got.len(), all.len(), "some exit was handed out twice");
     assert_eq!(got, expected);
-    let users: Vec<UserId> = (0..USERS).map(|u| uid(&format!("u{u}"))).collect();
     assert!(
         store
             .online(&users)
@@ -441,13 +472,128 @@ async fn replicas_sweep_each_exit_once(fx: &Fixture) {
     );
 }
 
+/// A batch whose reply was lost (the gateway acknowledges an older claim) is handed out
+/// again, until acknowledged; a batch claimed by a gateway that then dies goes back to
+/// be claimed by another. Exits of a user who is online again by then are not handed
+/// out: their rooms join the new period and hear when it ends.
+async fn exits_are_handed_out_until_acknowledged(fx: &Fixture) {
+    let store = &*fx.store;
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    for user in [&alice, &bob] {
+        store.connect("doomed", user).await.expect("connect");
+        store
+            .enter_room("doomed", user, &rid("r1"))
+            .await
+            .expect("enter");
+    }
+    // claimer: live now, silent later (it dies holding a claim).
+    store.heartbeat("claimer", &[]).await.expect("heartbeat");
+    eventually(TTL * 3, "doomed swept", || async {
+        store.heartbeat("claimer", &[]).await.expect("heartbeat");
+        store.sweep().await.expect("sweep");
+        (!online(store, "alice").await && !online(store, "bob").await).then_some(())
+    })
+    .await
+    .expect("swept");
+    // bob is back before anyone announced his exit.
+    store.connect("live", &bob).await.expect("bob back");
+    let first = store.take_exits("claimer", 0, 1000).await.expect("take");
+    assert_eq!(first.exits, vec![exit("r1", "alice")]);
+    assert_ne!(first.claim, 0);
+    // The reply was lost: the same batch again, whatever else is queued.
+    let again = store.take_exits("claimer", 0, 1000).await.expect("take");
+    assert_eq!(again, first);
+    // The claimer dies without acknowledging: the sweep queues the batch again.
+    eventually(TTL * 3, "claimer swept", || async {
+        store
+            .heartbeat("live", std::slice::from_ref(&bob))
+            .await
+            .expect("heartbeat");
+        store.sweep().await.expect("sweep");
+        let batch = store.take_exits("live", 0, 1000).await.expect("take");
+        (!batch.exits.is_empty()).then_some(batch)
+    })
+    .await
+    .map(|batch| {
+        assert_eq!(batch.exits, vec![exit("r1", "alice")]);
+        let done = batch.claim;
+        async move {
+            let next = store.take_exits("live", done, 1000).await.expect("ack");
+            assert_eq!(next, Default::default(), "acknowledged: nothing more");
+        }
+    })
+    .expect("handed to live")
+    .await;
+    // bob's r1 is part of his new period.
+    assert_eq!(
+        store.disconnect("live", &bob).await.expect("bob leaves"),
+        Some(vec![rid("r1")])
+    );
+}
+
+/// A gateway's first heartbeat reports a lost lease also right after `connect` started
+/// its lease: only heartbeats count (the gateway must report its rooms).
+async fn first_heartbeat_after_connect_reports_a_lost_lease(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    store
+        .enter_room("gw1", &alice, &rid("general"))
+        .await
+        .expect("enter");
+    let beat = || store.heartbeat("gw1", std::slice::from_ref(&alice));
+    assert!(
+        beat().await.expect("first heartbeat"),
+        "first: lease unknown"
+    );
+    assert!(!beat().await.expect("second"), "renewed in time: kept");
+}
+
+/// A disconnect reported after the gateway was swept is remembered all the same: a
+/// heartbeat sent before it does not bring the user back.
+async fn disconnect_after_sweep_is_remembered(fx: &Fixture) {
+    let store = &*fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    eventually(TTL * 3, "gw1 swept", || async {
+        store.sweep().await.expect("sweep");
+        (store.stats().await.expect("stats").gateways == 0 && !online(store, "alice").await)
+            .then_some(())
+    })
+    .await
+    .expect("swept");
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("late")
+            .is_none()
+    );
+    assert!(
+        store
+            .heartbeat("gw1", std::slice::from_ref(&alice))
+            .await
+            .expect("stale")
+    );
+    assert!(
+        !online(store, "alice").await,
+        "a stale heartbeat revived her"
+    );
+}
+
 /// A heartbeat computed before a disconnect but arriving after it must not bring the
 /// user back; a ttl after the disconnect, a heartbeat naming the user is believed again.
 async fn late_heartbeat_does_not_revive(fx: &Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
-    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("disconnect")
+            .is_some()
+    );
     store
         .heartbeat("gw1", std::slice::from_ref(&alice))
         .await
@@ -464,6 +610,7 @@ async fn late_heartbeat_does_not_revive(fx: &Fixture) {
             .disconnect("gw2", &alice)
             .await
             .expect("disconnect gw2")
+            .is_some()
     );
     let start = Instant::now();
     eventually(TTL * 3, "gw1's heartbeat to count again", || async {
@@ -480,7 +627,13 @@ async fn late_heartbeat_does_not_revive(fx: &Fixture) {
         "too early: {:?}",
         start.elapsed()
     );
-    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("disconnect")
+            .is_some()
+    );
 }
 
 /// A gateway that was silent for longer than its lease is swept as dead; when it turns
@@ -494,19 +647,36 @@ async fn silent_gateway_comes_back(fx: &Fixture) {
         .await
         .expect("enter");
     let exits = eventually(TTL * 3, "gw1 swept", || async {
-        let batch = store.sweep(1000).await.expect("sweep");
-        (!batch.is_empty()).then_some(batch)
+        store.sweep().await.expect("sweep");
+        let batch = store.take_exits("gw2", 0, 1000).await.expect("take");
+        (!batch.exits.is_empty()).then_some(batch.exits)
     })
     .await
     .expect("swept");
     assert_eq!(exits, vec![exit("general", "alice")]);
     assert!(!online(store, "alice").await);
-    store
-        .heartbeat("gw1", std::slice::from_ref(&alice))
-        .await
-        .expect("heartbeat");
+    assert!(
+        store
+            .heartbeat("gw1", std::slice::from_ref(&alice))
+            .await
+            .expect("heartbeat"),
+        "the lease was lost"
+    );
     assert!(online(store, "alice").await, "back with the heartbeat");
-    assert!(store.disconnect("gw1", &alice).await.expect("disconnect"));
+    // Re-reporting the room tells it again: it heard she went offline.
+    assert!(
+        store
+            .enter_room("gw1", &alice, &rid("general"))
+            .await
+            .expect("re-enter")
+    );
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("disconnect")
+            .is_some()
+    );
     assert!(!online(store, "alice").await);
 }
 
@@ -526,12 +696,14 @@ async fn heartbeat_registers_unknown_users(fx: &Fixture) {
             .disconnect("gw1", &users[2499])
             .await
             .expect("disconnect")
+            .is_some()
     );
     assert!(
         store
             .disconnect("gw1", &users[1234])
             .await
             .expect("disconnect")
+            .is_some()
     );
     assert_eq!(
         store
@@ -607,10 +779,13 @@ suite!(
     [
         online_with_one_connection,
         second_device_keeps_user_online,
-        rooms_counted_across_gateways,
+        rooms_told_once_per_online_period,
         dead_gateway_is_released,
         no_flapping_while_heartbeats_arrive,
-        replicas_sweep_each_exit_once,
+        replicas_hand_out_each_exit_once,
+        exits_are_handed_out_until_acknowledged,
+        first_heartbeat_after_connect_reports_a_lost_lease,
+        disconnect_after_sweep_is_remembered,
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,
         heartbeat_registers_unknown_users,
@@ -625,10 +800,13 @@ suite!(
     [
         online_with_one_connection,
         second_device_keeps_user_online,
-        rooms_counted_across_gateways,
+        rooms_told_once_per_online_period,
         dead_gateway_is_released,
         no_flapping_while_heartbeats_arrive,
-        replicas_sweep_each_exit_once,
+        replicas_hand_out_each_exit_once,
+        exits_are_handed_out_until_acknowledged,
+        first_heartbeat_after_connect_reports_a_lost_lease,
+        disconnect_after_sweep_is_remembered,
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,
         heartbeat_registers_unknown_users,
@@ -696,9 +874,21 @@ async fn redis_restart_heartbeats_restore_online() {
     for b in beats {
         assert!(b.stop().await.is_empty());
     }
-    assert!(!store.disconnect("gw1", &alice).await.expect("disconnect 1"));
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("disconnect 1")
+            .is_none()
+    );
     assert!(online(&*store, "alice").await);
-    assert!(store.disconnect("gw2", &alice).await.expect("disconnect 2"));
+    assert!(
+        store
+            .disconnect("gw2", &alice)
+            .await
+            .expect("disconnect 2")
+            .is_some()
+    );
     assert!(!online(&*store, "alice").await);
 }
 

@@ -1,7 +1,8 @@
 //! In-process presence: the single-machine default. The same model as the Redis backend
 //! (see [`super::redis`]), kept in maps behind one mutex: a per-user online deadline (the
-//! user key's TTL), the gateways holding each user, per-room counts, and per gateway its
-//! lease deadline and what it holds. Expiry is by deadlines compared on read and in
+//! user key's TTL), the gateways holding each user, the rooms told of each user's online
+//! period, per gateway its lease deadline and users, and the queued and claimed offline
+//! events. Expiry is by deadlines compared on read and in
 //! [`sweep`](PresenceStore::sweep), on [`tokio::time::Instant`] so that tests may pause
 //! time.
 
@@ -13,7 +14,10 @@ use async_trait::async_trait;
 use chat_model::{RoomId, UserId};
 use tokio::time::Instant;
 
-use super::{GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit};
+use super::{ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit};
+
+/// Users and exits one [`PresenceStore::sweep`] call touches about, as in Redis.
+const SWEEP_BUDGET: usize = 1000;
 
 /// Presence for one process (every gateway of it shares the store).
 #[derive(Debug)]
@@ -30,10 +34,23 @@ struct State {
     online_until: HashMap<UserId, Instant>,
     /// The gateways holding a connection of each user (`presence:user:<uid>:gws`).
     holders: HashMap<UserId, HashSet<Arc<str>>>,
-    /// Per room, on how many gateways each user is in it (`presence:room:<room>`).
-    rooms: HashMap<RoomId, HashMap<UserId, u32>>,
-    /// Every gateway with a lease (`presence:gateways` and `presence:gw:<gw>:*`).
+    /// Rooms told during each user's online period (`presence:user:<uid>:rooms`).
+    told: HashMap<UserId, HashSet<RoomId>>,
+    /// Every gateway with a lease (`presence:gateways`, `presence:gw:<gw>:users`).
     gateways: HashMap<Arc<str>, Gateway>,
+    /// Per gateway, users it disconnected within the last ttl, and when
+    /// (`presence:gw:<gw>:left`): kept apart from the lease, like the Redis key, so a
+    /// disconnect after the gateway was swept is remembered too.
+    left: HashMap<Arc<str>, HashMap<UserId, Instant>>,
+    /// Per gateway, until when its last heartbeat counts (`presence:gw:<gw>:beat`): only
+    /// heartbeats set it, so a lease started by `connect` does not hide a first heartbeat.
+    beats: HashMap<Arc<str>, Instant>,
+    /// Offline events of swept users, not yet claimed (`presence:exits`).
+    exits: HashSet<RoomExit>,
+    /// Per gateway, its unacknowledged batch (`presence:gw:<gw>:claim` and `:claimed`).
+    claimed: HashMap<Arc<str>, ExitBatch>,
+    /// The last claim handed out: claims only increase.
+    last_claim: u64,
 }
 
 #[derive(Debug)]
@@ -42,11 +59,6 @@ struct Gateway {
     deadline: Instant,
     /// Users it holds, to release them when it dies.
     users: HashSet<UserId>,
-    /// Room memberships it holds, to end them when it dies.
-    rooms: HashSet<RoomExit>,
-    /// Users it disconnected within the last ttl, and when: a heartbeat naming one of
-    /// them may have been sent before the disconnect, so it does not re-register them.
-    left: HashMap<UserId, Instant>,
 }
 
 impl MemoryPresence {
@@ -67,26 +79,15 @@ impl MemoryPresence {
     }
 }
 
-/// Starts or renews `gw`'s lease.
-fn renew_lease<'a>(
-    gateways: &'a mut HashMap<Arc<str>, Gateway>,
-    gw: &str,
-    now: Instant,
-    ttl: Duration,
-) -> &'a mut Gateway {
-    let gateway = gateways.entry(gw.into()).or_insert_with(|| Gateway {
-        deadline: now,
-        users: HashSet::new(),
-        rooms: HashSet::new(),
-        left: HashMap::new(),
-    });
-    gateway.deadline = now + ttl;
-    gateway
-}
-
 impl State {
+    /// Starts or renews `gw`'s lease.
     fn renew_lease(&mut self, gw: &str, now: Instant, ttl: Duration) -> &mut Gateway {
-        renew_lease(&mut self.gateways, gw, now, ttl)
+        let gateway = self.gateways.entry(gw.into()).or_insert_with(|| Gateway {
+            deadline: now,
+            users: HashSet::new(),
+        });
+        gateway.deadline = now + ttl;
+        gateway
     }
 
     /// Whether a gateway with a valid lease holds `user`.
@@ -109,29 +110,29 @@ impl State {
         removed
     }
 
-    /// Counts one gateway less for `exit`; returns whether no gateway has it any more.
-    fn leave(&mut self, exit: &RoomExit) -> bool {
-        let Some(members) = self.rooms.get_mut(&exit.room) else {
-            return true;
-        };
-        let gone = match members.get_mut(&exit.user) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            _ => {
-                members.remove(&exit.user);
-                true
-            }
-        };
-        if members.is_empty() {
-            self.rooms.remove(&exit.room);
-        }
-        gone
+    /// `user` went offline: forgets the status and returns the rooms told of the period.
+    fn go_offline(&mut self, user: &UserId) -> Vec<RoomId> {
+        self.online_until.remove(user);
+        self.told
+            .remove(user)
+            .map(|rooms| rooms.into_iter().collect())
+            .unwrap_or_default()
     }
 
-    fn set_online(&mut self, user: &UserId, now: Instant, ttl: Duration) {
-        self.online_until.insert(user.clone(), now + ttl);
+    fn is_online(&self, user: &UserId, now: Instant) -> bool {
+        self.online_until.get(user).is_some_and(|&t| t > now)
+    }
+
+    /// Users `gw` disconnected within the last ttl (expired entries dropped).
+    fn recently_left(
+        &mut self,
+        gw: &str,
+        now: Instant,
+        ttl: Duration,
+    ) -> &mut HashMap<UserId, Instant> {
+        let left = self.left.entry(gw.into()).or_default();
+        left.retain(|_, at| *at + ttl >= now);
+        left
     }
 }
 
@@ -148,73 +149,54 @@ impl PresenceStore for MemoryPresence {
     async fn connect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError> {
         let now = Instant::now();
         let mut st = self.lock();
-        let gw = st.renew_lease(gateway, now, self.ttl);
-        gw.left.remove(user);
-        gw.users.insert(user.clone());
+        st.renew_lease(gateway, now, self.ttl)
+            .users
+            .insert(user.clone());
+        if let Some(left) = st.left.get_mut(gateway) {
+            left.remove(user);
+        }
         st.holders
             .entry(user.clone())
             .or_default()
             .insert(gateway.into());
-        let was_online = st.online_until.get(user).is_some_and(|&t| t > now);
-        st.set_online(user, now, self.ttl);
+        let was_online = st.is_online(user, now);
+        st.online_until.insert(user.clone(), now + self.ttl);
         Ok(!was_online)
     }
 
-    async fn disconnect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError> {
+    async fn disconnect(
+        &self,
+        gateway: &GatewayId,
+        user: &UserId,
+    ) -> Result<Option<Vec<RoomId>>, PresenceError> {
         let now = Instant::now();
         let mut st = self.lock();
         if let Some(gw) = st.gateways.get_mut(gateway) {
             gw.users.remove(user);
-            gw.left.insert(user.clone(), now);
         }
+        // Remembered whether or not the gateway still has a lease, as in Redis.
+        st.left
+            .entry(gateway.into())
+            .or_default()
+            .insert(user.clone(), now);
         if !st.drop_holder(user, gateway) || st.held_live(user, now) {
-            return Ok(false);
+            return Ok(None);
         }
-        st.online_until.remove(user);
-        Ok(true)
+        Ok(Some(st.go_offline(user)))
     }
 
     async fn enter_room(
         &self,
-        gateway: &GatewayId,
+        _gateway: &GatewayId,
         user: &UserId,
         room: &RoomId,
     ) -> Result<bool, PresenceError> {
-        let now = Instant::now();
         let mut st = self.lock();
-        let entry = RoomExit {
-            room: room.clone(),
-            user: user.clone(),
-        };
-        if !st.renew_lease(gateway, now, self.ttl).rooms.insert(entry) {
-            return Ok(false);
-        }
-        let n = st
-            .rooms
-            .entry(room.clone())
-            .or_default()
+        Ok(st
+            .told
             .entry(user.clone())
-            .or_insert(0);
-        *n += 1;
-        Ok(*n == 1)
-    }
-
-    async fn leave_room(
-        &self,
-        gateway: &GatewayId,
-        user: &UserId,
-        room: &RoomId,
-    ) -> Result<bool, PresenceError> {
-        let mut st = self.lock();
-        let entry = RoomExit {
-            room: room.clone(),
-            user: user.clone(),
-        };
-        let held = st
-            .gateways
-            .get_mut(gateway)
-            .is_some_and(|gw| gw.rooms.remove(&entry));
-        Ok(held && st.leave(&entry))
+            .or_default()
+            .insert(room.clone()))
     }
 
     async fn heartbeat(
@@ -224,21 +206,25 @@ impl PresenceStore for MemoryPresence {
     ) -> Result<bool, PresenceError> {
         let now = Instant::now();
         let ttl = self.ttl;
-        let mut guard = self.lock();
+        let mut st = self.lock();
+        // Only a heartbeat within the last ttl counts: a lease started by connect does
+        // not say that room memberships were reported.
+        let lost = st.beats.get(gateway).is_none_or(|&until| until < now);
+        st.beats.insert(gateway.into(), now + ttl);
+        st.renew_lease(gateway, now, ttl);
+        let left = std::mem::take(st.recently_left(gateway, now, ttl));
         let State {
             online_until,
             holders,
             gateways,
             ..
-        } = &mut *guard;
-        // This store loses nothing while it runs: only an unknown or lapsed lease means
-        // the gateway's room memberships may be gone.
-        let lost = gateways.get(gateway).is_none_or(|gw| gw.deadline < now);
-        let gw = renew_lease(gateways, gateway, now, ttl);
-        gw.left.retain(|_, at| *at + ttl >= now);
+        } = &mut *st;
+        let Some(gw) = gateways.get_mut(gateway) else {
+            return Err(PresenceError::Internal("lease vanished".into()));
+        };
         for user in users {
             if !gw.users.contains(user) {
-                if gw.left.contains_key(user) {
+                if left.contains_key(user) {
                     // Disconnected within the last ttl: this heartbeat may have been sent
                     // before that, and must not bring the user back.
                     continue;
@@ -252,46 +238,95 @@ impl PresenceStore for MemoryPresence {
             }
             online_until.insert(user.clone(), now + ttl);
         }
+        st.left.insert(gateway.into(), left);
         Ok(lost)
     }
 
-    async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError> {
+    async fn sweep(&self) -> Result<bool, PresenceError> {
         let now = Instant::now();
         let mut st = self.lock();
-        let mut exits = Vec::new();
-        while exits.len() < limit {
+        let mut budget = SWEEP_BUDGET;
+        while budget > 0 {
             let Some(id) = st
                 .gateways
                 .iter()
                 .find(|(_, gw)| gw.deadline < now)
                 .map(|(id, _)| Arc::clone(id))
             else {
-                break;
+                return Ok(false);
             };
-            let Some(mut gw) = st.gateways.remove(&id) else {
-                break;
-            };
-            while exits.len() < limit {
-                let Some(entry) = gw.rooms.iter().next().cloned() else {
-                    break;
-                };
-                gw.rooms.remove(&entry);
-                if st.leave(&entry) {
-                    exits.push(entry);
-                }
+            if let Some(batch) = st.claimed.remove(&id) {
+                budget = budget.saturating_sub(batch.exits.len());
+                st.exits.extend(batch.exits);
             }
-            for user in std::mem::take(&mut gw.users) {
+            let users: Vec<UserId> = match st.gateways.get_mut(&id) {
+                Some(gw) => {
+                    let take: Vec<UserId> = gw.users.iter().take(budget.max(1)).cloned().collect();
+                    for user in &take {
+                        gw.users.remove(user);
+                    }
+                    take
+                }
+                None => Vec::new(),
+            };
+            budget = budget.saturating_sub(users.len());
+            for user in users {
                 st.drop_holder(&user, &id);
                 if !st.held_live(&user, now) {
-                    st.online_until.remove(&user);
+                    let rooms = st.go_offline(&user);
+                    budget = budget.saturating_sub(rooms.len());
+                    st.exits.extend(rooms.into_iter().map(|room| RoomExit {
+                        room,
+                        user: user.clone(),
+                    }));
                 }
             }
-            if !gw.rooms.is_empty() {
-                // The limit was reached; the rest is released by the next call.
-                st.gateways.insert(id, gw);
+            if st.gateways.get(&id).is_some_and(|gw| gw.users.is_empty()) {
+                // Fully released: forget the gateway (its next heartbeat, if it was alive
+                // after all, registers its users again).
+                st.gateways.remove(&id);
+                st.left.remove(&id);
             }
         }
-        Ok(exits)
+        Ok(true)
+    }
+
+    async fn take_exits(
+        &self,
+        gateway: &GatewayId,
+        ack: u64,
+        limit: usize,
+    ) -> Result<ExitBatch, PresenceError> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if st.claimed.get(gateway).is_some_and(|b| b.claim == ack) {
+            st.claimed.remove(gateway);
+        }
+        if let Some(batch) = st.claimed.get(gateway) {
+            // Not acknowledged: its reply was lost, or the gateway restarted.
+            return Ok(batch.clone());
+        }
+        let popped: Vec<RoomExit> = st.exits.iter().take(limit).cloned().collect();
+        let mut exits = Vec::new();
+        for exit in popped {
+            st.exits.remove(&exit);
+            if st.is_online(&exit.user, now) {
+                // Online again before this was announced: told when the new period ends.
+                st.told.entry(exit.user).or_default().insert(exit.room);
+            } else {
+                exits.push(exit);
+            }
+        }
+        if exits.is_empty() {
+            return Ok(ExitBatch::default());
+        }
+        st.last_claim += 1;
+        let batch = ExitBatch {
+            claim: st.last_claim,
+            exits,
+        };
+        st.claimed.insert(gateway.into(), batch.clone());
+        Ok(batch)
     }
 
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, PresenceError> {

@@ -4,12 +4,21 @@
 //! default) and [`redis`] (Redis strings with TTL and a few sets; any number of presence
 //! replicas). Both pass the same behaviour suite (`tests/store_suite.rs`).
 //!
-//! Gateways report *transitions*: their first/last connection of a user, their first/last
-//! connection of a user in a room. Every gateway holds a lease that its heartbeats renew;
-//! a gateway that stops renewing (killed) has everything it held released by [`sweep`],
-//! exactly once across all presence replicas.
+//! Gateways report *transitions*: their first/last connection of a user, and the first
+//! connection of a user in a room. A user's *online period* runs from the moment some
+//! gateway holds them until none does; during it the store remembers every room told that
+//! the user is online, and when the period ends each of those rooms is told once that the
+//! user went offline (a `leave` tells nobody: the user is still online).
+//!
+//! Every gateway holds a lease that its heartbeats renew; a gateway that stops renewing
+//! (killed) has everything it held released by [`sweep`]. The offline events that this
+//! causes wait in the store until a live gateway claims them with [`take_exits`] and
+//! acknowledges them with its next claim: a batch whose reply was lost is handed out
+//! again (at least once), a batch claimed by a gateway that then died goes back to be
+//! claimed by another.
 //!
 //! [`sweep`]: PresenceStore::sweep
+//! [`take_exits`]: PresenceStore::take_exits
 
 use std::time::Duration;
 
@@ -45,13 +54,24 @@ pub fn check_gateway_id(id: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-/// A user who left a room because their gateway's lease expired.
+/// An offline event to announce: `user` went offline, and `room` had been told they
+/// were online.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoomExit {
-    /// The room the user is in on no gateway any more.
+    /// A room told during the user's online period that the user was online.
     pub room: RoomId,
     /// The user, to be announced offline in `room`.
     pub user: UserId,
+}
+
+/// Offline events claimed by one gateway ([`PresenceStore::take_exits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitBatch {
+    /// Names this batch: the gateway passes it back as `ack` once it announced the
+    /// exits. 0 when `exits` is empty (nothing to acknowledge).
+    pub claim: u64,
+    /// The events to announce.
+    pub exits: Vec<RoomExit>,
 }
 
 /// Gauges of a store, for monitoring ([`PresenceStore::stats`]).
@@ -94,25 +114,24 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// everywhere before (a transition to online); a repeat returns false.
     async fn connect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError>;
 
-    /// `gateway` closed its last connection of `user`. Returns true when no gateway holds
-    /// the user any more (a transition to offline); the user is offline at once. Gateways
-    /// whose lease expired do not count as holding anyone. Returns false when `gateway`
-    /// did not hold the user (a repeat).
-    async fn disconnect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError>;
-
-    /// `gateway`'s first connection of `user` joined `room`. Returns true when the user
-    /// was in the room on no gateway before. Repeating the call changes nothing. Starts or
-    /// renews the gateway's lease, so that the membership ends if the gateway dies.
-    async fn enter_room(
+    /// `gateway` closed its last connection of `user`. When no gateway holds the user any
+    /// more (a transition to offline; the user is offline at once) returns the rooms told
+    /// during this online period that the user was online, each to be told now that the
+    /// user went offline; the store forgets them. Gateways whose lease expired do not
+    /// count as holding anyone. Returns `None` while another gateway holds the user, and
+    /// when `gateway` did not hold the user (a repeat, or it was swept meanwhile). Either
+    /// way the disconnect is remembered for a `ttl()` (see [`heartbeat`](Self::heartbeat)).
+    async fn disconnect(
         &self,
         gateway: &GatewayId,
         user: &UserId,
-        room: &RoomId,
-    ) -> Result<bool, PresenceError>;
+    ) -> Result<Option<Vec<RoomId>>, PresenceError>;
 
-    /// `gateway`'s last connection of `user` left `room`. Returns true when the user is in
-    /// the room on no gateway any more. Repeating the call changes nothing.
-    async fn leave_room(
+    /// A connection of `user` on `gateway` joined `room`. Returns true when `room` was not
+    /// yet told, during the user's online period, that the user is online: the caller
+    /// announces it, and the room is told when the period ends. A repeat (from any
+    /// gateway, also after the user left the room and joined it again) returns false.
+    async fn enter_room(
         &self,
         gateway: &GatewayId,
         user: &UserId,
@@ -127,20 +146,34 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// (its connect was lost, Redis lost its data, or the gateway was swept as dead after
     /// a silence of `ttl()`), except a user `gateway` disconnected within the last
     /// `ttl()`: this heartbeat may have been sent before that disconnect, and must not
-    /// bring the user back. Room memberships are not restored this way: returns true when
-    /// the store has no record of `gateway`'s previous heartbeat within `ttl()` (its
-    /// first one, a lapsed lease, or the store lost its data), and the gateway must then
-    /// repeat `enter_room` for what it holds (it is idempotent).
+    /// bring the user back. Rooms are not restored this way: returns true when the store
+    /// has no record of `gateway`'s previous *heartbeat* within `ttl()` (its first one,
+    /// also right after `connect`, a lapsed lease, or the store lost its data), and the
+    /// gateway must then repeat `enter_room` for what it holds (it is idempotent).
     async fn heartbeat(&self, gateway: &GatewayId, users: &[UserId])
     -> Result<bool, PresenceError>;
 
-    /// Releases what gateways whose lease expired held: their users go offline unless
-    /// another gateway holds them, their room memberships end. Returns at most `limit`
-    /// room exits that ended everywhere (the caller announces them); call again while it
-    /// returns `limit`. Each exit is returned once, across concurrent callers (and
-    /// presence replicas). Work per call is bounded, so a huge dead gateway may take
-    /// several calls.
-    async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError>;
+    /// One bounded step of releasing what gateways whose lease expired held: their users
+    /// go offline unless another live gateway holds them, and the offline events of those
+    /// who did (one per room told of their online period) are queued for
+    /// [`take_exits`](Self::take_exits); exits such a gateway had claimed and not
+    /// acknowledged are queued again. Returns true when it stopped early (call again).
+    /// Safe to run concurrently from any number of presence replicas.
+    async fn sweep(&self) -> Result<bool, PresenceError>;
+
+    /// Claims offline events for `gateway` to announce. First acknowledges the batch
+    /// named `ack` (the `claim` of the last batch the gateway announced; 0 for none) if
+    /// it is the gateway's outstanding one. If a batch is still outstanding (its reply
+    /// was lost, or the gateway restarted) it is returned again; otherwise up to `limit`
+    /// queued events are claimed. An event whose user is online again by now is not
+    /// returned: its room is added to the user's current period instead, so it is told
+    /// when that one ends.
+    async fn take_exits(
+        &self,
+        gateway: &GatewayId,
+        ack: u64,
+        limit: usize,
+    ) -> Result<ExitBatch, PresenceError>;
 
     /// Whether each user is online, in the order asked.
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, PresenceError>;

@@ -10,11 +10,14 @@
 //! |---|---|---|
 //! | `presence:user:<uid>` | string `online`, `PX ttl` | the online status: present = online |
 //! | `presence:user:<uid>:gws` | set | gateways holding ≥ 1 connection of the user |
-//! | `presence:room:<room>` | hash | uid → on how many gateways the user is in the room |
+//! | `presence:user:<uid>:rooms` | set | rooms told during the user's online period that the user is online; told offline when it ends |
 //! | `presence:gw:<gw>:users` | set | users the gateway holds (released when it dies) |
-//! | `presence:gw:<gw>:rooms` | set | `"<room> <uid>"` memberships the gateway holds |
 //! | `presence:gw:<gw>:left` | sorted set | uid → when the gateway disconnected it (ms); kept for a ttl |
+//! | `presence:gw:<gw>:beat` | string, `PX ttl` | set by heartbeats only: its absence is a lost lease (first heartbeat, silence, Redis lost its data) |
+//! | `presence:gw:<gw>:claim` | string | the claim of the gateway's unacknowledged batch of exits |
+//! | `presence:gw:<gw>:claimed` | set | `"<room> <uid>"` exits of that batch (queued again if the gateway dies) |
 //! | `presence:gateways` | sorted set | gateway → lease deadline (unix ms, Redis clock) |
+//! | `presence:exits` | set | `"<room> <uid>"` offline events of swept users, not yet claimed |
 //!
 //! Every operation is one Lua script (`src/store/lua/`), so it is atomic and costs one
 //! round trip; lease deadlines come from Redis `TIME`, so replicas agree on them. Scripts
@@ -36,18 +39,15 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::types::Builder;
 use fred::types::config::{Config, ReconnectPolicy};
 
-use super::{GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit};
+use super::{ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit};
 
 /// Redis command timeout: a call that takes longer fails as unavailable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Users per heartbeat script call: large enough to amortise the round trip, small
 /// enough that one call blocks Redis for about a millisecond.
 pub const HEARTBEAT_CHUNK: usize = 1000;
-/// Entries (users or room memberships) one sweep script call releases at most, for the
-/// same reason.
+/// Entries (users, exits) one sweep script call touches about, for the same reason.
 const SWEEP_BUDGET: usize = 1000;
-/// Sweep script calls per [`PresenceStore::sweep`]; what is left waits for the next one.
-const SWEEP_CALLS: usize = 100;
 
 /// One Lua script: its source (to load it again after a Redis restart) and SHA-1.
 #[derive(Debug)]
@@ -74,9 +74,9 @@ struct Scripts {
     connect: Script,
     disconnect: Script,
     enter_room: Script,
-    leave_room: Script,
     heartbeat: Script,
     sweep: Script,
+    take_exits: Script,
     stats: Script,
 }
 
@@ -100,9 +100,9 @@ impl Scripts {
             connect: one(client, script!("lua/connect.lua")).await?,
             disconnect: one(client, script!("lua/disconnect.lua")).await?,
             enter_room: one(client, script!("lua/enter_room.lua")).await?,
-            leave_room: one(client, script!("lua/leave_room.lua")).await?,
             heartbeat: one(client, script!("lua/heartbeat.lua")).await?,
             sweep: one(client, script!("lua/sweep.lua")).await?,
+            take_exits: one(client, script!("lua/take_exits.lua")).await?,
             stats: one(client, script!("lua/stats.lua")).await?,
         })
     }
@@ -223,7 +223,7 @@ fn user_key(user: &UserId) -> String {
     format!("presence:user:{user}")
 }
 
-/// Parses a sweep script exit, `"<room> <uid>"`.
+/// Parses a queued exit, `"<room> <uid>"`.
 fn parse_exit(entry: &str) -> Result<RoomExit, PresenceError> {
     let bad = || PresenceError::Internal(format!("malformed room membership {entry:?}"));
     let (room, user) = entry.split_once(' ').ok_or_else(bad)?;
@@ -248,9 +248,25 @@ impl PresenceStore for RedisPresence {
         self.run_flag(&self.scripts.connect, args).await
     }
 
-    async fn disconnect(&self, gateway: &GatewayId, user: &UserId) -> Result<bool, PresenceError> {
+    async fn disconnect(
+        &self,
+        gateway: &GatewayId,
+        user: &UserId,
+    ) -> Result<Option<Vec<RoomId>>, PresenceError> {
         let args = vec![gateway.to_owned(), user.to_string()];
-        self.run_flag(&self.scripts.disconnect, args).await
+        let reply: Vec<String> = self.run(&self.scripts.disconnect, args).await?;
+        match reply.split_first() {
+            Some((flag, rooms)) if flag == "1" => rooms
+                .iter()
+                .map(|r| {
+                    RoomId::parse(r)
+                        .map_err(|_| PresenceError::Internal(format!("malformed room {r:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Ok(None),
+            None => Err(PresenceError::Internal("empty disconnect reply".into())),
+        }
     }
 
     async fn enter_room(
@@ -259,23 +275,8 @@ impl PresenceStore for RedisPresence {
         user: &UserId,
         room: &RoomId,
     ) -> Result<bool, PresenceError> {
-        let args = vec![
-            gateway.to_owned(),
-            user.to_string(),
-            room.to_string(),
-            self.ttl_ms(),
-        ];
-        self.run_flag(&self.scripts.enter_room, args).await
-    }
-
-    async fn leave_room(
-        &self,
-        gateway: &GatewayId,
-        user: &UserId,
-        room: &RoomId,
-    ) -> Result<bool, PresenceError> {
         let args = vec![gateway.to_owned(), user.to_string(), room.to_string()];
-        self.run_flag(&self.scripts.leave_room, args).await
+        self.run_flag(&self.scripts.enter_room, args).await
     }
 
     async fn heartbeat(
@@ -303,25 +304,30 @@ impl PresenceStore for RedisPresence {
         Ok(lost.unwrap_or(false))
     }
 
-    async fn sweep(&self, limit: usize) -> Result<Vec<RoomExit>, PresenceError> {
-        let mut exits = Vec::new();
-        for _ in 0..SWEEP_CALLS {
-            if exits.len() >= limit {
-                break;
-            }
-            let args = vec![(limit - exits.len()).to_string(), SWEEP_BUDGET.to_string()];
-            let reply: Vec<String> = self.run(&self.scripts.sweep, args).await?;
-            let (more, entries) = reply
-                .split_first()
-                .ok_or_else(|| PresenceError::Internal("empty sweep reply".into()))?;
-            for entry in entries {
-                exits.push(parse_exit(entry)?);
-            }
-            if more != "1" {
-                break;
-            }
-        }
-        Ok(exits)
+    async fn sweep(&self) -> Result<bool, PresenceError> {
+        let args = vec![SWEEP_BUDGET.to_string()];
+        self.run_flag(&self.scripts.sweep, args).await
+    }
+
+    async fn take_exits(
+        &self,
+        gateway: &GatewayId,
+        ack: u64,
+        limit: usize,
+    ) -> Result<ExitBatch, PresenceError> {
+        let args = vec![gateway.to_owned(), ack.to_string(), limit.to_string()];
+        let reply: Vec<String> = self.run(&self.scripts.take_exits, args).await?;
+        let (claim, entries) = reply
+            .split_first()
+            .ok_or_else(|| PresenceError::Internal("empty take_exits reply".into()))?;
+        let claim = claim
+            .parse()
+            .map_err(|_| PresenceError::Internal(format!("malformed claim {claim:?}")))?;
+        let exits = entries
+            .iter()
+            .map(|e| parse_exit(e))
+            .collect::<Result<_, _>>()?;
+        Ok(ExitBatch { claim, exits })
     }
 
     async fn online(&self, users: &[UserId]) -> Result<Vec<bool>, PresenceError> {

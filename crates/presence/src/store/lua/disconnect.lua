@@ -1,12 +1,16 @@
--- disconnect(gw, uid) -> 1 when gw held the user and no live gateway holds it any more;
--- the user key is then deleted (offline at once).
+-- disconnect(gw, uid) -> {'1', room...} when gw held the user and no live gateway holds
+-- it any more (the user key is deleted: offline at once; the rooms are those told of the
+-- online period that just ended), else {'0'}.
 local gw, uid = ARGV[1], ARGV[2]
 local now = now_ms()
 redis.call('SREM', gw_users_key(gw), uid)
 -- Remembered for a ttl, so that a heartbeat sent before this does not re-register it.
 redis.call('ZADD', gw_left_key(gw), now, uid)
 if redis.call('SREM', user_gws_key(uid), gw) == 0 or held_live(uid, now) then
-  return 0
+  return {'0'}
 end
-redis.call('DEL', user_key(uid))
-return 1
+local out = {'1'}
+for _, room in ipairs(go_offline(uid)) do
+  out[#out + 1] = room
+end
+return out

@@ -5,8 +5,8 @@ local gw, ttl = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 -- Renewed before any user is touched: from here on no sweeper releases this gateway.
 redis.call('ZADD', GATEWAYS, now + ttl, gw)
--- Only heartbeats set this marker (connect and enter_room renew the lease too, so the
--- lease cannot tell): without it, room memberships may be lost and the gateway must
+-- Only heartbeats set this marker (connect renews the lease too, so the lease
+-- cannot tell): without it, room memberships may be lost and the gateway must
 -- report them again. Users need no such step: the loop below registers them.
 local lost = 0
 if not redis.call('SET', gw_beat_key(gw), '1', 'PX', ttl, 'GET') then

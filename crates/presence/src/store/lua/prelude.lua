@@ -2,13 +2,15 @@
 -- Keys are built here from ids passed in ARGV (ids never contain spaces), so the scripts
 -- need one Redis server (or primary), not a cluster.
 local GATEWAYS = 'presence:gateways'
+local EXITS = 'presence:exits'
 local function user_key(uid) return 'presence:user:' .. uid end
 local function user_gws_key(uid) return 'presence:user:' .. uid .. ':gws' end
-local function room_key(room) return 'presence:room:' .. room end
+local function user_rooms_key(uid) return 'presence:user:' .. uid .. ':rooms' end
 local function gw_users_key(gw) return 'presence:gw:' .. gw .. ':users' end
-local function gw_rooms_key(gw) return 'presence:gw:' .. gw .. ':rooms' end
 local function gw_left_key(gw) return 'presence:gw:' .. gw .. ':left' end
 local function gw_beat_key(gw) return 'presence:gw:' .. gw .. ':beat' end
+local function gw_claim_key(gw) return 'presence:gw:' .. gw .. ':claim' end
+local function gw_claimed_key(gw) return 'presence:gw:' .. gw .. ':claimed' end
 
 -- Redis' clock, so that every presence replica agrees on lease deadlines.
 local function now_ms()
@@ -30,3 +32,11 @@ local function held_live(uid, now)
   return false
 end
 
+-- uid went offline: deletes its status and returns the rooms told during its online
+-- period that it was online (now forgotten).
+local function go_offline(uid)
+  redis.call('DEL', user_key(uid))
+  local rooms = redis.call('SMEMBERS', user_rooms_key(uid))
+  redis.call('DEL', user_rooms_key(uid))
+  return rooms
+end

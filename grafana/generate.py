@@ -343,9 +343,9 @@ def overview():
         w=4,
     )
     b.stat(
-        "Redis fan-out down",
-        "Gateways whose Redis fan-out is disconnected (chat_gateway_redis_connected == 0).",
-        'count(chat_gateway_redis_connected == 0) or vector(0)',
+        "Redis down",
+        "Gateways whose Redis fan-out is disconnected (chat_gateway_redis_connected == 0) and presence replicas whose Redis store is (chat_presence_redis_connected == 0).",
+        'count(chat_gateway_redis_connected == 0 or chat_presence_redis_connected == 0) or vector(0)',
         w=3,
         thresholds=["green", (1, "red")],
     )
@@ -526,7 +526,7 @@ def gateway():
     )
     b.graph(
         "Reconnects and lag",
-        "chat_gateway_redis_reconnects_total and chat_gateway_redis_reader_lagged_total (events dropped by a slow reader; both trigger a resync).",
+        "chat_gateway_redis_reconnects_total (publisher and subscriber) and chat_gateway_redis_reader_lagged_total (events dropped by a slow reader; a subscriber reconnect and a lag both trigger a resync).",
         (f"sum(increase(chat_gateway_redis_reconnects_total{sel}[{RATE}]))", "reconnects"),
         (f"sum(increase(chat_gateway_redis_reader_lagged_total{sel}[{RATE}]))", "lagged events"),
         w=8,
@@ -647,6 +647,19 @@ def presence():
         "chat_presence_sweeps_total and chat_presence_expired_exits_total (room memberships of dead gateways released, announced offline).",
         (f"sum(rate(chat_presence_sweeps_total{sel}[{RATE}]))", "sweeps / s"),
         (f"sum(increase(chat_presence_expired_exits_total{sel}[{RATE}]))", "expired exits"),
+    )
+    b.row("Redis store")
+    b.graph(
+        "Redis connected",
+        "chat_presence_redis_connected: 1 while the store's Redis connection is up (Redis store only; alert when 0 for a minute).",
+        (f"chat_presence_redis_connected{sel}", "{{instance}}"),
+        w=12,
+    )
+    b.graph(
+        "Redis reconnects",
+        "chat_presence_redis_reconnects_total: reconnections of the store's Redis connection.",
+        (f"sum by (instance) (increase(chat_presence_redis_reconnects_total{sel}[{RATE}]))", "{{instance}}"),
+        w=12,
     )
     b.row("Metrics endpoint")
     http_row(b, sel)

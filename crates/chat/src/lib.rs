@@ -70,7 +70,8 @@ impl AllInOne {
             .await
             .context("binding the in-process history service")?
             .with_internal_token(Some(token.clone()));
-        let presence_store = chat_presence::open_store(&presence_settings).await?;
+        let presence_store =
+            chat_presence::open_store_with_metrics(&presence_settings, &mut metrics).await?;
         let presence = PresenceServer::bind_with_metrics(loopback, presence_store, &mut metrics)
             .await
             .context("binding the in-process presence service")?

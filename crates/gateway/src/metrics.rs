@@ -27,9 +27,9 @@
 //! - `chat_gateway_resyncs_total`: resync signals from fan-out (reconnects, lag).
 //! - `chat_gateway_catchup_messages_total`: messages replayed to joins with `since`.
 //! - `chat_gateway_redis_*` (Redis fan-out only, see [`RedisFanOutMetrics`]):
-//!   `publishes_total{result}`, `received_total`, `reconnects_total`,
-//!   `reader_lagged_total`, and `connected` (1 while both Redis connections are up,
-//!   read at scrape time).
+//!   `publishes_total{result}`, `received_total`, `reconnects_total` (publisher and
+//!   subscriber), `reader_lagged_total`, and `connected` (1 while both Redis connections
+//!   are up, read at scrape time).
 
 use std::sync::{Arc, OnceLock};
 
@@ -344,7 +344,7 @@ impl RedisFanOutMetrics {
         );
         registry.register(
             "reconnects",
-            "Reconnections of the Redis subscriber (each followed by resubscribing and a resync)",
+            "Reconnections of the Redis publisher and subscriber (a subscriber reconnect is followed by resubscribing and a resync)",
             metrics.reconnects.clone(),
         );
         registry.register(
@@ -377,6 +377,30 @@ impl RedisFanOutMetrics {
     /// The subscriber reconnected.
     pub fn reconnected(&self) {
         self.reconnects.inc();
+    }
+
+    /// Counts the reconnects a client's notifications report (`reconnect_rx`, the
+    /// publisher's: the subscriber's are counted by its resubscribing task) until the
+    /// client is gone. The task holds the counter only, so it keeps nothing else alive.
+    pub fn count_reconnects<T: Clone + Send + 'static>(
+        &self,
+        mut notifications: tokio::sync::broadcast::Receiver<T>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        let reconnects = self.reconnects.clone();
+        tokio::spawn(async move {
+            loop {
+                match notifications.recv().await {
+                    Ok(_) => {
+                        reconnects.inc();
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        reconnects.inc_by(missed);
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// The reader fell behind and `n` events were dropped.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chat_proto::auth::{InternalToken, TOKEN_VAR};
 
+use crate::metrics::RedisConnectionMetrics;
 use crate::store::PresenceStore;
 use crate::store::memory::MemoryPresence;
 use crate::store::redis::RedisPresence;
@@ -128,10 +129,31 @@ fn internal_token(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Optio
 /// Opens the store the settings choose: Redis when `redis_url` is set (fails when Redis
 /// is unreachable now), else the in-memory store.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn PresenceStore>> {
+    open(settings, None).await
+}
+
+/// [`open_store`], reporting a Redis store's connection in `metrics`
+/// (`chat_presence_redis_*`, registered only when the store is Redis).
+pub async fn open_store_with_metrics(
+    settings: &Settings,
+    metrics: &mut chat_metrics::Metrics,
+) -> anyhow::Result<Arc<dyn PresenceStore>> {
+    open(settings, Some(&mut metrics.registry)).await
+}
+
+async fn open(
+    settings: &Settings,
+    registry: Option<&mut chat_metrics::Registry>,
+) -> anyhow::Result<Arc<dyn PresenceStore>> {
     if let Some(url) = &settings.redis_url {
         let store = RedisPresence::connect(url, settings.ttl)
             .await
             .context("cannot use the Redis presence store")?;
+        if let Some(registry) = registry {
+            store.watch_connection(&RedisConnectionMetrics::register(
+                registry.sub_registry_with_prefix("chat_presence_redis"),
+            ));
+        }
         tracing::info!(ttl = ?settings.ttl, "presence store: Redis");
         Ok(Arc::new(store))
     } else {

@@ -82,3 +82,43 @@ grpc_server_request_duration_seconds_count{service="chat.presence.v1.Presence",m
     task.await??;
     Ok(())
 }
+
+/// `chat_presence_redis_*`: registered for a Redis store only; `connected` follows the
+/// client, and a reconnect (Redis restarted) is counted once the client is back.
+#[tokio::test]
+async fn redis_connection_families() -> anyhow::Result<()> {
+    let mut metrics = Metrics::new("presence");
+    let _memory =
+        chat_presence::open_store_with_metrics(&chat_presence::Settings::default(), &mut metrics)
+            .await?;
+    let text = exposition(&metrics.registry);
+    assert!(!text.contains("chat_presence_redis"), "{text}");
+
+    let mut redis = chat_testkit::redis::RedisServer::start().await?;
+    let mut metrics = Metrics::new("presence");
+    let settings = chat_presence::Settings {
+        redis_url: Some(redis.url()),
+        ..Default::default()
+    };
+    let _store = chat_presence::open_store_with_metrics(&settings, &mut metrics).await?;
+    let expected = r#"# HELP chat_presence_redis_reconnects_total Reconnections of the presence store's Redis connection (fred reconnects by itself after a failure).
+# TYPE chat_presence_redis_reconnects_total counter
+chat_presence_redis_reconnects_total 0
+# HELP chat_presence_redis_connected 1 while the presence store's Redis connection is up, else 0.
+# TYPE chat_presence_redis_connected gauge
+chat_presence_redis_connected 1"#;
+    let text = exposition(&metrics.registry);
+    assert_eq!(missing_lines(&text, expected), Vec::<&str>::new(), "{text}");
+
+    redis.restart().await?;
+    let registry = &metrics.registry;
+    let back = "chat_presence_redis_reconnects_total 1\nchat_presence_redis_connected 1";
+    eventually(Duration::from_secs(10), "reconnect counted", || async {
+        missing_lines(&exposition(registry), back)
+            .is_empty()
+            .then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}:\n{}", exposition(registry)))?;
+    Ok(())
+}

@@ -132,6 +132,9 @@ impl RedisFanOut {
             let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
             move || publisher.is_connected() && subscriber.is_connected()
         });
+        // After init, so the first connection is not counted; the subscriber's reconnects
+        // are counted by `resubscribe_on_reconnect`.
+        metrics.count_reconnects(publisher.reconnect_rx());
 
         let rooms = Arc::new(Rooms {
             counts: RefCounts::default(),

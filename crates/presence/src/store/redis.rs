@@ -167,6 +167,11 @@ impl RedisPresence {
         })
     }
 
+    /// Reports this store's Redis connection in `metrics` (`chat_presence_redis_*`).
+    pub fn watch_connection(&self, metrics: &crate::metrics::RedisConnectionMetrics) {
+        metrics.watch(&self.client);
+    }
+
     fn ttl_ms(&self) -> String {
         self.ttl.as_millis().max(1).to_string()
     }

@@ -1,11 +1,15 @@
 //! A real Prometheus scrapes the services: a gateway (Redis fan-out), history and presence
 //! as their binaries run them, each with its own registry and `/metrics` on a free port
 //! (the three run in this test process, so their process CPU and memory are this
-//! process's). Prometheus loads the repository's rule files. The test waits until every
-//! target is up, drives chat traffic over WebSockets, then asserts that the seed's
-//! metrics have series on every job and non-zero values where traffic moves them, that
-//! every rule evaluates cleanly, and that every Grafana dashboard query runs.
+//! process's). Prometheus runs the shipped `prometheus/prometheus.yml` (its jobs, scrape
+//! settings and rule files; only the service discovery is replaced by this test's
+//! addresses, and the intervals shortened), so a renamed or added job fails here. The
+//! test waits until every target is up, drives chat traffic over WebSockets, then asserts
+//! that the seed's metrics have series on every job and non-zero values where traffic
+//! moves them, that every rule evaluates cleanly, and that every Grafana dashboard query
+//! runs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use chat_metrics::Metrics;
 use chat_metrics::serve::{HealthCheck, health_check, serve_metrics};
 use chat_presence::PresenceServer;
 use chat_testkit::process::eventually;
-use chat_testkit::prometheus::PrometheusServer;
+use chat_testkit::prometheus::{PrometheusServer, SELF_ADDR};
 use chat_testkit::redis::RedisServer;
 use chat_testkit::ws::WsClient;
 use serde_json::Value;
@@ -59,6 +63,77 @@ async fn metrics_server(
         stop.clone().cancelled_owned(),
     ));
     Ok(addr)
+}
+
+/// `shipped` (prometheus/prometheus.yml) as this test runs it, and its job names in
+/// order. Kept as shipped: the jobs and their scrape settings, the rule files (made
+/// absolute). Replaced: each job's targets (its `*_sd_configs` or `static_configs` block)
+/// by a static target from `targets` (a job the test has no address for is an error),
+/// and the global scrape and evaluation intervals by 1 s, so that the test sees data in
+/// seconds rather than minutes.
+fn test_config(
+    shipped: &str,
+    targets: &BTreeMap<&str, String>,
+) -> anyhow::Result<(String, Vec<String>)> {
+    fn indent(line: &str) -> usize {
+        line.len() - line.trim_start().len()
+    }
+    let rules_dir = repo().join("prometheus").canonicalize()?;
+    let mut out = String::new();
+    let mut jobs = Vec::new();
+    let mut section = "";
+    let mut lines = shipped.lines().peekable();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim();
+        if indent(line) == 0 && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            section = trimmed.trim_end_matches(':');
+        }
+        match section {
+            "global" if indent(line) == 2 && trimmed.contains(':') => {
+                let (key, _) = trimmed.split_once(':').unwrap_or_default();
+                let value = match key {
+                    "scrape_interval" | "evaluation_interval" | "scrape_timeout" => "1s",
+                    _ => trimmed.split_once(':').map_or("", |(_, v)| v.trim()),
+                };
+                out.push_str(&format!("  {key}: {value}\n"));
+            }
+            "rule_files" if trimmed.starts_with("- ") => {
+                let path = rules_dir.join(trimmed.trim_start_matches("- ").trim());
+                out.push_str(&format!("  - \"{}\"\n", path.display()));
+            }
+            "scrape_configs" if trimmed.starts_with("- job_name:") => {
+                let job = trimmed.trim_start_matches("- job_name:").trim();
+                jobs.push(job.to_owned());
+                out.push_str(line);
+                out.push('\n');
+            }
+            "scrape_configs"
+                if indent(line) == 4
+                    && (trimmed.ends_with("_sd_configs:")
+                        || trimmed.starts_with("static_configs:")) =>
+            {
+                // The whole block: this line and the more indented ones under it.
+                while lines
+                    .peek()
+                    .is_some_and(|l| indent(l) > 4 || l.trim().is_empty())
+                {
+                    lines.next();
+                }
+                let job = jobs.last().map_or("", String::as_str);
+                let target = targets
+                    .get(job)
+                    .ok_or_else(|| anyhow::anyhow!("no test address for job {job:?}"))?;
+                out.push_str(&format!(
+                    "    static_configs: [{{targets: [\"{target}\"]}}]\n\n"
+                ));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok((out, jobs))
 }
 
 /// Every PromQL query of the dashboards, with Grafana's variables given values.
@@ -139,10 +214,12 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
 
     // presence, on Redis.
     let mut metrics = Metrics::new("presence");
-    let store: Arc<dyn chat_presence::PresenceStore> = Arc::new(
-        chat_presence::store::redis::RedisPresence::connect(&redis.url(), Duration::from_secs(30))
-            .await?,
-    );
+    let settings = chat_presence::Settings {
+        redis_url: Some(redis.url()),
+        ttl: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let store = chat_presence::open_store_with_metrics(&settings, &mut metrics).await?;
     let presence = PresenceServer::bind_with_metrics(loopback, store, &mut metrics).await?;
     let presence_url = format!("http://{}", presence.local_addr());
     let presence_metrics =
@@ -167,27 +244,27 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
     let gateway_addr = gateway.local_addr()?;
     tokio::spawn(gateway.run());
 
-    // Prometheus: the jobs of prometheus/prometheus.yml with static targets, and its rules.
-    let rules = repo().join("prometheus/rules").canonicalize()?;
-    let config = format!(
-        r#"global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - "{rules}/*.yml"
-scrape_configs:
-  - job_name: gateway
-    static_configs: [{{targets: ["{gateway_addr}"]}}]
-  - job_name: history
-    static_configs: [{{targets: ["{history_metrics}"]}}]
-  - job_name: presence
-    static_configs: [{{targets: ["{presence_metrics}"]}}]
-"#,
-        rules = rules.display()
+    // Prometheus: the shipped prometheus/prometheus.yml, its service discovery replaced by
+    // this test's addresses.
+    let targets = BTreeMap::from([
+        ("gateway", gateway_addr.to_string()),
+        ("history", history_metrics.to_string()),
+        ("presence", presence_metrics.to_string()),
+        ("prometheus", SELF_ADDR.to_owned()),
+    ]);
+    let shipped = std::fs::read_to_string(repo().join("prometheus/prometheus.yml"))?;
+    let (config, mut jobs) = test_config(&shipped, &targets)?;
+    jobs.sort_unstable();
+    assert_eq!(
+        jobs,
+        targets
+            .keys()
+            .map(|job| job.to_string())
+            .collect::<Vec<_>>(),
+        "the jobs of prometheus/prometheus.yml are the ones this test serves:\n{config}"
     );
     let prometheus = PrometheusServer::start(&config).await?;
-    prometheus.wait_targets_up(3, DEADLINE).await?;
+    prometheus.wait_targets_up(targets.len(), DEADLINE).await?;
 
     // Chat traffic: two users, a room, messages both ways, a history page over HTTP.
     let url = |user: &str| format!("ws://{gateway_addr}/v1/ws?user={user}");
@@ -240,6 +317,8 @@ scrape_configs:
         r#"cpu_usage_percent{job="gateway"}"#,
         r#"memory_usage_percent{job="history"}"#,
         r#"chat_gateway_redis_connected{job="gateway"}"#,
+        r#"chat_presence_redis_connected{job="presence"}"#,
+        r#"up{job="prometheus"}"#,
         r#"sum(grpc_server_requests_total{job="history", method="Append", code="OK"})"#,
         r#"sum(grpc_client_requests_total{job="gateway", method="Append", code="OK"})"#,
         r#"sum(chat_history_appends_total{job="history", result="stored"})"#,

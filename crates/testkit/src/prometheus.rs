@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::process::{ChildGuard, eventually, free_port};
 
+/// Stands for the server's own `host:port` in a config given to
+/// [`PrometheusServer::start`].
+pub const SELF_ADDR: &str = "$PROMETHEUS_SELF_ADDR";
+
 /// How long Prometheus may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -26,12 +30,12 @@ pub struct PrometheusServer {
 impl PrometheusServer {
     /// Starts Prometheus with `config` (the YAML of `prometheus.yml`; relative paths in
     /// it resolve against a temporary directory, so use absolute ones) and waits until
-    /// it is ready. Needs `prometheus` on the PATH (or `CHAT_TEST_PROMETHEUS`);
-    /// `scripts/test-deps.sh` installs it.
+    /// it is ready. [`SELF_ADDR`] in `config` is replaced by the server's own address
+    /// (for a job that scrapes Prometheus itself). Needs `prometheus` on the PATH (or
+    /// `CHAT_TEST_PROMETHEUS`); `scripts/test-deps.sh` installs it.
     pub async fn start(config: &str) -> anyhow::Result<Self> {
         let mut dir = tempfile::tempdir()?;
         let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config)?;
         let binary =
             std::env::var("CHAT_TEST_PROMETHEUS").unwrap_or_else(|_| "prometheus".to_owned());
         let http = reqwest::Client::builder()
@@ -41,6 +45,7 @@ impl PrometheusServer {
         // Another process may take the free port before Prometheus binds it: retry.
         for attempt in 0..5 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            std::fs::write(&config_path, config.replace(SELF_ADDR, &addr.to_string()))?;
             let log = std::fs::File::create(dir.path().join(format!("prometheus-{attempt}.log")))?;
             let child = ChildGuard::spawn(
                 "prometheus",

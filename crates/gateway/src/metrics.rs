@@ -506,6 +506,47 @@ http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
             Vec::<&str>::new(),
             "{text}"
         );
+        // Every HELP and TYPE line of the gateway's own families (the shared ones are
+        // checked in chat-metrics).
+        let described = r#"# HELP chat_gateway_online_users Distinct users with at least one WebSocket connection on this gateway.
+# TYPE chat_gateway_online_users gauge
+# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle.
+# TYPE chat_gateway_disconnects_total counter
+# HELP chat_gateway_upgrades_refused_total WebSocket upgrades refused before a session started, by reason: at_capacity (503), origin (403), shutting_down (503).
+# TYPE chat_gateway_upgrades_refused_total counter
+# HELP chat_gateway_slow_consumer_disconnects_total WebSocket sessions closed with 1013 because their outbound queue was full.
+# TYPE chat_gateway_slow_consumer_disconnects_total counter
+# HELP chat_gateway_rate_limited_frames_total Frames refused by the per-connection send rate limit.
+# TYPE chat_gateway_rate_limited_frames_total counter
+# HELP chat_gateway_typing_throttled_total Typing frames dropped because the connection relayed one to the room less than a second before.
+# TYPE chat_gateway_typing_throttled_total counter
+# HELP chat_gateway_rooms_active Rooms with local members, each with its sequencer, on this gateway.
+# TYPE chat_gateway_rooms_active gauge
+# HELP chat_gateway_gap_fill_reads_total History reads made by rooms to fill a gap in seqs or to check after a resync.
+# TYPE chat_gateway_gap_fill_reads_total counter
+# HELP chat_gateway_gap_filled_messages_total Messages delivered from gap-fill reads, i.e. missed by fan-out.
+# TYPE chat_gateway_gap_filled_messages_total counter
+# HELP chat_gateway_gap_fill_failures_total Gap-fill reads that failed (retried after 500 ms).
+# TYPE chat_gateway_gap_fill_failures_total counter
+# HELP chat_gateway_resyncs_total Resync signals from fan-out (after a reconnect or a lagging receiver); each makes every room check history.
+# TYPE chat_gateway_resyncs_total counter
+# HELP chat_gateway_catchup_messages_total Messages replayed from history to joins with since.
+# TYPE chat_gateway_catchup_messages_total counter
+# HELP chat_gateway_redis_publishes_total Room events published to Redis, by result (ok, error).
+# TYPE chat_gateway_redis_publishes_total counter
+# HELP chat_gateway_redis_received_total Room events received from Redis pub/sub.
+# TYPE chat_gateway_redis_received_total counter
+# HELP chat_gateway_redis_reconnects_total Reconnections of the Redis publisher and subscriber (a subscriber reconnect is followed by resubscribing and a resync).
+# TYPE chat_gateway_redis_reconnects_total counter
+# HELP chat_gateway_redis_reader_lagged_total Events dropped because this gateway read Redis pub/sub too slowly (a resync follows).
+# TYPE chat_gateway_redis_reader_lagged_total counter
+# HELP chat_gateway_redis_connected 1 while the Redis fan-out's publishing and subscribing connections are both up, else 0.
+# TYPE chat_gateway_redis_connected gauge"#;
+        assert_eq!(
+            chat_metrics::missing_lines(&text, described),
+            Vec::<&str>::new(),
+            "{text}"
+        );
         redis.watch(|| true);
         let text = chat_metrics::exposition(&metrics.registry);
         assert!(

@@ -395,6 +395,19 @@ chat_presence_store_operation_duration_seconds_count{op="connect",backend="memor
 chat_presence_store_operation_duration_seconds_count{op="heartbeat",backend="memory"} 1
 chat_presence_store_operation_duration_seconds_count{op="sweep",backend="memory"} 1
 chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.0005"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.001"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.0025"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.005"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.01"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.025"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.05"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.1"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.25"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="0.5"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="1"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="2.5"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="5"} 1
+chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="10"} 1
 chat_presence_store_operation_duration_seconds_bucket{op="connect",backend="memory",le="+Inf"} 1
 # HELP chat_presence_sweeps_total Sweep steps for gateways whose lease expired (background, and one per TakeExits call).
 # TYPE chat_presence_sweeps_total counter

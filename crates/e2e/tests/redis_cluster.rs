@@ -4,15 +4,23 @@
 //! both gateways exchange messages in rooms whose channels live on different shards; the
 //! checker finds nothing lost, duplicated or out of order, and Redis shows each room as a
 //! shard channel subscribed by both gateways on the master that owns its slot.
+//!
+//! Then one room's slot moves to another master (resharding), which drops both
+//! gateways' subscriptions of it on the old owner without any reconnect. Only clients of
+//! the first gateway send to it afterwards: the second gateway's clients still get every
+//! message, and both gateways are subscribed on the new owner.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chat_e2e::{Harness, Participant, check, wait_ready};
-use chat_testkit::redis_cluster::RedisCluster;
+use chat_testkit::process::eventually;
+use chat_testkit::redis_cluster::{RedisCluster, key_slot};
 
 const CLIENTS_PER_GATEWAY: usize = 2;
 const SENDS_PER_CLIENT: usize = 12;
+/// Messages each client of the first gateway sends to the room whose slot moved.
+const SENDS_AFTER_MOVE: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_fan_out_over_a_redis_cluster() -> anyhow::Result<()> {
@@ -167,10 +175,49 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
             .count();
         anyhow::ensure!(crossed > 0, "{} got nothing from the other gateway", p.user);
     }
+
+    // Resharding: move the first room's slot to another master. Only gw-0's clients send
+    // to it from now on, so gw-1 learns of the move only from the slot map.
+    let moved = &rooms[0];
+    let channel = format!("chat:room:{moved}");
+    let from = cluster.node_of(&channel).await?;
+    let to = cluster
+        .addrs()
+        .into_iter()
+        .find(|n| *n != from)
+        .ok_or_else(|| anyhow::anyhow!("no other master"))?;
+    cluster.move_slot(key_slot(channel.as_bytes()), to).await?;
+    for p in participants.iter_mut().filter(|p| p.gateway == "gw-0") {
+        for i in 0..SENDS_AFTER_MOVE {
+            let client_id = format!("{}-moved-{i}", p.user);
+            p.send(moved, &client_id, "after the move").await?;
+        }
+    }
+    for ack in participants.iter().flat_map(|p| &p.acks) {
+        let last = targets.entry(ack.room.clone()).or_insert(0);
+        *last = ack.seq.max(*last);
+    }
+    for p in &mut participants {
+        p.wait_for(&targets, Duration::from_secs(30)).await?;
+    }
+    // Both gateways are subscribed on the new owner again (live, not only resynced).
+    eventually(
+        Duration::from_secs(30),
+        "both gateways subscribed on the new owner",
+        || async {
+            let numsub = cluster
+                .command(to, &["pubsub", "shardnumsub", &channel])
+                .await
+                .ok()?;
+            (numsub.split_whitespace().nth(1) == Some("2")).then_some(())
+        },
+    )
+    .await?;
+
     let verdict = check(&participants);
     eprintln!(
-        "redis-cluster: {:?} total; rooms {rooms:?}; messages {:?}; {} deliveries; \
-         lost {}, duplicated {}, out of order {}",
+        "redis-cluster: {:?} total; rooms {rooms:?}, {moved} moved {from} -> {to}; \
+         messages {:?}; {} deliveries; lost {}, duplicated {}, out of order {}",
         started.elapsed(),
         verdict.messages,
         verdict.deliveries,
@@ -185,7 +232,8 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         verdict.messages.values().sum::<u64>()
-            == (2 * CLIENTS_PER_GATEWAY * SENDS_PER_CLIENT) as u64
+            == (2 * CLIENTS_PER_GATEWAY * SENDS_PER_CLIENT + CLIENTS_PER_GATEWAY * SENDS_AFTER_MOVE)
+                as u64
     );
     for p in participants {
         p.leave().await;

@@ -493,3 +493,67 @@ async fn redis_cluster_resubscribes_after_a_shard_restarts() {
     .await
     .expect("connected again");
 }
+
+/// Cluster: when a room's slot moves to another shard (resharding), the old owner drops
+/// the shard subscription without any reconnect. A gateway that only receives the room
+/// (the one that publishes is redirected at once) finds the move in the slot map,
+/// subscribes again on the new owner and signals a resync; events published from then on
+/// reach it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_follows_a_room_whose_slot_moves() {
+    let cluster = RedisCluster::start(3).await.expect("redis cluster starts");
+    let (receiver, mut receiver_rx) = RedisFanOut::connect(&cluster.url())
+        .await
+        .expect("connects");
+    let (sender, _sender_rx) = RedisFanOut::connect(&cluster.url())
+        .await
+        .expect("connects");
+    let r = room("moving");
+    let channel = format!("chat:room:{r}");
+    receiver.subscribe(&r).await.expect("subscribe");
+    sender
+        .publish(&r, ByteString::from("before"))
+        .await
+        .expect("publish");
+    assert_eq!(next_event(&mut receiver_rx).await.1, "before");
+
+    let from = cluster.node_of(&channel).await.expect("slot owner");
+    let to = cluster
+        .addrs()
+        .into_iter()
+        .find(|n| *n != from)
+        .expect("another master");
+    let slot = chat_testkit::redis_cluster::key_slot(channel.as_bytes());
+    cluster.move_slot(slot, to).await.expect("slot moves");
+    // Redis dropped the subscription on the old owner.
+    let numsub = |node| {
+        let (cluster, channel) = (&cluster, &channel);
+        async move {
+            let out = cluster
+                .command(node, &["pubsub", "shardnumsub", channel])
+                .await
+                .ok()?;
+            out.split_whitespace().nth(1).map(str::to_owned)
+        }
+    };
+    assert_eq!(numsub(from).await.as_deref(), Some("0"), "old owner");
+
+    // Within a slot check or two, the receiver is subscribed on the new owner and asks
+    // its rooms to resync from history.
+    let resynced = tokio::time::timeout(
+        chat_gateway::fanout::redis::SLOT_CHECK_INTERVAL * 3,
+        async { while !matches!(receiver_rx.recv().await, Some(Signal::Resync)) {} },
+    )
+    .await;
+    assert!(resynced.is_ok(), "no resync after the slot moved");
+    assert_eq!(numsub(to).await.as_deref(), Some("1"), "new owner");
+    // The resync came after the new subscription was live: the next event arrives.
+    for i in 0..3 {
+        sender
+            .publish(&r, ByteString::from(format!("after{i}")))
+            .await
+            .expect("publish after the move");
+        assert_eq!(next_event(&mut receiver_rx).await.1, format!("after{i}"));
+    }
+    assert_silent(&mut receiver_rx).await;
+}

@@ -118,12 +118,87 @@ impl RedisCluster {
         redis_cli(all).await
     }
 
+    /// Moves hash slot `slot` to the master at `to`, as `redis-cli --cluster reshard` does
+    /// for each slot: `SETSLOT IMPORTING` on the target, `SETSLOT MIGRATING` on the
+    /// owner, `MIGRATE` of its keys, then `SETSLOT NODE` on the target, the owner and the
+    /// other masters. Waits until every node names `to` as the slot's owner. On the old
+    /// owner, Redis drops the slot's shard-channel subscriptions (clients get a
+    /// `sunsubscribe` push).
+    pub async fn move_slot(&self, slot: u16, to: SocketAddr) -> anyhow::Result<()> {
+        let from = self.owner_of_slot(self.nodes[0].addr, slot).await?;
+        anyhow::ensure!(from != to, "slot {slot} is already on {to}");
+        let (from_id, to_id) = (self.node_id(from).await?, self.node_id(to).await?);
+        let slot_arg = slot.to_string();
+        self.set_slot(to, &slot_arg, "importing", &from_id).await?;
+        self.set_slot(from, &slot_arg, "migrating", &to_id).await?;
+        loop {
+            let keys = self
+                .command(from, &["cluster", "getkeysinslot", &slot_arg, "100"])
+                .await?;
+            let keys: Vec<&str> = keys.split_whitespace().collect();
+            if keys.is_empty() {
+                break;
+            }
+            let (host, port) = (to.ip().to_string(), to.port().to_string());
+            let mut args = vec!["migrate", &host, &port, "", "0", "5000", "keys"];
+            args.extend(keys);
+            self.command(from, &args).await?;
+        }
+        // The target first, then the old owner (the order redis-cli uses), then the rest
+        // so that no node redirects to the old owner.
+        self.set_slot(to, &slot_arg, "node", &to_id).await?;
+        self.set_slot(from, &slot_arg, "node", &to_id).await?;
+        for node in self.addrs() {
+            if node != to && node != from {
+                self.set_slot(node, &slot_arg, "node", &to_id).await?;
+            }
+        }
+        eventually(
+            Duration::from_secs(30),
+            "every node to agree on the moved slot",
+            || async {
+                for node in self.addrs() {
+                    if self.owner_of_slot(node, slot).await.ok()? != to {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
+    /// `CLUSTER SETSLOT <slot> <state> <id>` on `node`.
+    async fn set_slot(
+        &self,
+        node: SocketAddr,
+        slot: &str,
+        state: &str,
+        id: &str,
+    ) -> anyhow::Result<()> {
+        self.command(node, &["cluster", "setslot", slot, state, id])
+            .await?;
+        Ok(())
+    }
+
+    /// `CLUSTER MYID` of the node at `node`.
+    async fn node_id(&self, node: SocketAddr) -> anyhow::Result<String> {
+        Ok(self
+            .command(node, &["cluster", "myid"])
+            .await?
+            .trim()
+            .to_owned())
+    }
+
     /// The master that serves `key`'s slot now (from `CLUSTER NODES`).
     pub async fn node_of(&self, key: &str) -> anyhow::Result<SocketAddr> {
-        let slot = key_slot(key.as_bytes());
-        let nodes = self
-            .command(self.nodes[0].addr, &["cluster", "nodes"])
-            .await?;
+        self.owner_of_slot(self.nodes[0].addr, key_slot(key.as_bytes()))
+            .await
+    }
+
+    /// The master serving `slot` according to the `CLUSTER NODES` of `asked`.
+    async fn owner_of_slot(&self, asked: SocketAddr, slot: u16) -> anyhow::Result<SocketAddr> {
+        let nodes = self.command(asked, &["cluster", "nodes"]).await?;
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 8 || !fields[2].contains("master") {
@@ -144,7 +219,7 @@ impl RedisCluster {
                 }
             }
         }
-        anyhow::bail!("no master serves slot {slot} of {key:?}: {nodes}")
+        anyhow::bail!("{asked} knows no master serving slot {slot}: {nodes}")
     }
 
     /// Kills node `index` (SIGKILL) and starts it again on the same ports with the same

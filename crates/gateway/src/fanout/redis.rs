@@ -12,6 +12,14 @@
 //!   shard that owns its hash slot, so each event crosses one shard instead of being
 //!   broadcast over the whole cluster bus (classic `PUBLISH` on a cluster reaches every
 //!   node), and fan-out capacity grows with the number of shards.
+//!
+//! On a cluster, slots also move between shards (resharding, scaling the cluster). The
+//! old owner then drops the moved slots' shard subscriptions with a `sunsubscribe` push,
+//! which fred swallows, and no reconnect follows. So a sharded fan-out re-reads the slot
+//! map every [`SLOT_CHECK_INTERVAL`] (and at once when its publisher is redirected),
+//! subscribes again every room whose slot changed owner, and asks for a resync; every
+//! [`FULL_RESUBSCRIBE_INTERVAL`] it subscribes every room again regardless, as a safety
+//! net for a drop it could not see.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +28,10 @@ use async_trait::async_trait;
 use bytestring::ByteString;
 use chat_model::RoomId;
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::types::Builder;
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
+use fred::types::cluster::ClusterRouting;
 use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::{Builder, ClusterStateChange};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -39,6 +48,14 @@ const SUBSCRIPTION_STRIPES: usize = 64;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pub/sub messages buffered inside the client before the reader falls behind.
 const MESSAGE_BUFFER: usize = 4096;
+/// Sharded mode: how often the slot map is re-read to find rooms whose slot moved to
+/// another shard. Bounds how long a moved room goes without other gateways' events
+/// (the resync that follows fills what was published meanwhile). One `CLUSTER SLOTS`.
+pub const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Sharded mode: how often every room is subscribed again, whatever the slot map says,
+/// followed by a resync: the safety net for a dropped shard subscription that neither a
+/// reconnect nor a slot move revealed. One `SSUBSCRIBE` per room.
+pub const FULL_RESUBSCRIBE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Which pub/sub commands carry the rooms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,16 +168,25 @@ impl RedisFanOut {
             subscriber.clone(),
             mode,
             rooms.clone(),
-            tx,
+            tx.clone(),
             metrics.clone(),
         ));
+        let mut tasks = vec![reader, resubscriber];
+        if mode == PubSubMode::Sharded {
+            tasks.push(tokio::spawn(follow_slot_moves(
+                subscriber.clone(),
+                publisher.cluster_change_rx(),
+                rooms.clone(),
+                tx,
+            )));
+        }
         tracing::info!(?mode, "redis fan-out connected");
         let fanout = Self {
             publisher,
             subscriber,
             mode,
             rooms,
-            tasks: vec![reader, resubscriber],
+            tasks,
             metrics,
         };
         Ok((fanout, rx))
@@ -317,9 +343,17 @@ async fn resubscribe_sharded(
     subscriber: &SubscriberClient,
     rooms: &Rooms,
 ) -> Result<(), fred::error::Error> {
+    resubscribe_rooms(subscriber, rooms, rooms.counts.keys()).await
+}
+
+/// [`resubscribe_sharded`] for the rooms in `todo` only.
+async fn resubscribe_rooms(
+    subscriber: &SubscriberClient,
+    rooms: &Rooms,
+    mut todo: Vec<RoomId>,
+) -> Result<(), fred::error::Error> {
     const PASSES: usize = 4;
     const PAUSE: Duration = Duration::from_secs(1);
-    let mut todo = rooms.counts.keys();
     for pass in 1..=PASSES {
         let mut failed = Vec::new();
         let mut last_error = None;
@@ -345,6 +379,89 @@ async fn resubscribe_sharded(
         tokio::time::sleep(PAUSE).await;
     }
     Ok(())
+}
+
+/// Sharded mode: keeps the shard subscriptions on the shards that own the rooms' slots.
+///
+/// Every [`SLOT_CHECK_INTERVAL`], and at once when the publisher's slot map changed (an
+/// `SPUBLISH` redirected with `MOVED` after a slot moved), refreshes the subscriber's slot
+/// map and compares it with the one of the previous check: rooms whose slot changed
+/// owner are subscribed again (fred routes the `SSUBSCRIBE` to the new owner), then a
+/// `Resync` lets the rooms fetch from history what was published between the move and
+/// the new subscription. Every [`FULL_RESUBSCRIBE_INTERVAL`] every room is subscribed
+/// again and a `Resync` follows, moved or not.
+///
+/// The subscriber's own cluster-change events are not followed: fred broadcasts one
+/// (`Rebalance`) on every refresh, including the ones made here.
+async fn follow_slot_moves(
+    subscriber: SubscriberClient,
+    mut publisher_changes: broadcast::Receiver<Vec<ClusterStateChange>>,
+    rooms: Arc<Rooms>,
+    tx: mpsc::Sender<Signal>,
+) {
+    let mut known = subscriber.cached_cluster_state();
+    let mut check = tokio::time::interval(SLOT_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = tokio::time::Instant::now() + FULL_RESUBSCRIBE_INTERVAL;
+    let mut full = tokio::time::interval_at(start, FULL_RESUBSCRIBE_INTERVAL);
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let everything = tokio::select! {
+            _ = check.tick() => false,
+            _ = full.tick() => true,
+            changed = publisher_changes.recv() => match changed {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Several redirections in a row need one check.
+                    while publisher_changes.try_recv().is_ok() {}
+                    false
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if let Err(e) = subscriber.sync_cluster().await {
+            tracing::warn!(error = %e, "cannot refresh the cluster slot map");
+            continue;
+        }
+        let current = subscriber.cached_cluster_state();
+        let todo: Vec<RoomId> = if everything {
+            rooms.counts.keys()
+        } else {
+            rooms
+                .counts
+                .keys()
+                .into_iter()
+                .filter(|room| owner(known.as_ref(), room) != owner(current.as_ref(), room))
+                .collect()
+        };
+        if todo.is_empty() {
+            known = current;
+            continue;
+        }
+        if everything {
+            tracing::debug!(rooms = todo.len(), "periodic shard resubscription");
+        } else {
+            tracing::info!(
+                rooms = todo.len(),
+                "room slots moved to other shards; resubscribing"
+            );
+        }
+        match resubscribe_rooms(&subscriber, &rooms, todo).await {
+            Ok(()) => known = current,
+            // Keep the old map: the next check finds the same rooms moved and retries.
+            Err(e) => tracing::warn!(error = %e, "resubscribing moved rooms failed"),
+        }
+        // As after a reconnect: the subscriptions are live, so history now has
+        // everything that the dropped subscriptions missed.
+        if tx.send(Signal::Resync).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The primary serving `room`'s channel in `map`, if it is known.
+fn owner(map: Option<&ClusterRouting>, room: &RoomId) -> Option<fred::types::config::Server> {
+    let slot = ClusterRouting::hash_key(channel(room).as_bytes());
+    map?.get_server(slot).cloned()
 }
 
 impl Drop for RedisFanOut {

@@ -276,8 +276,12 @@ async fn main() -> anyhow::Result<()> {
     let rooms: Vec<RoomId> = (0..100)
         .map(|r| RoomId::parse(&format!("room{r}")).unwrap_or_else(|e| panic!("room: {e}")))
         .collect();
-    short.heartbeat("gw-doomed", &users).await?;
-    for (chunk_no, chunk) in users.chunks(IN_FLIGHT).enumerate() {
+    // Users of its own: the ones above are held by live gateways and would stay online.
+    let doomed: Vec<UserId> = (0..USERS)
+        .map(|i| UserId::parse(&format!("dead{i}")).unwrap_or_else(|e| panic!("user id: {e}")))
+        .collect();
+    short.heartbeat("gw-doomed", &doomed).await?;
+    for (chunk_no, chunk) in doomed.chunks(IN_FLIGHT).enumerate() {
         let calls = chunk.iter().enumerate().map(|(i, u)| {
             short.enter_room(
                 "gw-doomed",

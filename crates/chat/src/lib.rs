@@ -40,6 +40,8 @@ impl AllInOne {
         let history_settings = chat_history::Settings::from_env()?;
         let presence_settings = chat_presence::Settings::from_env()?;
         let gateway_settings = chat_gateway::Settings::from_env(AuthMode::Dev)?;
+        // Its WebSockets need file descriptors like a standalone gateway's.
+        chat_gateway::open_files::raise_open_file_limit(gateway_settings.limits.max_connections);
         Self::build(
             history_settings,
             presence_settings,

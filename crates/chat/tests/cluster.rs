@@ -221,7 +221,6 @@ async fn resume_while_messages_keep_coming_has_no_gap_or_duplicate(
 async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<()> {
     use chat_proto::history::AppendRequest;
     use chat_proto::history::history_client::HistoryClient;
-    use fred::interfaces::{ClientLike, PubsubInterface};
 
     let cluster = Cluster::start(store, 1).await?;
     let mut bob = cluster.client(0, "bob").await?;
@@ -247,15 +246,8 @@ async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<(
     }
     let last = chat_model::Message::try_from(last.ok_or_else(|| anyhow::anyhow!("no message"))?)?;
     assert_eq!(last.seq, 5);
-    let redis = fred::clients::Client::new(
-        fred::types::config::Config::from_url(&cluster.redis.url())?,
-        None,
-        None,
-        None,
-    );
-    redis.init().await?;
     let frame = chat_model::frame::ServerFrame::Message(&last).to_json();
-    let _: i64 = redis.publish("chat:room:gappy", frame).await?;
+    cluster.publish_raw("gappy", frame).await?;
 
     let got: Vec<_> = {
         let mut v = Vec::new();
@@ -284,8 +276,6 @@ async fn gap_in_fan_out_is_filled_from_history(store: Store) -> anyhow::Result<(
 /// it is retried at a pause and then dropped, and delivery goes on meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_history_never_stored_is_given_up() -> anyhow::Result<()> {
-    use fred::interfaces::{ClientLike, PubsubInterface};
-
     let cluster = Cluster::start(Store::Embedded, 1).await?;
     let mut bob = cluster.client(0, "bob").await?;
     bob.join("haunted", None).await?;
@@ -297,16 +287,7 @@ async fn event_history_never_stored_is_given_up() -> anyhow::Result<()> {
         "type": "message", "room": "haunted", "seq": 100, "id": "ghost", "from": "mallory",
         "body": "boo", "ts": "2026-11-30T00:00:00.000Z", "client_id": "g",
     });
-    let redis = fred::clients::Client::new(
-        fred::types::config::Config::from_url(&cluster.redis.url())?,
-        None,
-        None,
-        None,
-    );
-    redis.init().await?;
-    let _: i64 = redis
-        .publish("chat:room:haunted", ghost.to_string())
-        .await?;
+    cluster.publish_raw("haunted", ghost.to_string()).await?;
     // Live delivery is not held up by the ghost.
     alice.send_message("haunted", "second", "h2").await?;
     assert_eq!(collect_seqs(&mut bob, "haunted", 1).await?, vec![2]);

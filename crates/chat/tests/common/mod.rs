@@ -146,6 +146,22 @@ impl Cluster {
     }
 
     /// `http://` base URL of gateway `gw`.
+    /// Publishes `payload` on `room`'s fan-out channel behind the gateways' backs, as a
+    /// lost, late or foreign publisher would.
+    pub async fn publish_raw(&self, room: &str, payload: String) -> anyhow::Result<()> {
+        use fred::interfaces::{ClientLike, PubsubInterface};
+        let redis = fred::clients::Client::new(
+            fred::types::config::Config::from_url(&self.redis.url())?,
+            None,
+            None,
+            None,
+        );
+        redis.init().await?;
+        let _: i64 = redis.publish(format!("chat:room:{room}"), payload).await?;
+        redis.quit().await?;
+        Ok(())
+    }
+
     pub fn http_url(&self, gw: usize) -> String {
         format!("http://{}", self.gateways[gw].addr)
     }

@@ -1,5 +1,7 @@
 //! The gateway's client of the history service.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
@@ -36,6 +38,10 @@ pub struct HistoryClient {
     /// The token, also on health checks: history answers a wrong one `UNAUTHENTICATED`,
     /// so `/readyz` notices it.
     token: AttachToken,
+    /// Whether history's last answer to a History call was `UNAUTHENTICATED`. The health
+    /// check cannot tell a *missing* token (health answers callers without one, for
+    /// probes), so `/readyz` reads this too.
+    token_refused: Arc<AtomicBool>,
 }
 
 impl HistoryClient {
@@ -67,7 +73,21 @@ impl HistoryClient {
             )),
             channel,
             token,
+            token_refused: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether history refused this gateway's internal token (missing or different) on
+    /// its last History call.
+    pub fn token_refused(&self) -> bool {
+        self.token_refused.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether a call's outcome says the token was refused.
+    fn note<T>(&self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+        let refused = matches!(&result, Err(s) if s.code() == tonic::Code::Unauthenticated);
+        self.token_refused.store(refused, Ordering::Relaxed);
+        result
     }
 
     /// Stores a message; returns it and whether it was a duplicate.
@@ -79,15 +99,17 @@ impl HistoryClient {
         body: &str,
     ) -> Result<(Message, bool), GatewayError> {
         let reply = self
-            .grpc
-            .clone()
-            .append(AppendRequest {
-                room: room.to_string(),
-                sender: from.to_string(),
-                client_id: client_id.to_string(),
-                body: body.to_owned(),
-            })
-            .await?
+            .note(
+                self.grpc
+                    .clone()
+                    .append(AppendRequest {
+                        room: room.to_string(),
+                        sender: from.to_string(),
+                        client_id: client_id.to_string(),
+                        body: body.to_owned(),
+                    })
+                    .await,
+            )?
             .into_inner();
         let message = reply
             .message
@@ -106,15 +128,17 @@ impl HistoryClient {
         limit: u32,
     ) -> Result<Page, GatewayError> {
         let reply = self
-            .grpc
-            .clone()
-            .list(ListRequest {
-                room: room.to_string(),
-                before,
-                after,
-                limit,
-            })
-            .await?
+            .note(
+                self.grpc
+                    .clone()
+                    .list(ListRequest {
+                        room: room.to_string(),
+                        before,
+                        after,
+                        limit,
+                    })
+                    .await,
+            )?
             .into_inner();
         Ok(Page {
             messages: reply

@@ -319,7 +319,8 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when not shutting down, history reports SERVING, and fan-out is connected.
+/// Ready when not shutting down, history reports SERVING and took this gateway's token on
+/// its last call, and fan-out is connected.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut problems = Vec::new();
     if state.shutdown.is_cancelled() {
@@ -327,6 +328,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
     if !state.hub.fanout().is_connected() {
         problems.push("fan-out backend disconnected".to_owned());
+    }
+    if state.hub.history().token_refused() {
+        problems.push(
+            "history refused this gateway's internal token on its last call \
+             (CHAT_INTERNAL_TOKEN missing or different)"
+                .to_owned(),
+        );
     }
     let mut health = HealthClient::new(state.hub.history().channel());
     let check = health.check(HealthCheckRequest {

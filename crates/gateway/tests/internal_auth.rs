@@ -141,6 +141,18 @@ async fn gateways_with_right_wrong_and_no_token() -> anyhow::Result<()> {
         );
     }
 
+    // The health check cannot tell a missing token (it answers token-less probes), but
+    // the refused calls above made the token-less gateway unready too.
+    let (status, body) = readyz(none_addr)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no /readyz answer"))?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.to_string()
+            .contains("refused this gateway's internal token"),
+        "{body}"
+    );
+
     for child in [&mut right, &mut wrong, &mut none] {
         child.terminate()?;
         child.wait_exit(Duration::from_secs(20)).await?;

@@ -549,6 +549,32 @@ async fn first_heartbeat_after_connect_reports_a_lost_lease(fx: &Fixture) {
     assert!(!beat().await.expect("second"), "renewed in time: kept");
 }
 
+/// A room entry from a gateway whose connect was lost (presence was unreachable for a
+/// moment) registers the connection as the connect would have: the room was told the user
+/// is online, so the disconnect must end the period and return it, and nothing of the
+/// period may outlive it. A late entry reordered after the disconnect registers nothing.
+async fn room_entry_after_a_lost_connect_registers_the_user(fx: &Fixture) {
+    let store = &*fx.store;
+    let (alice, room) = (uid("alice"), rid("general"));
+    assert!(store.enter_room("gw1", &alice, &room).await.expect("enter"));
+    assert!(online(store, "alice").await, "a joined user is online");
+    assert_eq!(
+        store.disconnect("gw1", &alice).await.expect("disconnect"),
+        Some(vec![room.clone()]),
+        "the room told online hears she went offline"
+    );
+    // An entry that arrives after the disconnect (sent before it, reordered) is stale.
+    assert!(!store.enter_room("gw1", &alice, &room).await.expect("late"));
+    assert!(!online(store, "alice").await, "a stale entry revived her");
+    // A new period announces the room again and ends with it.
+    store.connect("gw2", &alice).await.expect("back");
+    assert!(store.enter_room("gw2", &alice, &room).await.expect("again"));
+    assert_eq!(
+        store.disconnect("gw2", &alice).await.expect("gone"),
+        Some(vec![room])
+    );
+}
+
 /// A disconnect reported after the gateway was swept is remembered all the same: a
 /// heartbeat sent before it does not bring the user back.
 async fn disconnect_after_sweep_is_remembered(fx: &Fixture) {
@@ -785,6 +811,7 @@ suite!(
         replicas_hand_out_each_exit_once,
         exits_are_handed_out_until_acknowledged,
         first_heartbeat_after_connect_reports_a_lost_lease,
+        room_entry_after_a_lost_connect_registers_the_user,
         disconnect_after_sweep_is_remembered,
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,
@@ -806,6 +833,7 @@ suite!(
         replicas_hand_out_each_exit_once,
         exits_are_handed_out_until_acknowledged,
         first_heartbeat_after_connect_reports_a_lost_lease,
+        room_entry_after_a_lost_connect_registers_the_user,
         disconnect_after_sweep_is_remembered,
         late_heartbeat_does_not_revive,
         silent_gateway_comes_back,

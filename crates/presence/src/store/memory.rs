@@ -187,11 +187,31 @@ impl PresenceStore for MemoryPresence {
 
     async fn enter_room(
         &self,
-        _gateway: &GatewayId,
+        gateway: &GatewayId,
         user: &UserId,
         room: &RoomId,
     ) -> Result<bool, PresenceError> {
+        let now = Instant::now();
+        let ttl = self.ttl;
         let mut st = self.lock();
+        let held = st
+            .gateways
+            .get(gateway)
+            .is_some_and(|gw| gw.users.contains(user));
+        if !held {
+            // Its connect was lost: register the user as connect would (else the room is
+            // told `online` and never `offline`), unless gw disconnected them within the
+            // last ttl (this entry was sent before that): stale, ignored. As in Redis.
+            if st.recently_left(gateway, now, ttl).contains_key(user) {
+                return Ok(false);
+            }
+            st.renew_lease(gateway, now, ttl).users.insert(user.clone());
+            st.holders
+                .entry(user.clone())
+                .or_default()
+                .insert(gateway.into());
+            st.online_until.insert(user.clone(), now + ttl);
+        }
         Ok(st
             .told
             .entry(user.clone())

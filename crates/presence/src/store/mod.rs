@@ -131,6 +131,10 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// yet told, during the user's online period, that the user is online: the caller
     /// announces it, and the room is told when the period ends. A repeat (from any
     /// gateway, also after the user left the room and joined it again) returns false.
+    /// A gateway enters rooms only for users it holds: one it has no record of is
+    /// registered as by `connect` (its connect was lost), except a user `gateway`
+    /// disconnected within the last `ttl()`, whose entry is stale (sent before that
+    /// disconnect): then nothing changes and it returns false.
     async fn enter_room(
         &self,
         gateway: &GatewayId,

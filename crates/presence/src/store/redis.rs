@@ -280,7 +280,12 @@ impl PresenceStore for RedisPresence {
         user: &UserId,
         room: &RoomId,
     ) -> Result<bool, PresenceError> {
-        let args = vec![gateway.to_owned(), user.to_string(), room.to_string()];
+        let args = vec![
+            gateway.to_owned(),
+            user.to_string(),
+            room.to_string(),
+            self.ttl_ms(),
+        ];
         self.run_flag(&self.scripts.enter_room, args).await
     }
 

@@ -221,6 +221,10 @@ async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: Cancellat
                     hub.announce_presence(&room, &user, false).await;
                 }
                 presence.announced(beat.claim);
+                // Presence answers again: report the disconnects it missed meanwhile.
+                for (room, user) in presence.retry_detaches().await {
+                    hub.announce_presence(&room, &user, false).await;
+                }
                 if beat.lease_lost {
                     tracing::warn!("presence lease lapsed; reporting room memberships again");
                     for (room, user) in presence.reenter_rooms().await {

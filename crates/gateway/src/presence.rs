@@ -10,8 +10,11 @@
 //! gateway ([`PresenceTracker::heartbeat`]). A `leave` tells nobody.
 //!
 //! Presence is best effort: when the presence service is down, chat goes on; a failed
-//! report is logged and the next heartbeat restores the users' online status.
+//! report is logged and the next heartbeat restores the users' online status. A failed
+//! `Detach` is remembered and retried after each successful heartbeat
+//! ([`PresenceTracker::retry_detaches`]), so the rooms told `online` still hear `offline`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
@@ -44,6 +47,10 @@ const MAX_EXITS_PER_CLAIM: usize = 10_000;
 pub const HEARTBEAT_CHUNK: usize = 5_000;
 /// Heartbeat interval while a dead gateway's exits are still being handed out.
 const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Failed `Detach`es remembered for a retry. Past this many (presence down while a
+/// crowd disconnects) more are only logged: those users' status still expires with the
+/// TTL, and if presence stays down past the TTL its sweep releases them with events anyway.
+const MAX_PENDING_DETACHES: usize = 100_000;
 
 /// This gateway's presence bookkeeping and its client of the presence service.
 #[derive(Debug)]
@@ -64,6 +71,11 @@ pub struct PresenceTracker {
     /// The claim of the last batch of offline events announced, acknowledged by the next
     /// `TakeExits` (0: none). A batch not acknowledged is handed out again.
     announced: std::sync::Mutex<u64>,
+    /// Users whose last connection here closed while presence was unreachable: presence
+    /// still counts them as held here, so their online period would never end and the
+    /// rooms told `online` would never hear `offline`. Retried after each successful
+    /// heartbeat; dropped when the user connects here again (presence is right again).
+    undetached: std::sync::Mutex<HashSet<UserId>>,
 }
 
 /// Offline events of dead gateways' users to announce, and when to heartbeat next.
@@ -126,6 +138,7 @@ impl PresenceTracker {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             lease: std::sync::Mutex::new(None),
             announced: std::sync::Mutex::new(0),
+            undetached: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -157,6 +170,8 @@ impl PresenceTracker {
             return;
         }
         self.online_users.inc();
+        // A detach that failed earlier is moot: presence holds the user here, rightly now.
+        self.undetached().remove(user);
         if let Err(e) = self.grpc.clone().attach(self.user_request(user)).await {
             tracing::warn!(%user, error = %e.message(), "presence connect not reported");
         }
@@ -184,10 +199,57 @@ impl PresenceTracker {
                     .collect()
             }
             Err(e) => {
-                tracing::warn!(%user, error = %e.message(), "presence disconnect not reported");
+                let mut undetached = self.undetached();
+                if undetached.len() < MAX_PENDING_DETACHES {
+                    undetached.insert(user.clone());
+                    tracing::warn!(%user, error = %e.message(), "presence disconnect not reported; will retry");
+                } else {
+                    tracing::warn!(%user, error = %e.message(), "presence disconnect not reported; too many to retry");
+                }
                 Vec::new()
             }
         }
+    }
+
+    fn undetached(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.undetached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports again the `Detach`es that failed, for users still without a connection
+    /// here. Returns (room, user) to announce offline: the periods they ended. Stops at
+    /// the first failure (presence is unreachable again; the rest wait for the next
+    /// successful heartbeat). A retry after presence swept this gateway, or while
+    /// another gateway holds the user, returns nothing: no duplicate.
+    pub async fn retry_detaches(&self) -> Vec<(RoomId, UserId)> {
+        let pending: Vec<UserId> = self.undetached().iter().cloned().collect();
+        let mut offline = Vec::new();
+        for user in pending {
+            let _order = self.stripe(&user).lock().await;
+            if self.users.contains(&user) || !self.undetached().contains(&user) {
+                self.undetached().remove(&user);
+                continue;
+            }
+            match self.grpc.clone().detach(self.user_request(&user)).await {
+                Ok(reply) => {
+                    self.undetached().remove(&user);
+                    let reply = reply.into_inner();
+                    if reply.changed {
+                        offline.extend(
+                            reply
+                                .rooms
+                                .iter()
+                                .filter_map(|room| RoomId::parse(room).ok())
+                                .map(|room| (room, user.clone())),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%user, error = %e.message(), "presence disconnect retry failed");
+                    break;
+                }
+            }
+        }
+        offline
     }
 
     /// A connection of `user` joined `room`. True when the room was not yet told of the

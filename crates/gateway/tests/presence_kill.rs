@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_gateway::{AuthMode, Gateway, Settings};
-use chat_testkit::process::{ChildGuard, free_port, wait_for_port};
+use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
 use chat_testkit::redis::RedisServer;
 use chat_testkit::ws::WsClient;
 use serde_json::json;
@@ -129,6 +129,137 @@ async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyh
     assert_eq!(offline["users"], json!({"bob": false, "alice": true}));
     // Exactly one event.
     tokio::time::sleep(TTL).await;
+    alice.request(json!({"type": "ping"})).await?;
+    assert!(
+        !alice
+            .drain_backlog()
+            .iter()
+            .any(|f| f["type"] == "presence")
+    );
+    Ok(())
+}
+
+/// The next `presence` event, waiting at most `within`.
+async fn next_presence(
+    client: &mut WsClient,
+    within: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let next = async {
+        loop {
+            let frame = client.recv().await?;
+            if frame["type"] == "presence" {
+                return anyhow::Ok(frame);
+            }
+        }
+    };
+    tokio::time::timeout(within, next).await?
+}
+
+/// The gateway's series `grpc_client_requests_total` for presence `Detach` calls that
+/// did not end OK.
+fn failed_detaches(exposition: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.starts_with(
+                r#"grpc_client_requests_total{service="chat.presence.v1.Presence",method="Detach","#,
+            ) && !l.contains(r#"code="OK""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A `Detach` that fails because presence is down at that moment is retried once presence
+/// answers again: the user's online period ends and the room told `online` hears
+/// `offline` exactly once. (The gateway's lease never lapses here, so no sweep steps in:
+/// without the retry nobody would ever tell the room.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_secs(4);
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let store = chat_history::open_store(&chat_history::Settings {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+    let history_url = format!("http://{}", history.local_addr());
+    tokio::spawn(history.run(stop.clone()));
+
+    let start_presence = |addr: std::net::SocketAddr, stop: CancellationToken| {
+        let url = redis.url();
+        async move {
+            let store: Arc<dyn chat_presence::PresenceStore> =
+                Arc::new(chat_presence::store::redis::RedisPresence::connect(&url, TTL).await?);
+            let server = chat_presence::PresenceServer::bind(addr, store).await?;
+            let addr = server.local_addr();
+            anyhow::Ok((addr, tokio::spawn(server.run(stop))))
+        }
+    };
+    let presence_stop = CancellationToken::new();
+    let (presence_addr, presence) =
+        start_presence(([127, 0, 0, 1], 0).into(), presence_stop.clone()).await?;
+
+    let settings = Settings {
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        history_url,
+        presence_url: format!("http://{presence_addr}"),
+        redis_url: Some(redis.url()),
+        auth_mode: AuthMode::Jwt,
+        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+        internal_token: None,
+        gateway_id: "gw-retry".into(),
+        workers: 1,
+        shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
+    };
+    let gateway = Gateway::build(&settings, stop.clone()).await?;
+    let gateway_addr = gateway.local_addr()?;
+    tokio::spawn(gateway.run());
+    let ws = |user: &str| format!("ws://{gateway_addr}/v1/ws?token={}", token(user));
+
+    let mut alice = WsClient::connect(&ws("alice")).await?;
+    alice.join("watch", None).await?;
+    let mut bob = WsClient::connect(&ws("bob")).await?;
+    bob.join("watch", None).await?;
+    assert_eq!(
+        next_presence(&mut alice, 2 * TTL).await?,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
+    );
+
+    // Presence goes away; bob's last connection closes meanwhile.
+    presence_stop.cancel();
+    presence.await??;
+    bob.close().await;
+    let metrics = format!("http://{gateway_addr}/metrics");
+    eventually(2 * TTL, "bob's Detach to fail", || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        (failed_detaches(&text) >= 1.0).then_some(())
+    })
+    .await?;
+
+    // Presence is back on the same address, well within the gateway's lease.
+    let presence_stop = CancellationToken::new();
+    let _stop_presence = presence_stop.clone().drop_guard();
+    let (_, _presence) = eventually(TTL, "presence to bind again", || {
+        let start = start_presence(presence_addr, presence_stop.clone());
+        async move { start.await.ok() }
+    })
+    .await?;
+    assert_eq!(
+        next_presence(&mut alice, 2 * TTL).await?,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": false})
+    );
+    let status = alice
+        .request(json!({"type": "presence", "users": ["bob", "alice"]}))
+        .await?;
+    assert_eq!(status["users"], json!({"bob": false, "alice": true}));
+    // Exactly one event: let another heartbeat pass.
+    tokio::time::sleep(TTL / 2).await;
     alice.request(json!({"type": "ping"})).await?;
     assert!(
         !alice

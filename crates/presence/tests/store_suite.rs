@@ -845,6 +845,59 @@ suite!(
 
 // ---- backend-specific behaviour ----
 
+/// Every `presence:*` key in the fixture's Redis.
+async fn redis_presence_keys(fx: &Fixture) -> Vec<String> {
+    let url = fx.redis.as_ref().expect("redis fixture").url();
+    let args = ["-u", &url, "--scan", "--pattern", "presence:*"];
+    let out = chat_testkit::redis_cluster::redis_cli(args.map(String::from).to_vec())
+        .await
+        .expect("redis-cli");
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Nothing of a gateway outlives it in Redis: after its sweep, a disconnect it reports
+/// late (its `:left` entry, needed for a ttl against stale heartbeats) expires with the
+/// ttl, and then no presence key is left at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_nothing_of_a_swept_gateway_outlives_the_ttl() {
+    let fx = open_redis().await;
+    let store = &*fx.store;
+    let alice = uid("alice");
+    store.connect("gw1", &alice).await.expect("connect");
+    store
+        .enter_room("gw1", &alice, &rid("general"))
+        .await
+        .expect("enter");
+    eventually(TTL * 3, "gw1 swept", || async {
+        store.sweep().await.expect("sweep");
+        (store.stats().await.expect("stats").gateways == 0).then_some(())
+    })
+    .await
+    .expect("swept");
+    let taken = store.take_exits("gw2", 0, 100).await.expect("take");
+    assert_eq!(taken.exits, vec![exit("general", "alice")]);
+    store
+        .take_exits("gw2", taken.claim, 100)
+        .await
+        .expect("ack");
+    assert!(
+        store
+            .disconnect("gw1", &alice)
+            .await
+            .expect("late")
+            .is_none()
+    );
+    let left = eventually(TTL + SLACK, "no presence key left", || async {
+        redis_presence_keys(&fx).await.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        left.is_ok(),
+        "left behind: {:?}",
+        redis_presence_keys(&fx).await
+    );
+}
+
 /// Redis dies and comes back empty: the gateway's heartbeats restore online status within
 /// one interval of Redis answering again, and the restored state is consistent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

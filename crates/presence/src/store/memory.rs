@@ -264,7 +264,15 @@ impl PresenceStore for MemoryPresence {
 
     async fn sweep(&self) -> Result<bool, PresenceError> {
         let now = Instant::now();
+        let ttl = self.ttl;
         let mut st = self.lock();
+        // Per-gateway memories that expire in Redis by themselves: the disconnects of a
+        // gateway swept before it reported them, the heartbeat markers of dead gateways.
+        st.left.retain(|_, left| {
+            left.retain(|_, at| *at + ttl >= now);
+            !left.is_empty()
+        });
+        st.beats.retain(|_, until| *until >= now);
         let mut budget = SWEEP_BUDGET;
         while budget > 0 {
             let Some(id) = st
@@ -372,5 +380,44 @@ impl PresenceStore for MemoryPresence {
         let live = st.gateways.values().filter(|gw| gw.deadline >= now);
         let (gateways, users) = live.fold((0, 0), |(g, u), gw| (g + 1, u + gw.users.len() as u64));
         Ok(PresenceStats { gateways, users })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_testkit::process::eventually;
+
+    /// Nothing of a swept gateway stays in memory once its entries are a ttl old, also a
+    /// disconnect it reported after its sweep (as the Redis keys expire).
+    #[tokio::test]
+    async fn nothing_of_a_swept_gateway_outlives_the_ttl() {
+        let ttl = Duration::from_millis(100);
+        let store = MemoryPresence::new(ttl);
+        let alice = UserId::parse("alice").expect("user id");
+        store.connect("gw1", &alice).await.expect("connect");
+        store.heartbeat("gw1", &[]).await.expect("heartbeat");
+        eventually(ttl * 20, "gw1 swept", || async {
+            while store.sweep().await.expect("sweep") {}
+            store.lock().gateways.is_empty().then_some(())
+        })
+        .await
+        .expect("swept");
+        assert!(
+            store
+                .disconnect("gw1", &alice)
+                .await
+                .expect("late")
+                .is_none()
+        );
+        let gone = eventually(ttl * 20, "gw1 forgotten", || async {
+            while store.sweep().await.expect("sweep") {}
+            let st = store.lock();
+            (st.left.is_empty() && st.beats.is_empty()).then_some(())
+        })
+        .await;
+        let st = store.lock();
+        assert!(gone.is_ok(), "left {:?}, beats {:?}", st.left, st.beats);
+        assert!(st.gateways.is_empty() && st.holders.is_empty() && st.told.is_empty());
     }
 }

@@ -258,7 +258,7 @@ impl PresenceStore for RedisPresence {
         gateway: &GatewayId,
         user: &UserId,
     ) -> Result<Option<Vec<RoomId>>, PresenceError> {
-        let args = vec![gateway.to_owned(), user.to_string()];
+        let args = vec![gateway.to_owned(), user.to_string(), self.ttl_ms()];
         let reply: Vec<String> = self.run(&self.scripts.disconnect, args).await?;
         match reply.split_first() {
             Some((flag, rooms)) if flag == "1" => rooms

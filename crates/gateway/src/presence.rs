@@ -52,11 +52,31 @@ const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// TTL, and if presence stays down past the TTL its sweep releases them with events anyway.
 const MAX_PENDING_DETACHES: usize = 100_000;
 
+/// The name under which this process holds its presence lease: `gateway_id`, cut to fit,
+/// then `:` and 8 random hex digits (at most 64 bytes, the presence service's limit).
+/// Per process, not per id: a gateway restarted under the same id (a container restarted
+/// in its pod, named after the pod) must not take over its dead predecessor's record, or
+/// presence would keep the dead process's users held, their period never ending and
+/// their rooms never told `offline`. Under its own name the predecessor's lease lapses
+/// and is swept as any killed gateway's.
+fn lease_id(gateway_id: &str) -> String {
+    const SUFFIX: usize = 9;
+    let mut keep = gateway_id.len().min(64 - SUFFIX);
+    while !gateway_id.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let random = crate::settings::random_gateway_id();
+    let hex = random.strip_prefix("gw-").unwrap_or(&random);
+    format!("{}:{hex}", &gateway_id[..keep])
+}
+
 /// This gateway's presence bookkeeping and its client of the presence service.
 #[derive(Debug)]
 pub struct PresenceTracker {
     /// Every call carries the internal token and is counted and timed (`grpc_client_*`).
     grpc: Grpc<AuthChannel<MeteredChannel>>,
+    /// This process's name at the presence service ([`lease_id`]): the gateway id plus a
+    /// per-process suffix.
     gateway_id: String,
     /// Open connections per user on this gateway.
     users: RefCounts<UserId>,
@@ -131,7 +151,7 @@ impl PresenceTracker {
                 grpc.client_channel(channel),
                 AttachToken::new(token),
             )),
-            gateway_id: gateway_id.to_owned(),
+            gateway_id: lease_id(gateway_id),
             users: RefCounts::default(),
             online_users,
             rooms: RefCounts::default(),
@@ -407,5 +427,29 @@ impl PresenceTracker {
             }
         }
         back
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_id;
+
+    #[test]
+    fn lease_ids_are_per_process_and_fit() {
+        let (a, b) = (lease_id("gw-1"), lease_id("gw-1"));
+        assert_ne!(a, b, "a restart under the same id gets another lease");
+        assert!(
+            a.starts_with("gw-1:") && a.len() == "gw-1:".len() + 8,
+            "{a}"
+        );
+        let long = "p".repeat(64);
+        let id = lease_id(&long);
+        assert_eq!(id.len(), 64);
+        assert!(chat_presence_id_ok(&id), "{id}");
+    }
+
+    fn chat_presence_id_ok(id: &str) -> bool {
+        id.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
     }
 }

@@ -269,3 +269,112 @@ async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A gateway process killed and restarted under the same id (as a container restarted in
+/// its pod, whose name is the id) must not keep the dead process's users online in
+/// presence: they go offline and their rooms hear it, as for any killed gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let store = chat_history::open_store(&chat_history::Settings {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+    let history_url = format!("http://{}", history.local_addr());
+    tokio::spawn(history.run(stop.clone()));
+
+    let presence_store: Arc<dyn chat_presence::PresenceStore> =
+        Arc::new(chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL).await?);
+    let presence =
+        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
+    let presence_url = format!("http://{}", presence.local_addr());
+    tokio::spawn(presence.run(stop.clone()));
+
+    // The survivor, in this process.
+    let settings = Settings {
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        history_url: history_url.clone(),
+        presence_url: presence_url.clone(),
+        redis_url: Some(redis.url()),
+        auth_mode: AuthMode::Jwt,
+        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+        internal_token: None,
+        gateway_id: "survivor".into(),
+        workers: 1,
+        shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
+    };
+    let survivor = Gateway::build(&settings, stop.clone()).await?;
+    let survivor_addr = survivor.local_addr()?;
+    tokio::spawn(survivor.run());
+
+    // The victim: a real chat-gateway process.
+    let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut victim = ChildGuard::spawn(
+        "chat-gateway",
+        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
+            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
+            .env("CHAT_HISTORY_URL", &history_url)
+            .env("CHAT_PRESENCE_URL", &presence_url)
+            .env("CHAT_REDIS_URL", redis.url())
+            .env("CHAT_AUTH_MODE", "jwt")
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_GATEWAY_ID", "victim")
+            .env("CHAT_HTTP_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+    )?;
+    wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
+
+    let mut bob =
+        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
+    bob.join("watch", None).await?;
+    let mut alice = WsClient::connect(&format!(
+        "ws://{survivor_addr}/v1/ws?token={}",
+        token("alice")
+    ))
+    .await?;
+    alice.join("watch", None).await?;
+    let online = alice
+        .request(json!({"type": "presence", "users": ["bob"]}))
+        .await?;
+    assert_eq!(online["users"]["bob"], true);
+
+    // The victim dies and a new process takes its place under the same id within the
+    // lease (a container restarted in its pod keeps the pod name), heartbeating at once.
+    victim.kill();
+    let killed_at = Instant::now();
+    let mut reborn = ChildGuard::spawn(
+        "chat-gateway",
+        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
+            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
+            .env("CHAT_HISTORY_URL", &history_url)
+            .env("CHAT_PRESENCE_URL", &presence_url)
+            .env("CHAT_REDIS_URL", redis.url())
+            .env("CHAT_AUTH_MODE", "jwt")
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("CHAT_GATEWAY_ID", "victim")
+            .env("CHAT_HTTP_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+    )?;
+    wait_for_port(victim_addr, Duration::from_secs(20), &mut reborn).await?;
+    // bob's connection died with the old process: he is offline, and the room hears it
+    // as from any killed gateway.
+    let event = next_presence(&mut alice, 2 * TTL + Duration::from_secs(2)).await?;
+    assert_eq!(
+        event,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": false})
+    );
+    eprintln!(
+        "offline event {:?} after SIGKILL and restart",
+        killed_at.elapsed()
+    );
+    Ok(())
+}

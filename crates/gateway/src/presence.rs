@@ -14,7 +14,8 @@
 //! `Detach` is remembered and retried after each successful heartbeat
 //! ([`PresenceTracker::retry_detaches`]), so the rooms told `online` still hear `offline`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
@@ -34,9 +35,6 @@ use crate::history::AuthChannel;
 
 /// Deadline of one presence call on a connection's path (connect, join, leave).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Transitions of one user are serialised through one of these locks, so a quick
-/// disconnect-then-connect cannot reach the presence service reversed.
-const STRIPES: usize = 64;
 /// Heartbeat interval until the presence service has told us its TTL.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// The presence service hands back at most this many offline events per claim; a full
@@ -51,6 +49,49 @@ const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// crowd disconnects) more are only logged: those users' status still expires with the
 /// TTL, and if presence stays down past the TTL its sweep releases them with events anyway.
 const MAX_PENDING_DETACHES: usize = 100_000;
+
+/// One lock per user with transitions in progress (an entry lives while someone holds
+/// or awaits it).
+#[derive(Debug, Default)]
+struct UserLocks {
+    locks: std::sync::Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds `user`'s lock; drops the map entry when nobody else wants it.
+struct UserLock<'a> {
+    locks: &'a UserLocks,
+    user: UserId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl UserLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Arc<tokio::sync::Mutex<()>>>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn lock(&self, user: &UserId) -> UserLock<'_> {
+        let lock = Arc::clone(self.map().entry(user.clone()).or_default());
+        UserLock {
+            locks: self,
+            user: user.clone(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for UserLock<'_> {
+    fn drop(&mut self) {
+        // Our guard holds a reference; waiters hold theirs (taken under the map lock).
+        drop(self.guard.take());
+        let mut map = self.locks.map();
+        if map
+            .get(&self.user)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.user);
+        }
+    }
+}
 
 /// The name under which this process holds its presence lease: `gateway_id`, cut to fit,
 /// then `:` and 8 random hex digits (at most 64 bytes, the presence service's limit).
@@ -84,7 +125,10 @@ pub struct PresenceTracker {
     online_users: Gauge,
     /// Connections per (room, user) on this gateway that joined the room.
     rooms: RefCounts<(RoomId, UserId)>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Transitions of one user are serialised (a quick disconnect-then-connect must not
+    /// reach presence reversed), and only those: with presence hung, each call waits out
+    /// its deadline, and a user must not wait behind other users' calls too.
+    order: UserLocks,
     /// When the last heartbeat succeeded and the lease length it reported: a gap longer
     /// than the lease means presence may have swept this gateway.
     lease: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
@@ -155,17 +199,11 @@ impl PresenceTracker {
             users: RefCounts::default(),
             online_users,
             rooms: RefCounts::default(),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            order: UserLocks::default(),
             lease: std::sync::Mutex::new(None),
             announced: std::sync::Mutex::new(0),
             undetached: std::sync::Mutex::new(HashSet::new()),
         })
-    }
-
-    fn stripe(&self, user: &UserId) -> &tokio::sync::Mutex<()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user.as_str());
-        &self.stripes[(hash % STRIPES as u64) as usize]
     }
 
     fn user_request(&self, user: &UserId) -> UserRequest {
@@ -185,7 +223,7 @@ impl PresenceTracker {
 
     /// A connection of `user` opened here.
     pub async fn connected(&self, user: &UserId) {
-        let _order = self.stripe(user).lock().await;
+        let _order = self.order.lock(user).await;
         if !self.users.add(user) {
             return;
         }
@@ -201,7 +239,7 @@ impl PresenceTracker {
     /// offline: when this was their last connection anywhere, every room told during their
     /// online period; otherwise none.
     pub async fn disconnected(&self, user: &UserId) -> Vec<RoomId> {
-        let _order = self.stripe(user).lock().await;
+        let _order = self.order.lock(user).await;
         if !self.users.remove(user) {
             return Vec::new();
         }
@@ -244,7 +282,7 @@ impl PresenceTracker {
         let pending: Vec<UserId> = self.undetached().iter().cloned().collect();
         let mut offline = Vec::new();
         for user in pending {
-            let _order = self.stripe(&user).lock().await;
+            let _order = self.order.lock(&user).await;
             if self.users.contains(&user) || !self.undetached().contains(&user) {
                 self.undetached().remove(&user);
                 continue;
@@ -275,7 +313,7 @@ impl PresenceTracker {
     /// A connection of `user` joined `room`. True when the room was not yet told of the
     /// user's online period: announce it.
     pub async fn entered(&self, user: &UserId, room: &RoomId) -> bool {
-        let _order = self.stripe(user).lock().await;
+        let _order = self.order.lock(user).await;
         if !self.rooms.add(&(room.clone(), user.clone())) {
             return false;
         }
@@ -296,7 +334,7 @@ impl PresenceTracker {
     /// A connection of `user` left `room` (or closed). Only counted here: the user is
     /// still online, and the room is told when they go offline.
     pub async fn left(&self, user: &UserId, room: &RoomId) {
-        let _order = self.stripe(user).lock().await;
+        let _order = self.order.lock(user).await;
         self.rooms.remove(&(room.clone(), user.clone()));
     }
 
@@ -409,7 +447,7 @@ impl PresenceTracker {
     pub async fn reenter_rooms(&self) -> Vec<(RoomId, UserId)> {
         let mut back = Vec::new();
         for (room, user) in self.rooms.keys() {
-            let _order = self.stripe(&user).lock().await;
+            let _order = self.order.lock(&user).await;
             if !self.rooms.contains(&(room.clone(), user.clone())) {
                 continue;
             }
@@ -446,6 +484,30 @@ mod tests {
         let id = lease_id(&long);
         assert_eq!(id.len(), 64);
         assert!(chat_presence_id_ok(&id), "{id}");
+    }
+
+    #[tokio::test]
+    async fn user_locks_serialise_one_user_and_are_forgotten() {
+        use chat_model::UserId;
+        let locks = super::UserLocks::default();
+        let (alice, bob) = (
+            UserId::parse("alice").expect("id"),
+            UserId::parse("bob").expect("id"),
+        );
+        let held = locks.lock(&alice).await;
+        // Another user is not held up.
+        let other = locks.lock(&bob).await;
+        drop(other);
+        // The same user waits.
+        let mut waiter = Box::pin(locks.lock(&alice));
+        assert!(futures_util::poll!(waiter.as_mut()).is_pending());
+        drop(held);
+        assert!(locks.map().contains_key(&alice), "kept for the waiter");
+        drop(waiter.await);
+        assert!(
+            locks.map().is_empty(),
+            "nothing left once nobody holds a lock"
+        );
     }
 
     fn chat_presence_id_ok(id: &str) -> bool {

@@ -378,3 +378,83 @@ async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow
     );
     Ok(())
 }
+
+/// A presence service that accepts connections and never answers (its host hung, or a
+/// network drop): every presence call of the gateway waits out its deadline. Chat goes
+/// on: one user's slow call must not hold up other users' connections, whose `hello`
+/// waits only for their own `Attach`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_presence_delays_no_user_behind_another() -> anyhow::Result<()> {
+    const USERS: usize = 200;
+    let redis = RedisServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    let store = chat_history::open_store(&chat_history::Settings {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    })
+    .await?;
+    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+    let history_url = format!("http://{}", history.local_addr());
+    tokio::spawn(history.run(stop.clone()));
+
+    // Accepts and holds every connection, reads nothing, answers nothing.
+    let hung = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let hung_addr = hung.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let _stop_hung = AbortOnDrop(held);
+
+    let settings = Settings {
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        history_url,
+        presence_url: format!("http://{hung_addr}"),
+        redis_url: Some(redis.url()),
+        auth_mode: AuthMode::Jwt,
+        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+        internal_token: None,
+        gateway_id: "gw-hung".into(),
+        workers: 1,
+        shutdown_grace_secs: 1,
+        limits: chat_gateway::limits::Limits::default(),
+    };
+    let gateway = Gateway::build(&settings, stop.clone()).await?;
+    let gateway_addr = gateway.local_addr()?;
+    tokio::spawn(gateway.run());
+
+    // Each Attach waits out the call deadline (2 s); all of them at once.
+    let started = Instant::now();
+    let clients = futures_util::future::try_join_all((0..USERS).map(|u| {
+        let url = format!(
+            "ws://{gateway_addr}/v1/ws?token={}",
+            token(&format!("user{u}"))
+        );
+        async move { WsClient::connect(&url).await }
+    }))
+    .await?;
+    let took = started.elapsed();
+    eprintln!("{USERS} hellos with presence hung: {took:?}");
+    assert_eq!(clients.len(), USERS);
+    // One deadline, plus slack for 200 handshakes on a loaded 2-core box; users queued
+    // behind each other would take several deadlines.
+    assert!(
+        took < Duration::from_secs(5),
+        "{USERS} hellos took {took:?}"
+    );
+    Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

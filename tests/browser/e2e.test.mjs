@@ -245,6 +245,37 @@ async function send(page, text) {
   await input.press('Enter');
 }
 
+/** Stores `bodies` in `room` as `user`, from a second socket in `page` (not its own). */
+async function sendAs(page, user, room, bodies) {
+  const acked = await page.evaluate(
+    async ({ user, room, bodies }) => {
+      const url = new URL(`/v1/ws?user=${user}`, location.href);
+      url.protocol = 'ws:';
+      const ws = new WebSocket(url);
+      let acked = 0;
+      await new Promise((resolve, reject) => {
+        ws.onerror = () => reject(new Error(`${user}'s socket failed`));
+        ws.onmessage = (e) => {
+          const f = JSON.parse(e.data);
+          if (f.type === 'hello') {
+            bodies.forEach((body, i) => {
+              ws.send(JSON.stringify({ type: 'send', room, body, client_id: `${user}-${Date.now()}-${i}` }));
+            });
+          } else if (f.type === 'ack' && ++acked === bodies.length) {
+            resolve();
+          } else if (f.type === 'error') {
+            reject(new Error(`${user}: ${f.code} ${f.message}`));
+          }
+        };
+      });
+      ws.close();
+      return acked;
+    },
+    { user, room, bodies },
+  );
+  assert.equal(acked, bodies.length);
+}
+
 /** The messages the page shows for its active room, in DOM order. */
 function shown(page) {
   return page.locator('#messages li.msg').evaluateAll((nodes) =>
@@ -322,7 +353,11 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
   async function newUserPage(name, options) {
     const context = await browser.newContext(options);
     context.setDefaultTimeout(WAIT_MS);
-    const page = await context.newPage();
+    return watchPage(name, await context.newPage());
+  }
+
+  /** Records a page's script errors and CSP violations, and makes it `pages[name]`. */
+  function watchPage(name, page) {
     page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
     page.on('console', (message) => {
       if (message.type() === 'error' && /Content Security Policy/i.test(message.text())) {
@@ -475,28 +510,7 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
   step('scroll-back loads older pages until the beginning', async () => {
     const { alice } = pages;
     // Seed 130 messages (more than two history pages) from a second socket in the page.
-    const stored = await alice.evaluate(async () => {
-      const url = new URL('/v1/ws?user=seeder', location.href);
-      url.protocol = 'ws:';
-      const ws = new WebSocket(url);
-      let acked = 0;
-      await new Promise((resolve, reject) => {
-        ws.onerror = () => reject(new Error('seeder socket failed'));
-        ws.onmessage = (e) => {
-          const f = JSON.parse(e.data);
-          if (f.type === 'hello') {
-            for (let i = 1; i <= 130; i++) {
-              ws.send(JSON.stringify({ type: 'send', room: 'archive', body: `old ${i}`, client_id: `seed-${i}` }));
-            }
-          } else if (f.type === 'ack' && ++acked === 130) {
-            resolve();
-          }
-        };
-      });
-      ws.close();
-      return acked;
-    });
-    assert.equal(stored, 130);
+    await sendAs(alice, 'seeder', 'archive', Array.from({ length: 130 }, (_, i) => `old ${i + 1}`));
     await joinRoom(alice, 'archive');
     await alice.locator('#messages li.msg').first().waitFor();
     assert.ok((await alice.locator('#messages li.msg').count()) < 130, 'starts with the latest page');
@@ -584,6 +598,34 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     await screenshot(bob, '10-after-crash-phone');
   });
 
+  step('unread counts survive closing the page', async () => {
+    let { alice } = pages;
+    await openRoom(alice, 'random');
+    const badge = () => pages.alice.locator('.room-button[data-room="general"] .badge');
+    assert.equal(await badge().count(), 0, '#general was read');
+    const context = alice.context();
+    await alice.close();
+    // Two messages arrive while alice has no page open (sent from bob's page, as dan).
+    await sendAs(pages.bob, 'dan', 'general', ['while alice was closed 1', 'while alice was closed 2']);
+    alice = watchPage('alice', await context.newPage());
+    await alice.goto(chat.base);
+    await waitOnline(alice);
+    assert.equal(await alice.locator('#messages').getAttribute('data-room'), 'random');
+    await badge().waitFor();
+    assert.match(await badge().innerText(), /^2\b/);
+    assert.match(await alice.title(), /^\(2\) /);
+    await screenshot(alice, '11-unread-after-reopen');
+    // Shown at the bottom: read, and still read after a reload.
+    await waitForBodies(alice, 'general', ['while alice was closed 1', 'while alice was closed 2']);
+    await badge().waitFor({ state: 'detached' });
+    await openRoom(alice, 'random');
+    await alice.reload();
+    await waitOnline(alice);
+    await sleep(1000); // every room joined and its first page loaded
+    assert.equal(await badge().count(), 0, 'still read after a reload');
+    assert.doesNotMatch(await alice.title(), /^\(/);
+  });
+
   step('presence dots follow a second user going online and offline', async () => {
     const { alice } = pages;
     await startDm(alice, 'kim');
@@ -596,12 +638,12 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     await startDm(kim, 'alice');
     await alice.locator('#dm-list .dot.online[data-user="kim"][aria-label="online"]').waitFor();
     await alice.locator('#room-sub', { hasText: 'online' }).waitFor();
-    await screenshot(alice, '11-presence-online');
+    await screenshot(alice, '12-presence-online');
     await kim.context().close();
     delete pages.kim;
     await alice.locator('#dm-list .dot[data-user="kim"][aria-label="offline"]:not(.online)').waitFor();
     await alice.locator('#room-sub', { hasText: 'offline' }).waitFor();
-    await screenshot(alice, '12-presence-offline');
+    await screenshot(alice, '13-presence-offline');
   });
 
   step('a live message lost on the way is fetched and shown in its place', async () => {
@@ -749,7 +791,7 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     await notice.waitFor();
     assert.match(await notice.innerText(), /test: flooding/);
     assert.equal(await lee.locator('#retry-now').isVisible(), false, 'no shortcut around the wait');
-    await screenshot(lee, '13-throttled');
+    await screenshot(lee, '14-throttled');
     await sleep(4000);
     assert.equal(opened.length, 1, `reconnected ${opened.length - 1} times within 4 s of a 1008`);
     await lee.context().close();
@@ -833,7 +875,7 @@ describe('sign-in against a JWT-only server', { timeout: 120_000 }, () => {
     await page.locator('#signin-error', { hasText: /expired/i }).waitFor({ timeout: RECOVER_MS });
     assert.equal(await page.locator('#chat').isVisible(), false);
     assert.equal(await page.locator('#signin-token').isVisible(), true);
-    await screenshot(page, '14-token-expired');
+    await screenshot(page, '15-token-expired');
     const attempts = sockets;
     await sleep(2000);
     assert.equal(sockets, attempts, 'no reconnects after signing out');

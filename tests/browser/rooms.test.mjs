@@ -15,6 +15,8 @@ import {
   isValidRoom,
   isValidUser,
   planReconnect,
+  readPointAfterJoin,
+  unreadCount,
   utf8Length,
 } from '../../crates/gateway/web/rooms.js';
 
@@ -210,6 +212,61 @@ describe('RoomLog', () => {
     assert.equal(log.sorted().length, 0);
     assert.equal(log.since, 0);
     assert.equal(log.hasMore, true);
+  });
+});
+
+describe('unread', () => {
+  const from = (seq, user) => ({ ...msg(seq), from: user });
+
+  it('a room never read here starts read up to its end; a read point past the end comes down', () => {
+    assert.equal(readPointAfterJoin(null, 40), 40);
+    assert.equal(readPointAfterJoin(undefined, 0), 0);
+    assert.equal(readPointAfterJoin('7', 40), 40, 'garbage from storage counts as none');
+    assert.equal(readPointAfterJoin(-1, 40), 40);
+    assert.equal(readPointAfterJoin(25, 40), 25, 'kept: 15 arrived while the page was closed');
+    assert.equal(readPointAfterJoin(40, 40), 40);
+    assert.equal(readPointAfterJoin(90, 40), 40, 'the store knows fewer messages');
+  });
+
+  it('counts what arrived after the read point, not our own messages', () => {
+    const log = new RoomLog('r');
+    log.joined(5);
+    log.addPage([from(3, 'a'), from(4, 'me'), from(5, 'b')]);
+    assert.equal(unreadCount(log, 2, 'me'), 2, 'seqs 3 and 5; 4 is ours');
+    assert.equal(unreadCount(log, 4, 'me'), 1);
+    assert.equal(unreadCount(log, 5, 'me'), 0);
+    log.add(from(6, 'me'));
+    log.add(from(7, 'b'));
+    assert.equal(unreadCount(log, 5, 'me'), 1);
+  });
+
+  it('seqs not loaded count: their author is unknown', () => {
+    const log = new RoomLog('r');
+    log.joined(300); // after a long absence only the latest page loads
+    log.addPage(Array.from({ length: 50 }, (_, i) => from(251 + i, i % 2 ? 'me' : 'b')));
+    assert.equal(unreadCount(log, 200, 'me'), 50 + 25);
+    // Before the page loads, everything after the read point counts.
+    const bare = new RoomLog('r');
+    bare.joined(300);
+    assert.equal(unreadCount(bare, 200, 'me'), 100);
+  });
+
+  it('counts messages above a hole, and the hole', () => {
+    const log = new RoomLog('r');
+    log.joined(10);
+    log.add(from(13, 'b'));
+    assert.equal(log.top(), 13);
+    assert.equal(unreadCount(log, 10, 'me'), 3);
+  });
+
+  it('is never negative, and 0 before the first join or without a read point', () => {
+    const log = new RoomLog('r');
+    assert.equal(unreadCount(log, 3, 'me'), 0, 'not joined');
+    log.joined(5);
+    assert.equal(unreadCount(log, null, 'me'), 0);
+    assert.equal(unreadCount(log, 9, 'me'), 0, 'read point past the end');
+    log.addPage([from(4, 'me'), from(5, 'me')]);
+    assert.equal(unreadCount(log, 3, 'me'), 0);
   });
 });
 

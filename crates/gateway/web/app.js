@@ -6,7 +6,16 @@
 // events, single nodes for the common case of a new last message).
 
 import { Connection } from './connection.js';
-import { RoomLog, dmPeer, dmRoom, isValidRoom, isValidUser, utf8Length } from './rooms.js';
+import {
+  RoomLog,
+  dmPeer,
+  dmRoom,
+  isValidRoom,
+  isValidUser,
+  readPointAfterJoin,
+  unreadCount,
+  utf8Length,
+} from './rooms.js';
 
 const STORAGE_PREFIX = 'chat.v1.';
 const DEFAULT_ROOMS = ['general'];
@@ -74,8 +83,13 @@ class Room {
   constructor(id) {
     this.id = id;
     this.log = new RoomLog(id);
-    /** Messages from others that arrived while the room was not being looked at. */
+    /** Messages from others after `lastRead` (`unreadCount`), shown as the badge. */
     this.unread = 0;
+    /**
+     * The highest seq the user has seen here (at the bottom of the room, the page
+     * visible), saved per user in `localStorage` (`read.<user>`); null until known.
+     */
+    this.lastRead = null;
     /** Whether the current connection has joined it. */
     this.joined = false;
     this.loadingOlder = false;
@@ -344,9 +358,12 @@ function loadUserState(user) {
   app.rooms.clear();
   const saved = storage.get(`rooms.${user}`, null);
   const ids = Array.isArray(saved?.rooms) ? saved.rooms : DEFAULT_ROOMS;
+  const readPoints = storage.get(`read.${user}`, {}) ?? {};
   for (const id of ids) {
     if (typeof id === 'string' && isValidRoom(id) && (!id.startsWith('dm:') || dmPeer(id, user))) {
-      app.rooms.set(id, new Room(id));
+      const room = new Room(id);
+      if (Number.isSafeInteger(readPoints[id]) && readPoints[id] >= 0) room.lastRead = readPoints[id];
+      app.rooms.set(id, room);
     }
   }
   const outbox = storage.get(`outbox.${user}`, []);
@@ -360,6 +377,17 @@ function loadUserState(user) {
 function saveRooms() {
   if (!app.me) return;
   storage.set(`rooms.${app.me}`, { rooms: [...app.rooms.keys()], active: app.active });
+}
+
+/** Saves a room's read point (none: forgets it). Tabs of one user share it; the last write wins. */
+function saveReadPoint(room) {
+  if (!app.me) return;
+  const key = `read.${app.me}`;
+  const stored = storage.get(key, {});
+  const points = stored && typeof stored === 'object' && !Array.isArray(stored) ? stored : {};
+  if (room.lastRead === null) delete points[room.id];
+  else points[room.id] = room.lastRead;
+  storage.set(key, points);
 }
 
 async function joinRoom(room) {
@@ -389,6 +417,13 @@ async function joinRoom(room) {
     room.fillingGap = false;
     if (room.id === app.active) renderMessages({ scroll: 'end' });
   }
+  // What arrived while the page was closed (or the connection down) is unread.
+  const lastRead = readPointAfterJoin(room.lastRead, reply.last_seq);
+  if (lastRead !== room.lastRead) {
+    room.lastRead = lastRead;
+    saveReadPoint(room);
+  }
+  updateUnread(room);
   // A resumed room whose first page never loaded (that request failed) loads it now.
   if (outcome !== 'resumed' || room.log.messages.size === 0) await loadOlder(room);
   else if (room.id === app.active) maybeLoadOlder();
@@ -409,6 +444,9 @@ function addRoom(id) {
 function removeRoom(room) {
   clearAllTyping(room);
   app.rooms.delete(room.id);
+  // Joining it again later starts read up to its end.
+  room.lastRead = null;
+  saveReadPoint(room);
   // Messages still waiting for a room the user left are not sent behind their back.
   const kept = app.outbox.filter((m) => m.room !== room.id);
   if (kept.length !== app.outbox.length) {
@@ -437,7 +475,6 @@ function leaveRoom(room) {
 function selectRoom(id, { focus = false } = {}) {
   app.active = id && app.rooms.has(id) ? id : null;
   const room = activeRoom();
-  if (room) room.unread = 0;
   saveRooms();
   renderSidebar();
   renderHeader();
@@ -452,6 +489,7 @@ function selectRoom(id, { focus = false } = {}) {
   input.placeholder = room ? `Message ${room.label}` : 'Join a room first';
   $('composer-input').labels[0].textContent = room ? `Message ${room.label}` : 'Message';
   if (focus && room) input.focus();
+  if (room) updateUnread(room); // shown at the bottom: read
   maybeLoadOlder();
 }
 
@@ -513,16 +551,11 @@ function onMessage(msg) {
   if (msg.from === app.me && typeof msg.client_id === 'string') settleOutbox(msg.client_id);
   if (!addToLog(room, msg)) return;
   clearTyping(room, msg.from);
-  const looking = room.id === app.active && !document.hidden;
-  if (msg.from !== app.me && !looking) {
-    room.unread += 1;
-    renderSidebar();
-    updateTitle();
-  }
   if (room.id === app.active) {
     insertMessage(room, msg);
     if (msg.from !== app.me) announce(msg);
   }
+  updateUnread(room);
   askPresence([msg.from]);
   // Beyond the resume point: messages before it went missing (the server delivers in
   // order, so they will not come by themselves). Fetch them.
@@ -563,10 +596,11 @@ function resetRoom(room) {
   room.epoch += 1;
   room.loadingOlder = false;
   room.fillingGap = false;
-  room.unread = 0;
+  // Its seqs name other messages now: the next `joined` starts it read up to its end.
+  room.lastRead = null;
+  saveReadPoint(room);
   if (room.id === app.active) renderMessages({ scroll: 'end' });
-  renderSidebar();
-  updateTitle();
+  updateUnread(room);
   if (app.conn?.isOpen) joinRoom(room);
 }
 
@@ -591,25 +625,36 @@ async function fillGap(room) {
         break;
       }
       if (app.rooms.get(room.id) !== room || room.epoch !== epoch) return;
-      const fromOthers = page.messages.filter((m) => m.from !== app.me && !room.log.messages.has(m.seq)).length;
       const added = addHistoryPage(room, page.messages);
       if (added === null) return;
       if (added === 0) break; // the server has nothing there: do not spin
-      countUnread(room, fromOthers);
       if (room.id === app.active) {
         const atBottom = isAtBottom();
         renderMessages({ scroll: atBottom ? 'end' : 'keep' });
       }
+      updateUnread(room);
     }
   } finally {
     if (room.epoch === epoch) room.fillingGap = false;
   }
 }
 
-/** Counts messages from others that arrived while their room was not being looked at. */
-function countUnread(room, n) {
-  if (n <= 0 || (room.id === app.active && !document.hidden)) return;
-  room.unread += n;
+/**
+ * Recomputes a room's unread count after its log or read point changed. When the user is
+ * looking at the room's newest messages (the room shown, scrolled to the bottom, the page
+ * visible), its read point moves up to the newest seq first.
+ */
+function updateUnread(room) {
+  if (!room || app.rooms.get(room.id) !== room) return;
+  const top = room.log.top();
+  const reading = room.id === app.active && !document.hidden && isAtBottom();
+  if (reading && room.log.tip !== null && room.lastRead !== null && top > room.lastRead) {
+    room.lastRead = top;
+    saveReadPoint(room);
+  }
+  const unread = unreadCount(room.log, room.lastRead, app.me);
+  if (unread === room.unread) return;
+  room.unread = unread;
   renderSidebar();
   updateTitle();
 }
@@ -642,6 +687,8 @@ async function loadOlder(room) {
       // Still at the top (a short page, a tall screen): keep going.
       requestAnimationFrame(maybeLoadOlder);
     }
+    // Our own messages in the page are not unread.
+    updateUnread(room);
   } else if (room.id === app.active) {
     renderOlderControls();
   }
@@ -872,7 +919,9 @@ async function sendItem(item) {
     body: item.body,
     client_id: item.client_id,
   };
-  if (addToLog(room, msg) && room.id === app.active) insertMessage(room, msg);
+  if (!addToLog(room, msg)) return;
+  if (room.id === app.active) insertMessage(room, msg);
+  updateUnread(room);
 }
 
 /** Removes a stored message from the outbox. */
@@ -1200,7 +1249,10 @@ function wire() {
   $('scroller').addEventListener(
     'scroll',
     () => {
-      if (isAtBottom()) $('jump').hidden = true;
+      if (isAtBottom()) {
+        $('jump').hidden = true;
+        updateUnread(activeRoom());
+      }
       maybeLoadOlder();
     },
     { passive: true },
@@ -1220,12 +1272,7 @@ function wire() {
   document.addEventListener('visibilitychange', () => {
     if (document.hidden) return;
     app.conn?.retryNow();
-    const room = activeRoom();
-    if (room?.unread) {
-      room.unread = 0;
-      renderSidebar();
-      updateTitle();
-    }
+    updateUnread(activeRoom());
   });
   // Another tab signed out or in: follow it.
   window.addEventListener('storage', (e) => {

@@ -1,5 +1,5 @@
-// Room ids and the per-room message log: pure logic, no DOM, no network (unit-tested
-// with node in tests/browser/rooms.test.mjs).
+// Room ids, the per-room message log and its unread count: pure logic, no DOM, no
+// network (unit-tested with node in tests/browser/rooms.test.mjs).
 
 const USER_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const ROOM_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
@@ -193,6 +193,44 @@ export class RoomLog {
     const all = this.sorted();
     return all.length ? all[all.length - 1].seq : 0;
   }
+
+  /** The highest seq this log knows the room has: `tip` or a message above it; 0 before the first join. */
+  top() {
+    return Math.max(this.tip ?? 0, this.newest());
+  }
+}
+
+/**
+ * The read point to keep after a `joined` with `lastSeq`. The read point is the highest
+ * seq the user has seen in the room (saved across reloads). A room without one (never
+ * read in this browser: just added, or its store was replaced) starts read up to its end,
+ * so it does not light up with its whole history; one past the room's end (a store that
+ * knows fewer messages) comes down to the end.
+ */
+export function readPointAfterJoin(lastRead, lastSeq) {
+  if (!Number.isSafeInteger(lastSeq) || lastSeq < 0) return lastRead ?? null;
+  if (!Number.isSafeInteger(lastRead) || lastRead < 0) return lastSeq;
+  return Math.min(lastRead, lastSeq);
+}
+
+/**
+ * Unread messages of a room: the seqs after the read point `lastRead` up to `log.top()`,
+ * less the messages of `me` among them that the log holds. A seq not loaded counts (its
+ * author is unknown: after a long absence only the latest page is loaded). Never
+ * negative; 0 before the first join or without a read point.
+ */
+export function unreadCount(log, lastRead, me) {
+  if (log.tip === null || !Number.isSafeInteger(lastRead)) return 0;
+  const top = log.top();
+  const span = top - lastRead;
+  if (span <= 0) return 0;
+  let own = 0;
+  if (span <= log.messages.size) {
+    for (let seq = lastRead + 1; seq <= top; seq++) if (log.messages.get(seq)?.from === me) own += 1;
+  } else {
+    for (const m of log.messages.values()) if (m.seq > lastRead && m.from === me) own += 1;
+  }
+  return Math.max(0, span - own);
 }
 
 /**

@@ -633,14 +633,26 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     const dot = alice.locator('#dm-list .dot[data-user="kim"]');
     await dot.waitFor({ state: 'visible' });
     assert.equal(await dot.getAttribute('aria-label'), 'offline');
+    // Kim signs in (joining #general, which alice is in) but never opens the DM.
     const kim = await newUserPage('kim', { viewport: { width: 900, height: 700 } });
     await signIn(kim, chat.base, 'kim');
-    await startDm(kim, 'alice');
+    await send(kim, 'kim was here');
     await alice.locator('#dm-list .dot.online[data-user="kim"][aria-label="online"]').waitFor();
     await alice.locator('#room-sub', { hasText: 'online' }).waitFor();
     await screenshot(alice, '12-presence-online');
+    // Leaving a room is not going offline: kim stays online, on every dot.
+    await kim.locator('#room-list li[data-room="general"] .leave').click();
+    await kim.locator('#room-list li[data-room="general"]').waitFor({ state: 'detached' });
+    await sleep(1500);
+    assert.equal(await dot.getAttribute('aria-label'), 'online');
+    await waitForBodies(alice, 'general', ['kim was here']);
+    const authorDot = alice.locator('#messages .dot[data-user="kim"]').last();
+    assert.equal(await authorDot.getAttribute('aria-label'), 'online');
+    // Closing the page is: the offline event comes through #general, the room kim left.
     await kim.context().close();
     delete pages.kim;
+    await alice.locator('#messages .dot[data-user="kim"][aria-label="offline"]:not(.online)').last().waitFor();
+    await openRoom(alice, 'dm:alice:kim');
     await alice.locator('#dm-list .dot[data-user="kim"][aria-label="offline"]:not(.online)').waitFor();
     await alice.locator('#room-sub', { hasText: 'offline' }).waitFor();
     await screenshot(alice, '13-presence-offline');

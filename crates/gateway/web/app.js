@@ -130,6 +130,9 @@ const app = {
     asked: new Set(),
     wanted: new Set(),
     timer: null,
+    /** Counts `presence` events; `eventAt`: user -> the count at their latest event. */
+    clock: 0,
+    eventAt: new Map(),
   },
   /** room -> when we last sent `typing` there */
   typingSentAt: new Map(),
@@ -337,7 +340,7 @@ function onFrame(frame) {
       onTyping(frame);
       break;
     case 'presence':
-      if (typeof frame.user === 'string') setOnline(frame.user, frame.online === true, true);
+      onPresenceEvent(frame);
       break;
     case 'error':
       // Errors without a pending request, e.g. `typing` racing a `leave`.
@@ -1058,6 +1061,7 @@ async function queryPresence() {
     presence.asked.add(user);
   }
   if (!users.length || !app.conn?.isOpen) return;
+  const sentAt = presence.clock;
   let reply;
   try {
     reply = await app.conn.request({ type: 'presence', users });
@@ -1075,8 +1079,30 @@ async function queryPresence() {
     return;
   }
   markPresenceSupported();
-  for (const [user, online] of Object.entries(reply.users ?? {})) setOnline(user, online === true, false);
+  for (const [user, online] of Object.entries(reply.users ?? {})) {
+    // An event that arrived while the query was out is newer than its answer.
+    if ((presence.eventAt.get(user) ?? 0) > sentAt) continue;
+    setOnline(user, online === true, false);
+  }
   if (presence.wanted.size) askPresence([]);
+}
+
+/**
+ * A `presence` event `{room, user, online}`. Events follow the user's online status, not
+ * their room membership: `online: true` comes through a room the first time in their
+ * online period that they join it, `online: false` once when their last connection
+ * anywhere closes, through every room told they were online, also rooms they left
+ * meanwhile; a `leave` sends nothing. So the state is the user's, whichever room the
+ * event names (one we share, one they left, one we left): a user who left a room stays
+ * online until an `online: false`.
+ */
+function onPresenceEvent({ user, online }) {
+  if (typeof user !== 'string' || typeof online !== 'boolean' || user === app.me) return;
+  app.presence.clock += 1;
+  app.presence.eventAt.set(user, app.presence.clock);
+  // Gone everywhere: they are not typing any more either.
+  if (!online) for (const room of app.rooms.values()) clearTyping(room, user);
+  setOnline(user, online, true);
 }
 
 function markPresenceSupported() {

@@ -89,15 +89,22 @@ async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyh
     )?;
     wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
 
-    let mut bob =
-        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
-    bob.join("watch", None).await?;
+    // alice first, so that bob's online event proves his room entry reached presence
+    // (`joined` is answered before the entry is reported): killed before that, nobody
+    // would have been told anything.
     let mut alice = WsClient::connect(&format!(
         "ws://{survivor_addr}/v1/ws?token={}",
         token("alice")
     ))
     .await?;
     alice.join("watch", None).await?;
+    let mut bob =
+        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
+    bob.join("watch", None).await?;
+    assert_eq!(
+        next_presence(&mut alice, 2 * TTL).await?,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
+    );
     let online = alice
         .request(json!({"type": "presence", "users": ["bob"]}))
         .await?;
@@ -332,19 +339,21 @@ async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow
     )?;
     wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
 
-    let mut bob =
-        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
-    bob.join("watch", None).await?;
+    // alice first, so that bob's online event proves his room entry reached presence
+    // (`joined` is answered before the entry is reported).
     let mut alice = WsClient::connect(&format!(
         "ws://{survivor_addr}/v1/ws?token={}",
         token("alice")
     ))
     .await?;
     alice.join("watch", None).await?;
-    let online = alice
-        .request(json!({"type": "presence", "users": ["bob"]}))
-        .await?;
-    assert_eq!(online["users"]["bob"], true);
+    let mut bob =
+        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
+    bob.join("watch", None).await?;
+    assert_eq!(
+        next_presence(&mut alice, 2 * TTL).await?,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
+    );
 
     // The victim dies and a new process takes its place under the same id within the
     // lease (a container restarted in its pod keeps the pod name), heartbeating at once.

@@ -32,79 +32,15 @@ fn token(user: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyhow::Result<()> {
-    let redis = RedisServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let _stop_all = stop.clone().drop_guard();
-
-    let store = chat_history::open_store(&chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    })
-    .await?;
-    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
-    let history_url = format!("http://{}", history.local_addr());
-    tokio::spawn(history.run(stop.clone()));
-
-    let presence_store: Arc<dyn chat_presence::PresenceStore> =
-        Arc::new(chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL).await?);
-    let presence =
-        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
-    let presence_url = format!("http://{}", presence.local_addr());
-    tokio::spawn(presence.run(stop.clone()));
-
-    // The survivor, in this process.
-    let settings = Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        history_url: history_url.clone(),
-        presence_url: presence_url.clone(),
-        redis_url: Some(redis.url()),
-        auth_mode: AuthMode::Jwt,
-        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-        internal_token: None,
-        gateway_id: "survivor".into(),
-        workers: 1,
-        shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
-    };
-    let survivor = Gateway::build(&settings, stop.clone()).await?;
-    let survivor_addr = survivor.local_addr()?;
-    tokio::spawn(survivor.run());
-
-    // The victim: a real chat-gateway process.
+    let backends = Backends::start().await?;
+    let (presence_addr, _) = backends
+        .start_presence(TTL, ([127, 0, 0, 1], 0).into(), backends.stop.clone())
+        .await?;
+    let presence_url = format!("http://{presence_addr}");
+    let survivor_addr = backends.start_gateway("survivor", &presence_url).await?;
     let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut victim = ChildGuard::spawn(
-        "chat-gateway",
-        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
-            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
-            .env("CHAT_HISTORY_URL", &history_url)
-            .env("CHAT_PRESENCE_URL", &presence_url)
-            .env("CHAT_REDIS_URL", redis.url())
-            .env("CHAT_AUTH_MODE", "jwt")
-            .env("CHAT_JWT_SECRET", SECRET)
-            .env("CHAT_GATEWAY_ID", "victim")
-            .env("CHAT_HTTP_WORKERS", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null()),
-    )?;
-    wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
-
-    // alice first, so that bob's online event proves his room entry reached presence
-    // (`joined` is answered before the entry is reported): killed before that, nobody
-    // would have been told anything.
-    let mut alice = WsClient::connect(&format!(
-        "ws://{survivor_addr}/v1/ws?token={}",
-        token("alice")
-    ))
-    .await?;
-    alice.join("watch", None).await?;
-    let mut bob =
-        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
-    bob.join("watch", None).await?;
-    assert_eq!(
-        next_presence(&mut alice, 2 * TTL).await?,
-        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
-    );
+    let mut victim = backends.spawn_victim(victim_addr, &presence_url).await?;
+    let (mut alice, _bob) = alice_watches_bob(survivor_addr, victim_addr).await?;
     let online = alice
         .request(json!({"type": "presence", "users": ["bob"]}))
         .await?;
@@ -146,6 +82,126 @@ async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyh
     Ok(())
 }
 
+/// Redis and a history service (embedded store) for one test, stopped when dropped.
+struct Backends {
+    redis: RedisServer,
+    history_url: String,
+    /// Cancelled when the test ends: stops every in-process server of the test.
+    stop: CancellationToken,
+    _stop_all: tokio_util::sync::DropGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Backends {
+    async fn start() -> anyhow::Result<Self> {
+        let redis = RedisServer::start().await?;
+        let dir = tempfile::tempdir()?;
+        let stop = CancellationToken::new();
+        let store = chat_history::open_store(&chat_history::Settings {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        })
+        .await?;
+        let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+        let history_url = format!("http://{}", history.local_addr());
+        tokio::spawn(history.run(stop.clone()));
+        Ok(Self {
+            redis,
+            history_url,
+            _stop_all: stop.clone().drop_guard(),
+            stop,
+            _dir: dir,
+        })
+    }
+
+    /// A presence service on Redis with `ttl`, bound to `addr`, until `stop`.
+    async fn start_presence(
+        &self,
+        ttl: Duration,
+        addr: std::net::SocketAddr,
+        stop: CancellationToken,
+    ) -> anyhow::Result<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )> {
+        let store: Arc<dyn chat_presence::PresenceStore> = Arc::new(
+            chat_presence::store::redis::RedisPresence::connect(&self.redis.url(), ttl).await?,
+        );
+        let server = chat_presence::PresenceServer::bind(addr, store).await?;
+        let addr = server.local_addr();
+        Ok((addr, tokio::spawn(server.run(stop))))
+    }
+
+    /// An in-process gateway `id` using `presence_url`, until the test ends.
+    async fn start_gateway(
+        &self,
+        id: &str,
+        presence_url: &str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let settings = Settings {
+            http_addr: ([127, 0, 0, 1], 0).into(),
+            history_url: self.history_url.clone(),
+            presence_url: presence_url.to_owned(),
+            redis_url: Some(self.redis.url()),
+            auth_mode: AuthMode::Jwt,
+            jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
+            internal_token: None,
+            gateway_id: id.into(),
+            workers: 1,
+            shutdown_grace_secs: 1,
+            limits: chat_gateway::limits::Limits::default(),
+        };
+        let gateway = Gateway::build(&settings, self.stop.clone()).await?;
+        let addr = gateway.local_addr()?;
+        tokio::spawn(gateway.run());
+        Ok(addr)
+    }
+
+    /// A real `chat-gateway` process with the id `victim` on `addr`, once it listens.
+    async fn spawn_victim(
+        &self,
+        addr: std::net::SocketAddr,
+        presence_url: &str,
+    ) -> anyhow::Result<ChildGuard> {
+        let mut victim = ChildGuard::spawn(
+            "chat-gateway",
+            Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
+                .env("CHAT_HTTP_ADDR", addr.to_string())
+                .env("CHAT_HISTORY_URL", &self.history_url)
+                .env("CHAT_PRESENCE_URL", presence_url)
+                .env("CHAT_REDIS_URL", self.redis.url())
+                .env("CHAT_AUTH_MODE", "jwt")
+                .env("CHAT_JWT_SECRET", SECRET)
+                .env("CHAT_GATEWAY_ID", "victim")
+                .env("CHAT_HTTP_WORKERS", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null()),
+        )?;
+        wait_for_port(addr, Duration::from_secs(20), &mut victim).await?;
+        Ok(victim)
+    }
+}
+
+/// alice on the survivor and bob on the victim in room `watch`, once alice heard bob
+/// come online. alice joins first, so that bob's online event proves his room entry
+/// reached presence (`joined` is answered before the entry is reported): killed before
+/// that, nobody would have been told anything.
+async fn alice_watches_bob(
+    survivor: std::net::SocketAddr,
+    victim: std::net::SocketAddr,
+) -> anyhow::Result<(WsClient, WsClient)> {
+    let mut alice =
+        WsClient::connect(&format!("ws://{survivor}/v1/ws?token={}", token("alice"))).await?;
+    alice.join("watch", None).await?;
+    let mut bob = WsClient::connect(&format!("ws://{victim}/v1/ws?token={}", token("bob"))).await?;
+    bob.join("watch", None).await?;
+    assert_eq!(
+        next_presence(&mut alice, 2 * TTL).await?,
+        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
+    );
+    Ok((alice, bob))
+}
+
 /// The next `presence` event, waiting at most `within`.
 async fn next_presence(
     client: &mut WsClient,
@@ -183,50 +239,14 @@ fn failed_detaches(exposition: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> {
     const TTL: Duration = Duration::from_secs(4);
-    let redis = RedisServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let _stop_all = stop.clone().drop_guard();
-
-    let store = chat_history::open_store(&chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    })
-    .await?;
-    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
-    let history_url = format!("http://{}", history.local_addr());
-    tokio::spawn(history.run(stop.clone()));
-
-    let start_presence = |addr: std::net::SocketAddr, stop: CancellationToken| {
-        let url = redis.url();
-        async move {
-            let store: Arc<dyn chat_presence::PresenceStore> =
-                Arc::new(chat_presence::store::redis::RedisPresence::connect(&url, TTL).await?);
-            let server = chat_presence::PresenceServer::bind(addr, store).await?;
-            let addr = server.local_addr();
-            anyhow::Ok((addr, tokio::spawn(server.run(stop))))
-        }
-    };
+    let backends = Backends::start().await?;
     let presence_stop = CancellationToken::new();
-    let (presence_addr, presence) =
-        start_presence(([127, 0, 0, 1], 0).into(), presence_stop.clone()).await?;
-
-    let settings = Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        history_url,
-        presence_url: format!("http://{presence_addr}"),
-        redis_url: Some(redis.url()),
-        auth_mode: AuthMode::Jwt,
-        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-        internal_token: None,
-        gateway_id: "gw-retry".into(),
-        workers: 1,
-        shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
-    };
-    let gateway = Gateway::build(&settings, stop.clone()).await?;
-    let gateway_addr = gateway.local_addr()?;
-    tokio::spawn(gateway.run());
+    let (presence_addr, presence) = backends
+        .start_presence(TTL, ([127, 0, 0, 1], 0).into(), presence_stop.clone())
+        .await?;
+    let gateway_addr = backends
+        .start_gateway("gw-retry", &format!("http://{presence_addr}"))
+        .await?;
     let ws = |user: &str| format!("ws://{gateway_addr}/v1/ws?token={}", token(user));
 
     let mut alice = WsClient::connect(&ws("alice")).await?;
@@ -252,9 +272,11 @@ async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> 
     // Presence is back on the same address, well within the gateway's lease.
     let presence_stop = CancellationToken::new();
     let _stop_presence = presence_stop.clone().drop_guard();
-    let (_, _presence) = eventually(TTL, "presence to bind again", || {
-        let start = start_presence(presence_addr, presence_stop.clone());
-        async move { start.await.ok() }
+    let (_, _presence) = eventually(TTL, "presence to bind again", || async {
+        backends
+            .start_presence(TTL, presence_addr, presence_stop.clone())
+            .await
+            .ok()
     })
     .await?;
     assert_eq!(
@@ -282,98 +304,21 @@ async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> 
 /// presence: they go offline and their rooms hear it, as for any killed gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow::Result<()> {
-    let redis = RedisServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let _stop_all = stop.clone().drop_guard();
-
-    let store = chat_history::open_store(&chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    })
-    .await?;
-    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
-    let history_url = format!("http://{}", history.local_addr());
-    tokio::spawn(history.run(stop.clone()));
-
-    let presence_store: Arc<dyn chat_presence::PresenceStore> =
-        Arc::new(chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL).await?);
-    let presence =
-        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
-    let presence_url = format!("http://{}", presence.local_addr());
-    tokio::spawn(presence.run(stop.clone()));
-
-    // The survivor, in this process.
-    let settings = Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        history_url: history_url.clone(),
-        presence_url: presence_url.clone(),
-        redis_url: Some(redis.url()),
-        auth_mode: AuthMode::Jwt,
-        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-        internal_token: None,
-        gateway_id: "survivor".into(),
-        workers: 1,
-        shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
-    };
-    let survivor = Gateway::build(&settings, stop.clone()).await?;
-    let survivor_addr = survivor.local_addr()?;
-    tokio::spawn(survivor.run());
-
-    // The victim: a real chat-gateway process.
+    let backends = Backends::start().await?;
+    let (presence_addr, _) = backends
+        .start_presence(TTL, ([127, 0, 0, 1], 0).into(), backends.stop.clone())
+        .await?;
+    let presence_url = format!("http://{presence_addr}");
+    let survivor_addr = backends.start_gateway("survivor", &presence_url).await?;
     let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut victim = ChildGuard::spawn(
-        "chat-gateway",
-        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
-            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
-            .env("CHAT_HISTORY_URL", &history_url)
-            .env("CHAT_PRESENCE_URL", &presence_url)
-            .env("CHAT_REDIS_URL", redis.url())
-            .env("CHAT_AUTH_MODE", "jwt")
-            .env("CHAT_JWT_SECRET", SECRET)
-            .env("CHAT_GATEWAY_ID", "victim")
-            .env("CHAT_HTTP_WORKERS", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null()),
-    )?;
-    wait_for_port(victim_addr, Duration::from_secs(20), &mut victim).await?;
-
-    // alice first, so that bob's online event proves his room entry reached presence
-    // (`joined` is answered before the entry is reported).
-    let mut alice = WsClient::connect(&format!(
-        "ws://{survivor_addr}/v1/ws?token={}",
-        token("alice")
-    ))
-    .await?;
-    alice.join("watch", None).await?;
-    let mut bob =
-        WsClient::connect(&format!("ws://{victim_addr}/v1/ws?token={}", token("bob"))).await?;
-    bob.join("watch", None).await?;
-    assert_eq!(
-        next_presence(&mut alice, 2 * TTL).await?,
-        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
-    );
+    let mut victim = backends.spawn_victim(victim_addr, &presence_url).await?;
+    let (mut alice, _bob) = alice_watches_bob(survivor_addr, victim_addr).await?;
 
     // The victim dies and a new process takes its place under the same id within the
     // lease (a container restarted in its pod keeps the pod name), heartbeating at once.
     victim.kill();
     let killed_at = Instant::now();
-    let mut reborn = ChildGuard::spawn(
-        "chat-gateway",
-        Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
-            .env("CHAT_HTTP_ADDR", victim_addr.to_string())
-            .env("CHAT_HISTORY_URL", &history_url)
-            .env("CHAT_PRESENCE_URL", &presence_url)
-            .env("CHAT_REDIS_URL", redis.url())
-            .env("CHAT_AUTH_MODE", "jwt")
-            .env("CHAT_JWT_SECRET", SECRET)
-            .env("CHAT_GATEWAY_ID", "victim")
-            .env("CHAT_HTTP_WORKERS", "1")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null()),
-    )?;
-    wait_for_port(victim_addr, Duration::from_secs(20), &mut reborn).await?;
+    let _reborn = backends.spawn_victim(victim_addr, &presence_url).await?;
     // bob's connection died with the old process: he is offline, and the room hears it
     // as from any killed gateway.
     let event = next_presence(&mut alice, 2 * TTL + Duration::from_secs(2)).await?;
@@ -395,19 +340,7 @@ async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_presence_delays_no_user_behind_another() -> anyhow::Result<()> {
     const USERS: usize = 200;
-    let redis = RedisServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let stop = CancellationToken::new();
-    let _stop_all = stop.clone().drop_guard();
-
-    let store = chat_history::open_store(&chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    })
-    .await?;
-    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
-    let history_url = format!("http://{}", history.local_addr());
-    tokio::spawn(history.run(stop.clone()));
+    let backends = Backends::start().await?;
 
     // Accepts and holds every connection, reads nothing, answers nothing.
     let hung = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -420,22 +353,9 @@ async fn hung_presence_delays_no_user_behind_another() -> anyhow::Result<()> {
     });
     let _stop_hung = AbortOnDrop(held);
 
-    let settings = Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        history_url,
-        presence_url: format!("http://{hung_addr}"),
-        redis_url: Some(redis.url()),
-        auth_mode: AuthMode::Jwt,
-        jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-        internal_token: None,
-        gateway_id: "gw-hung".into(),
-        workers: 1,
-        shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
-    };
-    let gateway = Gateway::build(&settings, stop.clone()).await?;
-    let gateway_addr = gateway.local_addr()?;
-    tokio::spawn(gateway.run());
+    let gateway_addr = backends
+        .start_gateway("gw-hung", &format!("http://{hung_addr}"))
+        .await?;
 
     // Each Attach waits out the call deadline (2 s); all of them at once.
     let started = Instant::now();

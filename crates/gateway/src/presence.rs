@@ -43,6 +43,8 @@ const MAX_EXITS_PER_CLAIM: usize = 10_000;
 /// Users per `Heartbeat` call: 5,000 ids of at most 64 bytes are about 0.35 MB, far below
 /// the 4 MiB gRPC message limit, and one call is a few milliseconds of Redis work.
 pub const HEARTBEAT_CHUNK: usize = 5_000;
+/// `EnterRoom` calls in flight when re-reporting every membership after a lost lease.
+const REENTER_CONCURRENCY: usize = 64;
 /// Heartbeat interval while a dead gateway's exits are still being handed out.
 const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Failed `Detach`es remembered for a retry. Past this many (presence down while a
@@ -442,29 +444,36 @@ impl PresenceTracker {
         }
     }
 
-    /// Reports every room membership this gateway holds again, after a lost lease.
+    /// Reports every room membership this gateway holds again, after a lost lease, with
+    /// up to [`REENTER_CONCURRENCY`] calls in flight: one at a time, 100k memberships
+    /// would take longer than the lease they are meant to restore.
     /// Returns the memberships that presence had released: announce them as entered.
     pub async fn reenter_rooms(&self) -> Vec<(RoomId, UserId)> {
-        let mut back = Vec::new();
-        for (room, user) in self.rooms.keys() {
-            let _order = self.order.lock(&user).await;
-            if !self.rooms.contains(&(room.clone(), user.clone())) {
-                continue;
-            }
-            match self
-                .grpc
-                .clone()
-                .enter_room(self.room_request(&user, &room))
-                .await
-            {
-                Ok(reply) if reply.get_ref().changed => back.push((room, user)),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(%user, %room, error = %e.message(), "presence re-enter failed")
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(self.rooms.keys())
+            .map(|(room, user)| async move {
+                let _order = self.order.lock(&user).await;
+                if !self.rooms.contains(&(room.clone(), user.clone())) {
+                    return None;
                 }
-            }
-        }
-        back
+                match self
+                    .grpc
+                    .clone()
+                    .enter_room(self.room_request(&user, &room))
+                    .await
+                {
+                    Ok(reply) if reply.get_ref().changed => Some((room, user)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(%user, %room, error = %e.message(), "presence re-enter failed");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(REENTER_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 }
 

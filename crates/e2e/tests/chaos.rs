@@ -145,13 +145,7 @@ async fn guarded(
 /// [`gateway_kill9_in_flight`] makes one on purpose.)
 async fn gateway_kill9(h: &Harness) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(h, Layout::mongo(3, 2)).await?;
-    let load = Load::start(&cluster.nginx).await?;
-    anyhow::ensure!(
-        load.gateways().len() == 3,
-        "nginx spread the clients over {:?}, expected 3 gateways",
-        load.gateways()
-    );
-    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+    let load = Load::start_over(&cluster.nginx, 3).await?;
 
     let victim_id = load.first_gateways[0].clone();
     let victim = cluster
@@ -332,13 +326,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
     let mut watcher = quiet_member(&cluster.gateways[0], "watcher").await?;
     let leaver = quiet_member(&cluster.gateways[1], "leaver").await?;
-    let load = Load::start(&cluster.nginx).await?;
-    anyhow::ensure!(
-        load.gateways().len() == 2,
-        "nginx spread the clients over {:?}, expected both gateways",
-        load.gateways()
-    );
-    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+    let load = Load::start_over(&cluster.nginx, 2).await?;
     let mut online = load.users();
     online.extend(["watcher".to_owned(), "leaver".to_owned()]);
     presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
@@ -408,13 +396,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
 /// heartbeat, and keeps doing so.
 async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
-    let load = Load::start(&cluster.nginx).await?;
-    anyhow::ensure!(
-        load.gateways().len() == 2,
-        "nginx spread the clients over {:?}, expected both gateways",
-        load.gateways()
-    );
-    load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+    let load = Load::start_over(&cluster.nginx, 2).await?;
     let online = load.users();
     presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
 
@@ -851,6 +833,20 @@ impl Load {
             first_gateways,
             tasks,
         })
+    }
+
+    /// [`Load::start`], then checks nginx spread the clients over `gateways` gateways and
+    /// waits until every client had [`ACKS_BEFORE`] sends acked: the steady state a
+    /// fault is injected into.
+    async fn start_over(nginx: &Nginx, gateways: usize) -> anyhow::Result<Self> {
+        let load = Self::start(nginx).await?;
+        anyhow::ensure!(
+            load.gateways().len() == gateways,
+            "nginx spread the clients over {:?}, expected {gateways} gateways",
+            load.gateways()
+        );
+        load.wait_each(ACKS_BEFORE, "load before the fault").await?;
+        Ok(load)
     }
 
     /// The clients' user ids.

@@ -33,14 +33,14 @@ fn token(user: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_gateway_users_go_offline_within_ttl_plus_one_heartbeat() -> anyhow::Result<()> {
     let backends = Backends::start().await?;
-    let (presence_addr, _) = backends
-        .start_presence(TTL, ([127, 0, 0, 1], 0).into(), backends.stop.clone())
-        .await?;
-    let presence_url = format!("http://{presence_addr}");
-    let survivor_addr = backends.start_gateway("survivor", &presence_url).await?;
-    let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut victim = backends.spawn_victim(victim_addr, &presence_url).await?;
-    let (mut alice, _bob) = alice_watches_bob(survivor_addr, victim_addr).await?;
+    // bob's client is kept (bound) until the kill: dropping it would close him politely.
+    let Victim {
+        process: mut victim,
+        mut alice,
+        bob: _bob,
+        presence_url: _,
+        addr: _,
+    } = backends.victim_watched_by_alice().await?;
     let online = alice
         .request(json!({"type": "presence", "users": ["bob"]}))
         .await?;
@@ -182,21 +182,53 @@ impl Backends {
     }
 }
 
-/// alice on the survivor and bob on the victim in room `watch`, once alice heard bob
-/// come online. alice joins first, so that bob's online event proves his room entry
-/// reached presence (`joined` is answered before the entry is reported): killed before
-/// that, nobody would have been told anything.
+/// The scene of the kill tests: presence (TTL [`TTL`]), a survivor gateway in this
+/// process, and the victim, a `chat-gateway` process, with bob on it watched by alice.
+struct Victim {
+    presence_url: String,
+    /// Where the victim listens (and a successor may listen again).
+    addr: std::net::SocketAddr,
+    process: ChildGuard,
+    alice: WsClient,
+    bob: WsClient,
+}
+
+impl Backends {
+    async fn victim_watched_by_alice(&self) -> anyhow::Result<Victim> {
+        let (presence_addr, _) = self
+            .start_presence(TTL, ([127, 0, 0, 1], 0).into(), self.stop.clone())
+            .await?;
+        let presence_url = format!("http://{presence_addr}");
+        let survivor = self.start_gateway("survivor", &presence_url).await?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let process = self.spawn_victim(addr, &presence_url).await?;
+        let (alice, bob) = alice_watches_bob(survivor, addr, 2 * TTL).await?;
+        Ok(Victim {
+            presence_url,
+            addr,
+            process,
+            alice,
+            bob,
+        })
+    }
+}
+
+/// alice on gateway `alice_at` and bob on `bob_at` in room `watch`, once alice heard bob
+/// come online (within `within`). alice joins first, so that bob's online event proves
+/// his room entry reached presence (`joined` is answered before the entry is reported):
+/// killed before that, nobody would have been told anything.
 async fn alice_watches_bob(
-    survivor: std::net::SocketAddr,
-    victim: std::net::SocketAddr,
+    alice_at: std::net::SocketAddr,
+    bob_at: std::net::SocketAddr,
+    within: Duration,
 ) -> anyhow::Result<(WsClient, WsClient)> {
     let mut alice =
-        WsClient::connect(&format!("ws://{survivor}/v1/ws?token={}", token("alice"))).await?;
+        WsClient::connect(&format!("ws://{alice_at}/v1/ws?token={}", token("alice"))).await?;
     alice.join("watch", None).await?;
-    let mut bob = WsClient::connect(&format!("ws://{victim}/v1/ws?token={}", token("bob"))).await?;
+    let mut bob = WsClient::connect(&format!("ws://{bob_at}/v1/ws?token={}", token("bob"))).await?;
     bob.join("watch", None).await?;
     assert_eq!(
-        next_presence(&mut alice, 2 * TTL).await?,
+        next_presence(&mut alice, within).await?,
         json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
     );
     Ok((alice, bob))
@@ -247,16 +279,7 @@ async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> 
     let gateway_addr = backends
         .start_gateway("gw-retry", &format!("http://{presence_addr}"))
         .await?;
-    let ws = |user: &str| format!("ws://{gateway_addr}/v1/ws?token={}", token(user));
-
-    let mut alice = WsClient::connect(&ws("alice")).await?;
-    alice.join("watch", None).await?;
-    let mut bob = WsClient::connect(&ws("bob")).await?;
-    bob.join("watch", None).await?;
-    assert_eq!(
-        next_presence(&mut alice, 2 * TTL).await?,
-        json!({"type": "presence", "room": "watch", "user": "bob", "online": true})
-    );
+    let (mut alice, bob) = alice_watches_bob(gateway_addr, gateway_addr, 2 * TTL).await?;
 
     // Presence goes away; bob's last connection closes meanwhile.
     presence_stop.cancel();
@@ -305,14 +328,13 @@ async fn failed_detach_is_retried_when_presence_is_back() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_restarted_under_its_id_does_not_keep_its_dead_users() -> anyhow::Result<()> {
     let backends = Backends::start().await?;
-    let (presence_addr, _) = backends
-        .start_presence(TTL, ([127, 0, 0, 1], 0).into(), backends.stop.clone())
-        .await?;
-    let presence_url = format!("http://{presence_addr}");
-    let survivor_addr = backends.start_gateway("survivor", &presence_url).await?;
-    let victim_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut victim = backends.spawn_victim(victim_addr, &presence_url).await?;
-    let (mut alice, _bob) = alice_watches_bob(survivor_addr, victim_addr).await?;
+    let Victim {
+        presence_url,
+        addr: victim_addr,
+        process: mut victim,
+        mut alice,
+        bob: _bob,
+    } = backends.victim_watched_by_alice().await?;
 
     // The victim dies and a new process takes its place under the same id within the
     // lease (a container restarted in its pod keeps the pod name), heartbeating at once.

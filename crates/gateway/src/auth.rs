@@ -8,9 +8,9 @@ use serde::Deserialize;
 
 /// Longest token accepted; anything larger is refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
-/// Clock skew tolerated on `exp`, in seconds: none. PROTOCOL.md says `exp` is honoured
-/// and an expired token is refused; a token that expired a second ago is expired. Keep
-/// the issuer's clock in sync (NTP) rather than widening this.
+/// Clock skew tolerated on `exp`, in seconds: none. docs/protocol.md says `exp` is
+/// honoured and an expired token is refused; a token that expired a second ago is
+/// expired. Keep the issuer's clock in sync (NTP) rather than widening this.
 const EXP_LEEWAY_SECS: u64 = 0;
 
 /// How clients prove who they are.

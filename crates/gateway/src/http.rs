@@ -182,7 +182,7 @@ async fn websocket(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    // Who first: a missing or bad token is a 401 whatever the origin (PROTOCOL.md).
+    // Who first: a missing or bad token is a 401 whatever the origin (docs/protocol.md).
     let user = state.auth.authenticate(&req)?;
     let origin = req
         .headers()

@@ -1,6 +1,6 @@
-//! The gateway's metrics. The seed's families (`http_*`, `ws_*`) and the gRPC client
-//! families come from `chat-metrics`; the gateway's own are under the `chat_gateway`
-//! prefix:
+//! The gateway's metrics. The eight compatibility metrics (docs/observability.md) and
+//! the gRPC client families come from `chat-metrics`; the gateway's own are under the
+//! `chat_gateway` prefix:
 //!
 //! - `chat_gateway_disconnects_total{reason}`: WebSocket sessions ended, by why:
 //!   `normal` (the client closed or the connection broke), `going_away` (shutdown, 1001),
@@ -48,7 +48,7 @@ use crate::conn::Disconnect;
 pub struct GatewayMetrics {
     /// `http_requests_total`, `http_request_duration_seconds` (the actix middleware).
     pub http: HttpMetrics,
-    /// The `ws_*` seed families (sessions).
+    /// The `ws_*` compatibility families (sessions).
     pub ws: WsMetrics,
     /// `grpc_client_*` (the history and presence clients).
     pub grpc: GrpcMetrics,

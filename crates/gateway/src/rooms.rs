@@ -1,5 +1,5 @@
 //! The rooms of one gateway: per-room ordering, gap filling and catch-up (guarantees 3
-//! and 4 of the design).
+//! and 4 of docs/architecture.md).
 //!
 //! Each room with local members has one task, its *sequencer*, that owns the room's
 //! state; everything reaches it through its mailbox, so there are no locks around room

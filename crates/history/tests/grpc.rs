@@ -293,8 +293,9 @@ async fn health_follows_the_store() {
         .expect("server ran cleanly");
 }
 
-/// Guarantee 8 for history: on shutdown it reports NOT_SERVING first and keeps serving
-/// for a moment, so health-checking clients move away before connections are refused.
+/// Guarantee 8 (docs/architecture.md) for history: on shutdown it reports NOT_SERVING
+/// first and keeps serving for a moment, so health-checking clients move away before
+/// connections are refused.
 #[tokio::test]
 async fn shutdown_reports_not_serving_before_it_stops_serving() {
     let server = Running::start().await;

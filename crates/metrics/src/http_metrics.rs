@@ -1,6 +1,8 @@
-//! The seed's HTTP families: `http_requests_total{method,endpoint,status}` and
-//! `http_request_duration_seconds{method,endpoint}` (a histogram; the seed had a summary,
-//! which `prometheus-client` lacks and which cannot be aggregated across replicas).
+//! The HTTP families of the eight compatibility metrics (docs/observability.md):
+//! `http_requests_total{method,endpoint,status}` and
+//! `http_request_duration_seconds{method,endpoint}` (a histogram; the original design had
+//! a summary, which `prometheus-client` lacks and which cannot be aggregated across
+//! replicas).
 //!
 //! `endpoint` is the route template (`/v1/rooms/{room}/messages`), never the raw path,
 //! and `unmatched` for requests no route took (404s), so scanners cannot create series.
@@ -58,8 +60,8 @@ impl Default for HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Registers both families in `registry` (the root registry: the seed's names carry
-    /// no prefix).
+    /// Registers both families in `registry` (the root registry: the compatibility
+    /// metrics carry no prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(

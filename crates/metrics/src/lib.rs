@@ -2,8 +2,9 @@
 //! ([`prometheus-client`](prometheus_client)).
 //!
 //! One [`Registry`] per process: `main` (or the all-in-one) creates a [`Metrics`], which
-//! registers the families every service exposes at the root of the registry (the seed's
-//! names carry no prefix, so they are exactly the names dashboards and alerts use); each
+//! registers the families every service exposes at the root of the registry (the eight
+//! compatibility metrics of docs/observability.md carry no prefix, so they are exactly
+//! the names dashboards and alerts use); each
 //! component then registers its own family struct under
 //! [`Registry::sub_registry_with_prefix`] (`chat_gateway_...`, `chat_history_...`,
 //! `chat_presence_...`), and the process serves the registry on `/metrics`. Every metric is
@@ -51,7 +52,7 @@ pub struct Metrics {
     pub registry: Registry,
     /// `http_requests_total`, `http_request_duration_seconds`.
     pub http: HttpMetrics,
-    /// The `ws_*` seed families; only the gateway moves them.
+    /// The `ws_*` compatibility families; only the gateway moves them.
     pub ws: WsMetrics,
     /// `grpc_server_*` and `grpc_client_*`: one set per process, so the in-process
     /// history and presence of the all-in-one share it instead of registering twice.
@@ -100,9 +101,10 @@ pub fn missing_lines<'a>(text: &str, expected: &'a str) -> Vec<&'a str> {
 mod tests {
     use super::*;
 
-    /// The eight names the seed promised, exactly, on every service.
+    /// The eight compatibility metrics (docs/observability.md), under their exact
+    /// names, on every service.
     #[tokio::test]
-    async fn every_process_exposes_the_seed_names() {
+    async fn every_process_exposes_the_compatibility_names() {
         let metrics = Metrics::new("test");
         // Labelled families appear with their first series; servers declare their routes.
         metrics.http.declare("GET", "/metrics", 200);

@@ -262,7 +262,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exposition_has_the_seed_names_with_their_units() {
+    fn exposition_has_the_compatibility_names_with_their_units() {
         let mut registry = Registry::default();
         let metrics = ProcessMetrics::register(&mut registry);
         let text = crate::exposition(&registry);

@@ -1,5 +1,6 @@
-//! The seed's WebSocket families. Only the gateway moves them; every service registers
-//! them (at 0 elsewhere) so that each scrape shows the seed's names.
+//! The WebSocket families of the eight compatibility metrics (docs/observability.md).
+//! Only the gateway moves them; every service registers them (at 0 elsewhere) so that
+//! each scrape shows all eight names.
 //!
 //! - `ws_connections_active`: WebSocket sessions open now.
 //! - `ws_connections_total`: WebSocket sessions opened (upgrades accepted).

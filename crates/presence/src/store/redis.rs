@@ -1,4 +1,4 @@
-//! Presence in Redis: the seed's online-status string per user, with a TTL, plus the sets
+//! Presence in Redis: an online-status string per user, with a TTL, plus the sets
 //! that make it correct for many connections per user on many gateways and self-healing
 //! when a gateway dies. Any number of presence replicas may share one Redis.
 //!

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the test dependencies (scripts/test-deps.sh), then runs
+# The whole test suite: installs the test dependencies (scripts/test-deps.sh), checks that
+# every reference in docs and code leads somewhere (scripts/check-docs.sh), then runs
 # every unit, behaviour and integration test of the workspace against real redis-server
 # and MongoDB-wire processes the tests start themselves on free ports (crates/e2e runs
 # the service binaries behind real nginx, so they are built first); then the deployment
@@ -13,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-deps.sh
+scripts/check-docs.sh
 export CHAT_TEST_NX27017="${CHAT_TEST_NX27017:-$PWD/.venv-test/bin/nx-27017}"
 # crates/e2e starts these binaries itself; cargo test does not build them for it.
 cargo build --locked --bins -p chat-gateway -p chat-history -p chat-presence -p chat-probe

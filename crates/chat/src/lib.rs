@@ -68,20 +68,18 @@ impl AllInOne {
         gateway_settings.internal_token = Some(token.clone());
         let mut metrics = Metrics::new("chat");
         let store = chat_history::open_store(&history_settings).await?;
-        let history = HistoryServer::bind_with_metrics(loopback, store, &mut metrics)
+        let history = HistoryServer::bind(loopback, store, &mut metrics)
             .await
             .context("binding the in-process history service")?
             .with_internal_token(Some(token.clone()));
-        let presence_store =
-            chat_presence::open_store_with_metrics(&presence_settings, &mut metrics).await?;
-        let presence = PresenceServer::bind_with_metrics(loopback, presence_store, &mut metrics)
+        let presence_store = chat_presence::open_store(&presence_settings, &mut metrics).await?;
+        let presence = PresenceServer::bind(loopback, presence_store, &mut metrics)
             .await
             .context("binding the in-process presence service")?
             .with_internal_token(Some(token));
         gateway_settings.history_url = format!("http://{}", history.local_addr());
         gateway_settings.presence_url = format!("http://{}", presence.local_addr());
-        let gateway =
-            Gateway::build_with_metrics(&gateway_settings, shutdown.clone(), metrics).await?;
+        let gateway = Gateway::build(&gateway_settings, shutdown.clone(), metrics).await?;
         Ok(Self {
             history,
             presence,

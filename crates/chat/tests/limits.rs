@@ -1,4 +1,4 @@
-//! The gateway's limits through the public protocol (DESIGN.md guarantee 6): the send
+//! The gateway's limits through the public protocol (guarantee 6 of docs/architecture.md): the send
 //! rate limit (`rate_limited`, then close 1008 for a flood), the slow consumer (close
 //! 1013, and the session released even when the client never reads again), the
 //! connection limit (HTTP 503 on upgrade), the `Origin` allow-list (HTTP 403), the idle

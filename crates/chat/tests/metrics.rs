@@ -1,8 +1,8 @@
 //! The all-in-one's `/metrics`: one registry for the whole process, served by the
-//! gateway, with the seed's eight names exactly, history's, presence's and the gateway's
+//! gateway, with the eight compatibility metrics (docs/observability.md) exactly, history's, presence's and the gateway's
 //! families, no family twice, and values that chat traffic moves.
 
-use chat_gateway::{AuthMode, settings::random_gateway_id};
+use chat_gateway::AuthMode;
 use chat_metrics::missing_lines;
 use chat_testkit::process::eventually;
 use chat_testkit::ws::WsClient;
@@ -17,16 +17,10 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
     };
     let gateway = chat_gateway::Settings {
         http_addr: ([127, 0, 0, 1], 0).into(),
-        history_url: String::new(),
-        presence_url: String::new(),
-        redis_url: None,
         auth_mode: AuthMode::Dev,
-        jwt_secret: None,
-        internal_token: None,
-        gateway_id: random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
+        ..Default::default()
     };
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
@@ -49,7 +43,7 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
             .await
     };
 
-    // Before any traffic: the seed's names, once each.
+    // Before any traffic: the eight compatibility metrics, once each.
     let text = scrape().await?;
     for name in [
         "http_requests_total counter",

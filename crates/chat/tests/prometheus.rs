@@ -5,7 +5,7 @@
 //! settings and rule files; only the service discovery is replaced by this test's
 //! addresses, and the intervals shortened), so a renamed or added job fails here. The
 //! test waits until every target is up, drives chat traffic over WebSockets, then asserts
-//! that the seed's metrics have series on every job and non-zero values where traffic
+//! that the eight compatibility metrics have series on every job and non-zero values where traffic
 //! moves them, that every rule evaluates cleanly, and that every Grafana dashboard query
 //! runs.
 
@@ -27,8 +27,8 @@ use chat_testkit::ws::WsClient;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// The seed's names, as Prometheus stores them (histograms by their buckets).
-const SEED: [&str; 8] = [
+/// The eight compatibility metrics (docs/observability.md), as Prometheus stores them (histograms by their buckets).
+const COMPAT: [&str; 8] = [
     "http_requests_total",
     "http_request_duration_seconds_bucket",
     "ws_connections_active",
@@ -203,7 +203,7 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let history = HistoryServer::bind_with_metrics(loopback, store.clone(), &mut metrics).await?;
+    let history = HistoryServer::bind(loopback, store.clone(), &mut metrics).await?;
     let history_url = format!("http://{}", history.local_addr());
     let health = health_check(move || {
         let store = store.clone();
@@ -219,8 +219,8 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         ttl: Duration::from_secs(30),
         ..Default::default()
     };
-    let store = chat_presence::open_store_with_metrics(&settings, &mut metrics).await?;
-    let presence = PresenceServer::bind_with_metrics(loopback, store, &mut metrics).await?;
+    let store = chat_presence::open_store(&settings, &mut metrics).await?;
+    let presence = PresenceServer::bind(loopback, store, &mut metrics).await?;
     let presence_url = format!("http://{}", presence.local_addr());
     let presence_metrics =
         metrics_server(metrics, health_check(|| async { Ok(()) }), &stop).await?;
@@ -233,14 +233,16 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         presence_url,
         redis_url: Some(redis.url()),
         auth_mode: AuthMode::Dev,
-        jwt_secret: None,
-        internal_token: None,
-        gateway_id: chat_gateway::settings::random_gateway_id(),
         workers: 1,
         shutdown_grace_secs: 1,
-        limits: chat_gateway::limits::Limits::default(),
+        ..Default::default()
     };
-    let gateway = Gateway::build(&settings, stop.clone()).await?;
+    let gateway = Gateway::build(
+        &settings,
+        stop.clone(),
+        chat_metrics::Metrics::new("gateway"),
+    )
+    .await?;
     let gateway_addr = gateway.local_addr()?;
     tokio::spawn(gateway.run());
 
@@ -290,17 +292,17 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
     .await?;
     anyhow::ensure!(page.status() == 200, "history page: {}", page.status());
 
-    // Every job exposes the seed's eight names.
-    let names = SEED.join("|");
+    // Every job exposes the eight compatibility metrics.
+    let names = COMPAT.join("|");
     for job in ["gateway", "history", "presence"] {
         let expr = format!(r#"count by (__name__) ({{job="{job}", __name__=~"{names}"}})"#);
-        let found = eventually(DEADLINE, "seed names", || async {
+        let found = eventually(DEADLINE, "compatibility metrics", || async {
             let series = prometheus.query(&expr).await.ok()?;
-            (series.len() == SEED.len()).then_some(series)
+            (series.len() == COMPAT.len()).then_some(series)
         })
         .await
         .map_err(|e| anyhow::anyhow!("{job}: {e}: {expr}"))?;
-        assert_eq!(found.len(), SEED.len(), "{job}: {found:?}");
+        assert_eq!(found.len(), COMPAT.len(), "{job}: {found:?}");
     }
 
     // Traffic shows: each query has a series with a value above 0.

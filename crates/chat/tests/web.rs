@@ -2,7 +2,7 @@
 //! `/assets/`, with their types, caching and security headers, and `If-None-Match`
 //! revalidation. (Its behaviour in a real browser: `tests/browser/`.)
 
-use chat_gateway::{AuthMode, settings::random_gateway_id};
+use chat_gateway::AuthMode;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use tokio::task::JoinHandle;
@@ -25,17 +25,12 @@ impl Running {
         };
         let gateway = chat_gateway::Settings {
             http_addr: ([127, 0, 0, 1], 0).into(),
-            // Both filled in by `AllInOne::build` with its private loopback ports.
-            history_url: String::new(),
-            presence_url: String::new(),
-            redis_url: None,
             auth_mode: AuthMode::Dev,
-            jwt_secret: None,
-            internal_token: None,
-            gateway_id: random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 1,
-            limits: chat_gateway::limits::Limits::default(),
+            // history_url and presence_url are filled in by `AllInOne::build` with its
+            // private loopback ports.
+            ..Default::default()
         };
         let shutdown = CancellationToken::new();
         let chat = chat::AllInOne::build(

@@ -45,15 +45,10 @@ pub struct HistoryClient {
 }
 
 impl HistoryClient {
-    /// A client for `url` (`http://host:port`). Connects lazily and reconnects by
-    /// itself, so the gateway starts even while history is still starting.
-    pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
-        Self::connect_lazy_with_metrics(url, &GrpcMetrics::default(), None)
-    }
-
-    /// Like [`HistoryClient::connect_lazy`], recording every call in `metrics` and
-    /// sending `token` (`CHAT_INTERNAL_TOKEN`) on every call.
-    pub fn connect_lazy_with_metrics(
+    /// A client for `url` (`http://host:port`), recording every call in `metrics` and
+    /// sending `token` (`CHAT_INTERNAL_TOKEN`) on every call. Connects lazily and
+    /// reconnects by itself, so the gateway starts even while history is still starting.
+    pub fn connect_lazy(
         url: &str,
         metrics: &GrpcMetrics,
         token: Option<&InternalToken>,

@@ -10,7 +10,7 @@
 //! - [`auth`]: JWT HS256 and dev-mode identities.
 //! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/healthz`, `/readyz`,
 //!   `/metrics`) and the request-metrics middleware.
-//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the seed's come from
+//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the eight compatibility metrics (docs/observability.md) come from
 //!   `chat-metrics`. All listed in `docs/observability.md`.
 //! - [`session`]: one WebSocket connection: reading frames, writing the outbound queue.
 //! - [`conn`]: a connection's shared half: bounded outbound queue and close reasons.
@@ -92,17 +92,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Connects the backends and binds the listener. Must run inside a Tokio runtime,
-    /// which will also run the room sequencers. Its metrics (a registry of its own, with
-    /// `build_info{service="gateway"}` and the process's CPU and memory) are served on
-    /// `/metrics`.
-    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        Self::build_with_metrics(settings, shutdown, Metrics::new("gateway")).await
-    }
-
-    /// Like [`Gateway::build`], with the process's metrics: the gateway registers its
-    /// families in `metrics`, records into its shared ones, and serves the whole registry
-    /// on `/metrics` (so the all-in-one registers history and presence first).
-    pub async fn build_with_metrics(
+    /// which will also run the room sequencers. `metrics` are the process's
+    /// (`Metrics::new("gateway")` for a gateway of its own): the gateway registers its
+    /// families in it, records into its shared ones, and serves the whole registry on
+    /// `/metrics` (so the all-in-one registers history and presence first).
+    pub async fn build(
         settings: &Settings,
         shutdown: CancellationToken,
         mut metrics: Metrics,
@@ -116,8 +110,7 @@ impl Gateway {
                         .registry
                         .sub_registry_with_prefix("chat_gateway_redis"),
                 );
-                let (fanout, signals) =
-                    RedisFanOut::connect_with_metrics(url, redis_metrics).await?;
+                let (fanout, signals) = RedisFanOut::connect(url, redis_metrics).await?;
                 (Arc::new(fanout), signals)
             }
             None => {
@@ -125,13 +118,13 @@ impl Gateway {
                 (Arc::new(fanout), signals)
             }
         };
-        let history = HistoryClient::connect_lazy_with_metrics(
+        let history = HistoryClient::connect_lazy(
             &settings.history_url,
             &gateway_metrics.grpc,
             settings.internal_token.as_ref(),
         )?;
-        let hub = Hub::with_metrics(fanout, history, signals, gateway_metrics.rooms.clone());
-        let presence = Arc::new(PresenceTracker::connect_lazy_with_metrics(
+        let hub = Hub::new(fanout, history, signals, gateway_metrics.rooms.clone());
+        let presence = Arc::new(PresenceTracker::connect_lazy(
             &settings.presence_url,
             &settings.gateway_id,
             &gateway_metrics.grpc,

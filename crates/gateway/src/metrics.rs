@@ -31,14 +31,11 @@
 //!   subscriber), `reader_lagged_total`, and `connected` (1 while both Redis connections
 //!   are up, read at scrape time).
 
-use std::sync::{Arc, OnceLock};
-
-use chat_metrics::{GrpcMetrics, HttpMetrics, Metrics, WsMetrics};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use chat_metrics::{GrpcMetrics, HttpMetrics, Metrics, RedisConnectionMetrics, WsMetrics};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::conn::Disconnect;
@@ -300,29 +297,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-/// Whether the Redis fan-out is connected, asked at scrape time.
-type ConnectedProbe = Box<dyn Fn() -> bool + Send + Sync>;
-
 /// The Redis fan-out's metrics (prefix `chat_gateway_redis`); registered only when the
 /// gateway uses Redis, so an in-process gateway has no `connected` series to alert on.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RedisFanOutMetrics {
     publishes: Family<ResultLabels, Counter>,
     received: Counter,
-    reconnects: Counter,
     lagged: Counter,
-    probe: Arc<OnceLock<ConnectedProbe>>,
-}
-
-impl std::fmt::Debug for RedisFanOutMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisFanOutMetrics")
-            .field("publishes", &self.publishes)
-            .field("received", &self.received)
-            .field("reconnects", &self.reconnects)
-            .field("lagged", &self.lagged)
-            .finish_non_exhaustive()
-    }
+    /// `connected` (publisher and subscriber both up) and `reconnects_total`.
+    pub connection: RedisConnectionMetrics,
 }
 
 impl RedisFanOutMetrics {
@@ -343,24 +326,18 @@ impl RedisFanOutMetrics {
             metrics.received.clone(),
         );
         registry.register(
-            "reconnects",
-            "Reconnections of the Redis publisher and subscriber (a subscriber reconnect is followed by resubscribing and a resync)",
-            metrics.reconnects.clone(),
-        );
-        registry.register(
             "reader_lagged",
             "Events dropped because this gateway read Redis pub/sub too slowly (a resync follows)",
             metrics.lagged.clone(),
         );
-        registry.register_collector(Box::new(Connected {
-            probe: metrics.probe.clone(),
-        }));
-        metrics
-    }
-
-    /// Tells the `connected` gauge how to know; the first call wins.
-    pub fn watch(&self, connected: impl Fn() -> bool + Send + Sync + 'static) {
-        let _ = self.probe.set(Box::new(connected));
+        Self {
+            connection: RedisConnectionMetrics::register(
+                registry,
+                "1 while the Redis fan-out's publishing and subscribing connections are both up, else 0.",
+                "Reconnections of the Redis publisher and subscriber (a subscriber reconnect is followed by resubscribing and a resync)",
+            ),
+            ..metrics
+        }
     }
 
     /// A publish finished.
@@ -376,61 +353,12 @@ impl RedisFanOutMetrics {
 
     /// The subscriber reconnected.
     pub fn reconnected(&self) {
-        self.reconnects.inc();
-    }
-
-    /// Counts the reconnects a client's notifications report (`reconnect_rx`, the
-    /// publisher's: the subscriber's are counted by its resubscribing task) until the
-    /// client is gone. The task holds the counter only, so it keeps nothing else alive.
-    pub fn count_reconnects<T: Clone + Send + 'static>(
-        &self,
-        mut notifications: tokio::sync::broadcast::Receiver<T>,
-    ) {
-        use tokio::sync::broadcast::error::RecvError;
-        let reconnects = self.reconnects.clone();
-        tokio::spawn(async move {
-            loop {
-                match notifications.recv().await {
-                    Ok(_) => {
-                        reconnects.inc();
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        reconnects.inc_by(missed);
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        self.connection.reconnected();
     }
 
     /// The reader fell behind and `n` events were dropped.
     pub fn lagged(&self, n: u64) {
         self.lagged.inc_by(n);
-    }
-}
-
-/// `chat_gateway_redis_connected`, read when scraped.
-struct Connected {
-    probe: Arc<OnceLock<ConnectedProbe>>,
-}
-
-impl std::fmt::Debug for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connected").finish_non_exhaustive()
-    }
-}
-
-impl Collector for Connected {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let up = self.probe.get().is_some_and(|connected| connected());
-        let gauge = ConstGauge::new(i64::from(up));
-        let metric = encoder.encode_descriptor(
-            "connected",
-            "1 while the Redis fan-out's publishing and subscribing connections are both up, else 0.",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
     }
 }
 
@@ -547,7 +475,7 @@ http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
             Vec::<&str>::new(),
             "{text}"
         );
-        redis.watch(|| true);
+        redis.connection.watch(|| true);
         let text = chat_metrics::exposition(&metrics.registry);
         assert!(
             text.contains("\nchat_gateway_redis_connected 1\n"),

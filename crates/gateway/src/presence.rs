@@ -166,21 +166,10 @@ pub struct Beat {
 }
 
 impl PresenceTracker {
-    /// A tracker for gateway `gateway_id` reporting to the presence service at `url`.
-    pub fn connect_lazy(url: &str, gateway_id: &str) -> Result<Self, tonic::transport::Error> {
-        Self::connect_lazy_with_metrics(
-            url,
-            gateway_id,
-            &GrpcMetrics::default(),
-            Gauge::default(),
-            None,
-        )
-    }
-
-    /// Like [`PresenceTracker::connect_lazy`], recording every call in `grpc` and the
-    /// number of distinct users connected here in `online_users`, and sending `token`
-    /// (`CHAT_INTERNAL_TOKEN`) on every call.
-    pub fn connect_lazy_with_metrics(
+    /// A tracker for gateway `gateway_id` reporting to the presence service at `url`,
+    /// recording every call in `grpc` and the number of distinct users connected here in
+    /// `online_users`, and sending `token` (`CHAT_INTERNAL_TOKEN`) on every call.
+    pub fn connect_lazy(
         url: &str,
         gateway_id: &str,
         grpc: &GrpcMetrics,

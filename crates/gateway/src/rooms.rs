@@ -129,18 +129,10 @@ struct EventHead<'a> {
 }
 
 impl Hub {
-    /// A hub delivering the events of `signals` (from `fanout`) to local members. Must be
-    /// called inside the runtime that will run the sequencers.
+    /// A hub delivering the events of `signals` (from `fanout`) to local members,
+    /// recording the rooms' work in `metrics`. Must be called inside the runtime that
+    /// will run the sequencers.
     pub fn new(
-        fanout: Arc<dyn FanOut>,
-        history: HistoryClient,
-        signals: mpsc::Receiver<Signal>,
-    ) -> Self {
-        Self::with_metrics(fanout, history, signals, RoomMetrics::default())
-    }
-
-    /// Like [`Hub::new`], recording the rooms' work in `metrics`.
-    pub fn with_metrics(
         fanout: Arc<dyn FanOut>,
         history: HistoryClient,
         signals: mpsc::Receiver<Signal>,

@@ -1,33 +1,14 @@
-//! The gateway's configuration, from environment variables (see `.example_env`).
+//! The gateway's configuration, from environment variables (see `.example_env`), read
+//! the way every service reads its own ([`chat_runtime::env`]).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use chat_proto::auth::{InternalToken, TOKEN_VAR};
+use chat_proto::auth::InternalToken;
+use chat_runtime::env::{Env, EnvError, process_env};
+
+pub use chat_runtime::env::Secret;
 
 use crate::limits::{Limits, parse_origins};
-
-/// A secret that never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
 
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +22,18 @@ pub enum AuthMode {
 /// Everything a gateway needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `CHAT_HTTP_ADDR`: WebSocket and HTTP listen address.
+    /// `CHAT_HTTP_ADDR`: WebSocket and HTTP listen address (`0.0.0.0:8000`).
     pub http_addr: SocketAddr,
-    /// `CHAT_HISTORY_URL`: the history service.
+    /// `CHAT_HISTORY_URL`: the history service (`http://127.0.0.1:50051`).
     pub history_url: String,
-    /// `CHAT_PRESENCE_URL`: the presence service.
+    /// `CHAT_PRESENCE_URL`: the presence service (`http://127.0.0.1:50052`).
     pub presence_url: String,
     /// `CHAT_REDIS_URL`: Redis for fan-out; `None` = in-process (one gateway only).
     /// A `redis-cluster://` URL (or `CHAT_REDIS_CLUSTER=true`, which turns `redis://`
     /// into `redis-cluster://` here) selects Redis Cluster with sharded pub/sub.
     pub redis_url: Option<String>,
-    /// `CHAT_AUTH_MODE`.
+    /// `CHAT_AUTH_MODE` (when unset: JWT if a secret is set, else the binary's default,
+    /// JWT for `chat-gateway` and dev for the all-in-one).
     pub auth_mode: AuthMode,
     /// `CHAT_JWT_SECRET`: required in JWT mode.
     pub jwt_secret: Option<Secret>,
@@ -68,40 +50,23 @@ pub struct Settings {
     pub limits: Limits,
 }
 
-/// A variable with a bad value.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {reason}")]
-pub struct SettingsError {
-    pub var: &'static str,
-    pub reason: String,
-}
-
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn parse<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, SettingsError>
-where
-    T::Err: std::fmt::Display,
-{
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|e: T::Err| SettingsError {
-            var: name,
-            reason: format!("cannot parse {v:?}: {e}"),
-        }),
-    }
-}
-
-/// A yes/no variable: `true`/`false` (also `1`/`0`, `yes`/`no`); unset = false.
-fn parse_flag(name: &'static str) -> Result<bool, SettingsError> {
-    match var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("false" | "0" | "no") => Ok(false),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some(other) => Err(SettingsError {
-            var: name,
-            reason: format!("must be true or false, not {other:?}"),
-        }),
+impl Default for Settings {
+    /// The values when no variable is set, for the `chat-gateway` binary: JWT mode
+    /// (which needs a secret to start), a fresh random id.
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            history_url: "http://127.0.0.1:50051".into(),
+            presence_url: "http://127.0.0.1:50052".into(),
+            redis_url: None,
+            auth_mode: AuthMode::Jwt,
+            jwt_secret: None,
+            internal_token: None,
+            gateway_id: random_gateway_id(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shutdown_grace_secs: 10,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -124,41 +89,18 @@ pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
     Some(url)
 }
 
-/// The limits from `CHAT_MAX_CONNECTIONS`, `CHAT_SEND_RATE`, `CHAT_SEND_BURST` and
-/// `CHAT_ALLOWED_ORIGINS`.
-fn limits_from_env() -> Result<Limits, SettingsError> {
+/// The limits from `CHAT_MAX_CONNECTIONS`, `CHAT_SEND_RATE`, `CHAT_SEND_BURST`,
+/// `CHAT_PING_INTERVAL_SECS`, `CHAT_IDLE_TIMEOUT_SECS` and `CHAT_ALLOWED_ORIGINS`.
+fn limits(env: &Env<'_>) -> Result<Limits, EnvError> {
     let defaults = Limits::default();
     Ok(Limits {
-        max_connections: parse("CHAT_MAX_CONNECTIONS", defaults.max_connections)?,
-        frames_per_sec: parse("CHAT_SEND_RATE", defaults.frames_per_sec)?,
-        burst: parse("CHAT_SEND_BURST", defaults.burst)?,
-        ping_interval: Duration::from_secs(parse(
-            "CHAT_PING_INTERVAL_SECS",
-            defaults.ping_interval.as_secs(),
-        )?),
-        idle_timeout: Duration::from_secs(parse(
-            "CHAT_IDLE_TIMEOUT_SECS",
-            defaults.idle_timeout.as_secs(),
-        )?),
-        allowed_origins: var("CHAT_ALLOWED_ORIGINS")
-            .map(|v| parse_origins(&v))
-            .transpose()
-            .map_err(|reason| SettingsError {
-                var: "CHAT_ALLOWED_ORIGINS",
-                reason,
-            })?,
+        max_connections: env.parse("CHAT_MAX_CONNECTIONS", defaults.max_connections)?,
+        frames_per_sec: env.parse("CHAT_SEND_RATE", defaults.frames_per_sec)?,
+        burst: env.parse("CHAT_SEND_BURST", defaults.burst)?,
+        ping_interval: env.secs("CHAT_PING_INTERVAL_SECS", defaults.ping_interval)?,
+        idle_timeout: env.secs("CHAT_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
+        allowed_origins: env.optional("CHAT_ALLOWED_ORIGINS", parse_origins)?,
     })
-}
-
-/// `CHAT_INTERNAL_TOKEN`, validated, if set.
-fn internal_token(value: Option<String>) -> Result<Option<InternalToken>, SettingsError> {
-    value
-        .map(|v| InternalToken::parse(&v))
-        .transpose()
-        .map_err(|e| SettingsError {
-            var: TOKEN_VAR,
-            reason: e.to_string(),
-        })
 }
 
 /// `CHAT_AUTH_MODE`, or when it is unset: JWT if a secret is configured, else `default`.
@@ -166,16 +108,17 @@ fn auth_mode(
     mode: Option<&str>,
     secret_set: bool,
     default: AuthMode,
-) -> Result<AuthMode, SettingsError> {
+) -> Result<AuthMode, EnvError> {
     match mode.map(str::trim) {
         None if secret_set => Ok(AuthMode::Jwt),
         None => Ok(default),
         Some("jwt") => Ok(AuthMode::Jwt),
         Some("dev") => Ok(AuthMode::Dev),
-        Some(other) => Err(SettingsError {
-            var: "CHAT_AUTH_MODE",
-            reason: format!("must be jwt or dev, not {other:?}"),
-        }),
+        Some(other) => Err(EnvError::invalid(
+            "CHAT_AUTH_MODE",
+            other,
+            "must be jwt or dev",
+        )),
     }
 }
 
@@ -189,43 +132,51 @@ impl Settings {
     /// Reads the environment, with `default_auth` when `CHAT_AUTH_MODE` is unset, except
     /// that a configured `CHAT_JWT_SECRET` then means JWT mode: dev mode (`?user=`) is
     /// only ever on when nothing says the operator wants tokens, or when asked for by name.
-    pub fn from_env(default_auth: AuthMode) -> Result<Self, SettingsError> {
-        let jwt_secret = var("CHAT_JWT_SECRET").map(Secret::new);
-        let auth_mode = auth_mode(
-            var("CHAT_AUTH_MODE").as_deref(),
-            jwt_secret.is_some(),
-            default_auth,
-        )?;
+    pub fn from_env(default_auth: AuthMode) -> Result<Self, EnvError> {
+        Self::from_lookup(process_env, default_auth)
+    }
+
+    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
+    /// Empty values count as unset, as `.env` files often leave them.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        default_auth: AuthMode,
+    ) -> Result<Self, EnvError> {
+        let env = Env::new(&lookup);
+        let defaults = Self::default();
+        let jwt_secret = env.secret("CHAT_JWT_SECRET");
         let settings = Self {
-            http_addr: parse("CHAT_HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
-            history_url: var("CHAT_HISTORY_URL").unwrap_or_else(|| "http://127.0.0.1:50051".into()),
-            presence_url: var("CHAT_PRESENCE_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:50052".into()),
-            redis_url: redis_url(var("CHAT_REDIS_URL"), parse_flag("CHAT_REDIS_CLUSTER")?),
-            auth_mode,
-            jwt_secret,
-            internal_token: internal_token(var(TOKEN_VAR))?,
-            gateway_id: var("CHAT_GATEWAY_ID").unwrap_or_else(random_gateway_id),
-            workers: parse(
-                "CHAT_HTTP_WORKERS",
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            http_addr: env.addr("CHAT_HTTP_ADDR", defaults.http_addr)?,
+            history_url: env.string("CHAT_HISTORY_URL", &defaults.history_url),
+            presence_url: env.string("CHAT_PRESENCE_URL", &defaults.presence_url),
+            redis_url: redis_url(
+                env.get("CHAT_REDIS_URL"),
+                env.flag("CHAT_REDIS_CLUSTER", false)?,
+            ),
+            auth_mode: auth_mode(
+                env.get("CHAT_AUTH_MODE").as_deref(),
+                jwt_secret.is_some(),
+                default_auth,
             )?,
-            shutdown_grace_secs: parse("CHAT_SHUTDOWN_GRACE_SECS", 10)?,
-            limits: limits_from_env()?,
+            jwt_secret,
+            internal_token: env.internal_token()?,
+            gateway_id: env.get("CHAT_GATEWAY_ID").unwrap_or(defaults.gateway_id),
+            workers: env.parse("CHAT_HTTP_WORKERS", defaults.workers)?,
+            shutdown_grace_secs: env
+                .parse("CHAT_SHUTDOWN_GRACE_SECS", defaults.shutdown_grace_secs)?,
+            limits: limits(&env)?,
         };
         settings.validate()?;
         Ok(settings)
     }
 
     /// Checks combinations of values.
-    pub fn validate(&self) -> Result<(), SettingsError> {
+    pub fn validate(&self) -> Result<(), EnvError> {
         if self.auth_mode == AuthMode::Jwt && self.jwt_secret.is_none() {
-            return Err(SettingsError {
-                var: "CHAT_JWT_SECRET",
-                reason:
-                    "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)"
-                        .into(),
-            });
+            return Err(EnvError::new(
+                "CHAT_JWT_SECRET",
+                "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)",
+            ));
         }
         let id = &self.gateway_id;
         let id_ok = (1..=64).contains(&id.len())
@@ -233,45 +184,38 @@ impl Settings {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if !id_ok {
-            return Err(SettingsError {
-                var: "CHAT_GATEWAY_ID",
-                reason: format!("{id:?} must be 1-64 characters of [A-Za-z0-9_.:-]"),
-            });
+            return Err(EnvError::invalid(
+                "CHAT_GATEWAY_ID",
+                id,
+                "must be 1-64 characters of [A-Za-z0-9_.:-]",
+            ));
         }
         for (var, value) in [
             ("CHAT_MAX_CONNECTIONS", self.limits.max_connections),
             ("CHAT_SEND_RATE", self.limits.frames_per_sec as usize),
             ("CHAT_SEND_BURST", self.limits.burst as usize),
+            ("CHAT_HTTP_WORKERS", self.workers),
         ] {
             if value == 0 {
-                return Err(SettingsError {
-                    var,
-                    reason: "must be at least 1".into(),
-                });
+                return Err(EnvError::invalid(var, "0", "must be at least 1"));
             }
         }
         if self.limits.ping_interval.is_zero()
             || self.limits.idle_timeout <= self.limits.ping_interval
         {
-            return Err(SettingsError {
-                var: "CHAT_IDLE_TIMEOUT_SECS",
-                reason: format!(
+            return Err(EnvError::new(
+                "CHAT_IDLE_TIMEOUT_SECS",
+                format!(
                     "must be longer than CHAT_PING_INTERVAL_SECS ({} s), which must be at least 1",
                     self.limits.ping_interval.as_secs()
                 ),
-            });
-        }
-        if self.workers == 0 {
-            return Err(SettingsError {
-                var: "CHAT_HTTP_WORKERS",
-                reason: "must be at least 1".into(),
-            });
+            ));
         }
         Ok(())
     }
 
     /// The authenticator these settings describe.
-    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, SettingsError> {
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, EnvError> {
         if let Some(secret) = &self.jwt_secret
             && chat_proto::auth::is_placeholder(secret.expose())
         {
@@ -285,29 +229,84 @@ impl Settings {
         let auth = match (self.auth_mode, secret) {
             (AuthMode::Jwt, Some(secret)) => crate::auth::Authenticator::jwt(secret),
             (AuthMode::Jwt, None) => {
-                return Err(SettingsError {
-                    var: "CHAT_JWT_SECRET",
-                    reason: "required when CHAT_AUTH_MODE=jwt".into(),
-                });
+                return Err(EnvError::new(
+                    "CHAT_JWT_SECRET",
+                    "required when CHAT_AUTH_MODE=jwt",
+                ));
             }
             (AuthMode::Dev, secret) => crate::auth::Authenticator::dev(secret),
         };
-        auth.map_err(|e| SettingsError {
-            var: "CHAT_JWT_SECRET",
-            reason: e.to_string(),
-        })
+        auth.map_err(|e| EnvError::new("CHAT_JWT_SECRET", e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{AuthMode, auth_mode, internal_token, redis_url};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::{AuthMode, EnvError, Settings, auth_mode, redis_url};
+
+    fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
+        Settings::from_lookup(
+            |k| {
+                vars.iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| (*v).to_owned())
+            },
+            AuthMode::Dev,
+        )
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = from(&[]).expect("defaults");
+        assert_eq!(s.http_addr, Settings::default().http_addr);
+        assert_eq!(s.auth_mode, AuthMode::Dev);
+        assert!(s.gateway_id.starts_with("gw-"));
+        let s = from(&[
+            ("CHAT_HTTP_ADDR", "127.0.0.1:0"),
+            ("CHAT_REDIS_URL", "redis://r:6379"),
+            ("CHAT_REDIS_CLUSTER", "true"),
+            ("CHAT_GATEWAY_ID", "gw-a"),
+            ("CHAT_IDLE_TIMEOUT_SECS", "90"),
+            ("CHAT_ALLOWED_ORIGINS", "https://chat.example.com"),
+            ("CHAT_JWT_SECRET", "gateway-test-secret"),
+        ])
+        .expect("valid");
+        assert_eq!(s.http_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(s.redis_url.as_deref(), Some("redis-cluster://r:6379"));
+        assert_eq!(s.gateway_id, "gw-a");
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(90));
+        assert_eq!(s.auth_mode, AuthMode::Jwt);
+        assert!(!format!("{s:?}").contains("gateway-test-secret"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (var, value) in [
+            ("CHAT_HTTP_ADDR", "nope"),
+            ("CHAT_MAX_CONNECTIONS", "many"),
+            ("CHAT_SEND_RATE", "0"),
+            ("CHAT_REDIS_CLUSTER", "perhaps"),
+            ("CHAT_AUTH_MODE", "none"),
+            ("CHAT_GATEWAY_ID", "has space"),
+            ("CHAT_ALLOWED_ORIGINS", "chat.example.com"),
+            ("CHAT_HTTP_WORKERS", "0"),
+        ] {
+            let err = from(&[(var, value)]).expect_err(value);
+            assert_eq!(err.var, var, "{err}");
+        }
+        let err = from(&[("CHAT_IDLE_TIMEOUT_SECS", "5")]).expect_err("shorter than pings");
+        assert_eq!(err.var, "CHAT_IDLE_TIMEOUT_SECS");
+    }
 
     #[test]
     fn internal_token_is_validated_without_echoing_it() {
-        assert_eq!(internal_token(None).expect("unset is fine"), None);
         let token = "gateway-test-token-0123456789";
-        let parsed = internal_token(Some(token.into())).expect("valid");
+        let parsed = from(&[("CHAT_INTERNAL_TOKEN", token)])
+            .expect("valid")
+            .internal_token;
         assert!(parsed.is_some());
         assert!(!format!("{parsed:?}").contains(token));
         for bad in [
@@ -315,7 +314,7 @@ mod tests {
             "has a space in it, so no",
             "non-ascii-token-ééééééé",
         ] {
-            let err = internal_token(Some(bad.into())).expect_err(bad);
+            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
             assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");
             assert!(
                 err.to_string().starts_with("CHAT_INTERNAL_TOKEN: "),

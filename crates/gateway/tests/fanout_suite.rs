@@ -8,6 +8,7 @@ use bytestring::ByteString;
 use chat_gateway::fanout::memory::InProcessBus;
 use chat_gateway::fanout::redis::{PubSubMode, RedisFanOut};
 use chat_gateway::fanout::{FanOut, Signal};
+use chat_gateway::metrics::RedisFanOutMetrics;
 use chat_model::RoomId;
 use chat_testkit::redis::RedisServer;
 use chat_testkit::redis_cluster::RedisCluster;
@@ -33,7 +34,7 @@ struct Redis(RedisServer);
 
 impl Backend for Redis {
     async fn node(&mut self) -> Node {
-        let (f, rx) = RedisFanOut::connect(&self.0.url())
+        let (f, rx) = RedisFanOut::connect(&self.0.url(), RedisFanOutMetrics::default())
             .await
             .expect("redis fan-out connects");
         (Box::new(f), rx)
@@ -44,7 +45,7 @@ struct Cluster(RedisCluster);
 
 impl Backend for Cluster {
     async fn node(&mut self) -> Node {
-        let (f, rx) = RedisFanOut::connect(&self.0.url())
+        let (f, rx) = RedisFanOut::connect(&self.0.url(), RedisFanOutMetrics::default())
             .await
             .expect("redis cluster fan-out connects");
         assert_eq!(f.mode(), PubSubMode::Sharded);
@@ -197,8 +198,12 @@ suite!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_reconnects_resubscribes_and_signals_resync() {
     let mut server = RedisServer::start().await.expect("redis-server starts");
-    let (a, mut a_rx) = RedisFanOut::connect(&server.url()).await.expect("connects");
-    let (c, _c_rx) = RedisFanOut::connect(&server.url()).await.expect("connects");
+    let (a, mut a_rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
+    let (c, _c_rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
     a.subscribe(&room("survivor")).await.expect("subscribe");
     server.restart().await.expect("redis restarts");
 
@@ -240,7 +245,9 @@ async fn redis_reconnects_resubscribes_and_signals_resync() {
 async fn redis_subscribe_is_live_when_it_returns() {
     for i in 0..40 {
         let server = RedisServer::start().await.expect("redis-server starts");
-        let (a, mut rx) = RedisFanOut::connect(&server.url()).await.expect("connects");
+        let (a, mut rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
+            .await
+            .expect("connects");
         let r = room(&format!("fresh{i}"));
         a.subscribe(&r).await.expect("subscribe");
         a.publish(&r, ByteString::from("first"))
@@ -261,8 +268,12 @@ async fn redis_subscribe_is_live_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_resubscribes_cleanly_after_reconnect() {
     let mut server = RedisServer::start().await.expect("redis-server starts");
-    let (a, mut a_rx) = RedisFanOut::connect(&server.url()).await.expect("connects");
-    let (idle, mut idle_rx) = RedisFanOut::connect(&server.url()).await.expect("connects");
+    let (a, mut a_rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
+    let (idle, mut idle_rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
     a.subscribe(&room("before")).await.expect("subscribe");
     server.restart().await.expect("redis restarts");
     for rx in [&mut a_rx, &mut idle_rx] {
@@ -328,13 +339,15 @@ async fn rooms_on_every_shard(cluster: &RedisCluster) -> Vec<RoomId> {
 async fn redis_cluster_fans_out_across_shards() {
     let cluster = RedisCluster::start(3).await.expect("redis cluster starts");
     let rooms = rooms_on_every_shard(&cluster).await;
-    let (a, mut a_rx) = RedisFanOut::connect(&cluster.url())
+    let (a, mut a_rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
         .await
         .expect("connects");
     // The other one is given one node only, in the plain form plus cluster mode: it
     // discovers the rest.
     let url = chat_gateway::settings::redis_url(Some(cluster.plain_url()), true).expect("a url");
-    let (b, mut b_rx) = RedisFanOut::connect(&url).await.expect("connects");
+    let (b, mut b_rx) = RedisFanOut::connect(&url, RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
     assert_eq!(b.mode(), PubSubMode::Sharded);
     for r in &rooms {
         a.subscribe(r).await.expect("subscribe");
@@ -419,7 +432,7 @@ async fn redis_cluster_fans_out_across_shards() {
 async fn redis_cluster_subscribe_is_live_when_it_returns() {
     let cluster = RedisCluster::start(3).await.expect("redis cluster starts");
     for i in 0..40 {
-        let (a, mut rx) = RedisFanOut::connect(&cluster.url())
+        let (a, mut rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
             .await
             .expect("connects");
         let r = room(&format!("fresh{i}"));
@@ -442,10 +455,10 @@ async fn redis_cluster_subscribe_is_live_when_it_returns() {
 async fn redis_cluster_resubscribes_after_a_shard_restarts() {
     let mut cluster = RedisCluster::start(3).await.expect("redis cluster starts");
     let rooms = rooms_on_every_shard(&cluster).await;
-    let (a, mut a_rx) = RedisFanOut::connect(&cluster.url())
+    let (a, mut a_rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
         .await
         .expect("connects");
-    let (c, _c_rx) = RedisFanOut::connect(&cluster.url())
+    let (c, _c_rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
         .await
         .expect("connects");
     for r in &rooms {
@@ -502,10 +515,11 @@ async fn redis_cluster_resubscribes_after_a_shard_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_follows_a_room_whose_slot_moves() {
     let cluster = RedisCluster::start(3).await.expect("redis cluster starts");
-    let (receiver, mut receiver_rx) = RedisFanOut::connect(&cluster.url())
-        .await
-        .expect("connects");
-    let (sender, _sender_rx) = RedisFanOut::connect(&cluster.url())
+    let (receiver, mut receiver_rx) =
+        RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
+            .await
+            .expect("connects");
+    let (sender, _sender_rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
         .await
         .expect("connects");
     let r = room("moving");

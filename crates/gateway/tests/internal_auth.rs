@@ -66,17 +66,25 @@ async fn gateways_with_right_wrong_and_no_token() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store)
-        .await?
-        .with_internal_token(Some(token.clone()));
+    let history = chat_history::HistoryServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        store,
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await?
+    .with_internal_token(Some(token.clone()));
     let history_url = format!("http://{}", history.local_addr());
     tokio::spawn(history.run(stop.clone()));
     let presence_store = Arc::new(chat_presence::store::memory::MemoryPresence::new(
         Duration::from_secs(30),
     ));
-    let presence = chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store)
-        .await?
-        .with_internal_token(Some(token));
+    let presence = chat_presence::PresenceServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        presence_store,
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await?
+    .with_internal_token(Some(token));
     let presence_url = format!("http://{}", presence.local_addr());
     tokio::spawn(presence.run(stop.clone()));
 

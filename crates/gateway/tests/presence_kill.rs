@@ -1,4 +1,4 @@
-//! Guarantee 5 with a real crash: a gateway process killed with SIGKILL says no goodbye,
+//! Guarantee 5 (docs/architecture.md) with a real crash: a gateway process killed with SIGKILL says no goodbye,
 //! yet its users go offline within the presence TTL plus one heartbeat interval, and the
 //! members of their rooms get the offline event from a surviving gateway.
 
@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_gateway::{AuthMode, Gateway, Settings};
+use chat_gateway::{Gateway, Settings};
 use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
 use chat_testkit::redis::RedisServer;
 use chat_testkit::ws::WsClient;
@@ -102,7 +102,12 @@ impl Backends {
             ..Default::default()
         })
         .await?;
-        let history = chat_history::HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+        let history = chat_history::HistoryServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            store,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await?;
         let history_url = format!("http://{}", history.local_addr());
         tokio::spawn(history.run(stop.clone()));
         Ok(Self {
@@ -127,7 +132,12 @@ impl Backends {
         let store: Arc<dyn chat_presence::PresenceStore> = Arc::new(
             chat_presence::store::redis::RedisPresence::connect(&self.redis.url(), ttl).await?,
         );
-        let server = chat_presence::PresenceServer::bind(addr, store).await?;
+        let server = chat_presence::PresenceServer::bind(
+            addr,
+            store,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await?;
         let addr = server.local_addr();
         Ok((addr, tokio::spawn(server.run(stop))))
     }
@@ -143,15 +153,18 @@ impl Backends {
             history_url: self.history_url.clone(),
             presence_url: presence_url.to_owned(),
             redis_url: Some(self.redis.url()),
-            auth_mode: AuthMode::Jwt,
             jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-            internal_token: None,
             gateway_id: id.into(),
             workers: 1,
             shutdown_grace_secs: 1,
-            limits: chat_gateway::limits::Limits::default(),
+            ..Default::default()
         };
-        let gateway = Gateway::build(&settings, self.stop.clone()).await?;
+        let gateway = Gateway::build(
+            &settings,
+            self.stop.clone(),
+            chat_metrics::Metrics::new("gateway"),
+        )
+        .await?;
         let addr = gateway.local_addr()?;
         tokio::spawn(gateway.run());
         Ok(addr)

@@ -62,7 +62,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(EmbeddedStore::open(dir.path())?);
     let mut metrics = Metrics::new("history");
-    let server = HistoryServer::bind_with_metrics(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
         .await?
         .with_internal_token(Some(token(TOKEN)));
     let url = format!("http://{}", server.local_addr());
@@ -134,7 +134,12 @@ grpc_server_requests_total{service="chat.history.v1.History",method="Append",cod
 async fn no_token_configured_means_no_check() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Arc::new(EmbeddedStore::open(dir.path())?);
-    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store).await?;
+    let server = HistoryServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        store,
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await?;
     let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();

@@ -28,9 +28,13 @@ impl Running {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
-        let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store)
-            .await
-            .expect("bind");
+        let server = HistoryServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            store,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await
+        .expect("bind");
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let shutdown = CancellationToken::new();
@@ -243,9 +247,13 @@ async fn health_follows_the_store() {
     let store = chat_history::store::mongo::MongoStore::connect(&mongo.url(), &db)
         .await
         .expect("connect");
-    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), Arc::new(store))
-        .await
-        .expect("bind");
+    let server = HistoryServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        Arc::new(store),
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await
+    .expect("bind");
     let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));

@@ -15,8 +15,7 @@ async fn grpc_and_store_families() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut metrics = Metrics::new("history");
     let store = Arc::new(EmbeddedStore::open(dir.path())?);
-    let server =
-        HistoryServer::bind_with_metrics(([127, 0, 0, 1], 0).into(), store, &mut metrics).await?;
+    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics).await?;
     let url = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));

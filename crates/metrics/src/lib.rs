@@ -22,6 +22,8 @@
 //!   `ws_message_latency_seconds` (fed by the gateway; zero elsewhere).
 //! - [`grpc`]: gRPC request counts and latencies by service, method and code, as a tower
 //!   layer for tonic servers and for client channels.
+//! - [`redis`]: `<service>_redis_connected` and `<service>_redis_reconnects_total`, the
+//!   state of a service's Redis connections (gateway fan-out, presence store).
 //! - [`serve`]: encoding (the Prometheus text format) and the `/metrics` + `/healthz`
 //!   server of history and presence.
 //! - [`buckets`]: histogram bucket bounds.
@@ -30,6 +32,7 @@ pub mod buckets;
 pub mod grpc;
 pub mod http_metrics;
 pub mod process;
+pub mod redis;
 pub mod serve;
 pub mod ws;
 
@@ -39,6 +42,7 @@ pub use prometheus_client::registry::Registry;
 pub use crate::grpc::{GrpcLayer, GrpcMetrics, MeteredChannel};
 pub use crate::http_metrics::HttpMetrics;
 pub use crate::process::ProcessMetrics;
+pub use crate::redis::RedisConnectionMetrics;
 pub use crate::serve::{encode, serve_metrics};
 pub use crate::ws::WsMetrics;
 

@@ -2,7 +2,7 @@
 //! run on `CHAT_METRICS_ADDR` (the gateway serves `/metrics` on its own HTTP port).
 //!
 //! The format is the Prometheus text format 0.0.4, whatever the scraper asks for: it is
-//! what the design names, every Prometheus reads it, and it keeps histogram bounds as
+//! the format docs/observability.md specifies, every Prometheus reads it, and it keeps histogram bounds as
 //! Prometheus writes them itself (`le="10"`; OpenMetrics would store `le="10.0"` in
 //! Prometheus 2, and queries or rules naming a bucket would then depend on the format).
 
@@ -81,7 +81,7 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Binds `addr` (logging `metrics listening on <addr>`, the operator contract's line)
+    /// Binds `addr` (logging `metrics listening on <addr>`, the line scripts and tests wait for)
     /// and serves `metrics` and `health` as [`serve_metrics`] does until `shutdown`
     /// completes. Fails only when the address cannot be bound.
     pub async fn start(

@@ -234,8 +234,12 @@ async fn main() -> anyhow::Result<()> {
     let long: Vec<String> = (0..USERS).map(|i| format!("{i:0>64}")).collect();
     let grpc_store: std::sync::Arc<dyn PresenceStore> =
         std::sync::Arc::new(RedisPresence::connect(&server.url(), TTL).await?);
-    let grpc_server =
-        chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), grpc_store).await?;
+    let grpc_server = chat_presence::PresenceServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        grpc_store,
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await?;
     let url = format!("http://{}", grpc_server.local_addr());
     let stop = tokio_util::sync::CancellationToken::new();
     let serving = tokio::spawn(grpc_server.run(stop.clone()));

@@ -33,7 +33,7 @@ pub mod store;
 
 pub use server::PresenceServer;
 pub use service::PresenceService;
-pub use settings::{Settings, open_store, open_store_with_metrics};
+pub use settings::{Settings, open_store};
 pub use store::{
     ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore, RoomExit, check_gateway_id,
 };

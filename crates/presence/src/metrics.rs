@@ -15,21 +15,21 @@
 //!   so an upper bound when users are connected through several gateways at once). Every
 //!   presence replica reports the same global values: aggregate with `max`, not `sum`.
 //! - `chat_presence_redis_connected`, `chat_presence_redis_reconnects_total` (Redis store
-//!   only, see [`RedisConnectionMetrics`]): whether the store's Redis connection is up,
+//!   only, see [`register_redis_connection`]): whether the store's Redis connection is up,
 //!   read at scrape time, and how often fred reconnected it.
 //!
 //! gRPC request counts and latencies are the shared `grpc_server_*` families.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chat_metrics::RedisConnectionMetrics;
 use chat_model::{RoomId, UserId};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
@@ -276,98 +276,14 @@ impl PresenceStore for MeteredPresence {
     }
 }
 
-/// Whether the Redis store is connected, asked at scrape time.
-type ConnectedProbe = Box<dyn Fn() -> bool + Send + Sync>;
-
-/// The Redis store's connection (prefix `chat_presence_redis`); registered only when
-/// presence uses Redis, so an in-memory presence has no `connected` series to alert on.
-#[derive(Clone, Default)]
-pub struct RedisConnectionMetrics {
-    reconnects: Counter,
-    /// Set once by [`RedisConnectionMetrics::watch`]; `connected` reads 0 until then.
-    probe: Arc<OnceLock<ConnectedProbe>>,
-}
-
-impl std::fmt::Debug for RedisConnectionMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConnectionMetrics")
-            .field("reconnects", &self.reconnects)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisConnectionMetrics {
-    /// Registers the families in `registry` (give it the `chat_presence_redis` prefix).
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "reconnects",
-            "Reconnections of the presence store's Redis connection (fred reconnects by itself after a failure)",
-            metrics.reconnects.clone(),
-        );
-        registry.register_collector(Box::new(RedisConnected {
-            probe: metrics.probe.clone(),
-        }));
-        metrics
-    }
-
-    /// Follows `client`, once connected (fred also reports the first connection as a
-    /// reconnect, to whoever listens then): `connected` asks it at scrape time, and a
-    /// task counts its reconnect notifications until the client is gone. The first call
-    /// wins.
-    pub fn watch(&self, client: &fred::clients::Client) {
-        use fred::interfaces::{ClientLike, EventInterface};
-        let probe = client.clone();
-        if self
-            .probe
-            .set(Box::new(move || probe.is_connected()))
-            .is_err()
-        {
-            return;
-        }
-        let reconnects = self.reconnects.clone();
-        let mut rx = client.reconnect_rx();
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match rx.recv().await {
-                    Ok(_server) => {
-                        reconnects.inc();
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        reconnects.inc_by(missed);
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-    }
-}
-
-/// `chat_presence_redis_connected`, read when scraped.
-struct RedisConnected {
-    probe: Arc<OnceLock<ConnectedProbe>>,
-}
-
-impl std::fmt::Debug for RedisConnected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConnected").finish_non_exhaustive()
-    }
-}
-
-impl Collector for RedisConnected {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let up = self.probe.get().is_some_and(|connected| connected());
-        let gauge = ConstGauge::new(i64::from(up));
-        // Collector help texts are written as is (no full stop added).
-        let metric = encoder.encode_descriptor(
-            "connected",
-            "1 while the presence store's Redis connection is up, else 0.",
-            None,
-            gauge.metric_type(),
-        )?;
-        gauge.encode(metric)
-    }
+/// The Redis store's connection (prefix `chat_presence_redis`): `connected` and
+/// `reconnects_total`; registered only when presence uses Redis.
+pub fn register_redis_connection(registry: &mut Registry) -> RedisConnectionMetrics {
+    RedisConnectionMetrics::register(
+        registry,
+        "1 while the presence store's Redis connection is up, else 0.",
+        "Reconnections of the presence store's Redis connection (fred reconnects by itself after a failure)",
+    )
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 //! Configuration from the environment, and choosing the store backend from it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_proto::auth::{InternalToken, TOKEN_VAR};
+use chat_runtime::env::{Env, EnvError, ServiceSettings, process_env};
 
-use crate::metrics::RedisConnectionMetrics;
+use crate::metrics::register_redis_connection;
 use crate::store::PresenceStore;
 use crate::store::memory::MemoryPresence;
 use crate::store::redis::RedisPresence;
+
+/// Presence's default gRPC port (`CHAT_GRPC_ADDR`).
+pub const DEFAULT_GRPC_PORT: u16 = 50052;
 
 /// The default lease of users and gateways (`CHAT_PRESENCE_TTL_SECS`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -22,10 +24,8 @@ pub const MIN_TTL: Duration = Duration::from_millis(100);
 /// Everything the presence service reads from its environment.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// `CHAT_GRPC_ADDR`: where gRPC listens (`0.0.0.0:50052`; port 0 picks a free port).
-    pub grpc_addr: SocketAddr,
-    /// `CHAT_METRICS_ADDR`: where `/metrics` and `/healthz` will listen (`0.0.0.0:9100`).
-    pub metrics_addr: SocketAddr,
+    /// `CHAT_GRPC_ADDR` (`0.0.0.0:50052`), `CHAT_METRICS_ADDR`, `CHAT_INTERNAL_TOKEN`.
+    pub service: ServiceSettings,
     /// `CHAT_REDIS_URL`: Redis holding the online status; unset or empty = in-memory
     /// store (correct for one presence process only). May hold a password, so `Debug`
     /// never prints it.
@@ -35,19 +35,14 @@ pub struct Settings {
     /// `CHAT_PRESENCE_TTL_MS` (milliseconds, ≥ 100; for tests that must see expiry fast).
     /// Gateways heartbeat every ttl / 3.
     pub ttl: Duration,
-    /// `CHAT_INTERNAL_TOKEN`: when set, every Presence call must carry it (see
-    /// [`chat_proto::auth`]); unset = no check. Never printed.
-    pub internal_token: Option<InternalToken>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
-            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 9100)),
+            service: ServiceSettings::with_port(DEFAULT_GRPC_PORT),
             redis_url: None,
             ttl: DEFAULT_TTL,
-            internal_token: None,
         }
     }
 }
@@ -55,105 +50,70 @@ impl Default for Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("metrics_addr", &self.metrics_addr)
+            .field("service", &self.service)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
             .field("ttl", &self.ttl)
-            .field("internal_token", &self.internal_token)
             .finish()
     }
 }
 
 impl Settings {
     /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|key| std::env::var(key).ok())
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(process_env)
     }
 
-    /// Like [`Settings::from_env`] with any source of variables (tests, config files, the
-    /// all-in-one). Empty values count as unset, as `.env` files often leave them.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
-        let addr = |key: &str, default: SocketAddr| -> anyhow::Result<SocketAddr> {
-            get(key).map_or(Ok(default), |v| {
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("{key}={v:?} is not an address like 0.0.0.0:50052"))
-            })
-        };
+    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
+    /// Empty values count as unset, as `.env` files often leave them.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let env = Env::new(&lookup);
         let defaults = Self::default();
         Ok(Self {
-            grpc_addr: addr("CHAT_GRPC_ADDR", defaults.grpc_addr)?,
-            metrics_addr: addr("CHAT_METRICS_ADDR", defaults.metrics_addr)?,
-            redis_url: get("CHAT_REDIS_URL"),
-            ttl: ttl(&get)?.unwrap_or(defaults.ttl),
-            internal_token: internal_token(&get)?,
+            service: defaults.service.read(&env)?,
+            redis_url: env.get("CHAT_REDIS_URL"),
+            ttl: ttl(&env)?.unwrap_or(defaults.ttl),
         })
     }
 }
 
 /// The lease from `CHAT_PRESENCE_TTL_MS` or `CHAT_PRESENCE_TTL_SECS`, if either is set.
-fn ttl(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Duration>> {
-    let number = |key: &str| -> anyhow::Result<Option<u64>> {
-        get(key)
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .with_context(|| format!("{key}={v:?} is not a whole number"))
-            })
-            .transpose()
-    };
-    if let Some(ms) = number("CHAT_PRESENCE_TTL_MS")? {
-        let ttl = Duration::from_millis(ms);
-        anyhow::ensure!(
-            ttl >= MIN_TTL,
-            "CHAT_PRESENCE_TTL_MS={ms} is too short; it must be at least {}",
-            MIN_TTL.as_millis()
-        );
+fn ttl(env: &Env<'_>) -> Result<Option<Duration>, EnvError> {
+    if let Some(ttl) = env.optional_millis("CHAT_PRESENCE_TTL_MS")? {
+        if ttl < MIN_TTL {
+            return Err(EnvError::invalid(
+                "CHAT_PRESENCE_TTL_MS",
+                &ttl.as_millis().to_string(),
+                format!("too short; it must be at least {}", MIN_TTL.as_millis()),
+            ));
+        }
         return Ok(Some(ttl));
     }
-    match number("CHAT_PRESENCE_TTL_SECS")? {
-        Some(0) => anyhow::bail!("CHAT_PRESENCE_TTL_SECS must be at least 1"),
-        Some(secs) => Ok(Some(Duration::from_secs(secs))),
-        None => Ok(None),
+    match env.optional_secs("CHAT_PRESENCE_TTL_SECS")? {
+        Some(Duration::ZERO) => Err(EnvError::invalid(
+            "CHAT_PRESENCE_TTL_SECS",
+            "0",
+            "must be at least 1",
+        )),
+        ttl => Ok(ttl),
     }
-}
-
-/// `CHAT_INTERNAL_TOKEN`, validated, if set.
-fn internal_token(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<InternalToken>> {
-    get(TOKEN_VAR)
-        .map(|v| InternalToken::parse(&v).map_err(|e| anyhow::anyhow!("{TOKEN_VAR} {e}")))
-        .transpose()
 }
 
 /// Opens the store the settings choose: Redis when `redis_url` is set (fails when Redis
-/// is unreachable now), else the in-memory store.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn PresenceStore>> {
-    open(settings, None).await
-}
-
-/// [`open_store`], reporting a Redis store's connection in `metrics`
-/// (`chat_presence_redis_*`, registered only when the store is Redis).
-pub async fn open_store_with_metrics(
+/// is unreachable now), else the in-memory store. A Redis store reports its connection
+/// in `metrics` (`chat_presence_redis_*`, registered only then).
+pub async fn open_store(
     settings: &Settings,
     metrics: &mut chat_metrics::Metrics,
-) -> anyhow::Result<Arc<dyn PresenceStore>> {
-    open(settings, Some(&mut metrics.registry)).await
-}
-
-async fn open(
-    settings: &Settings,
-    registry: Option<&mut chat_metrics::Registry>,
 ) -> anyhow::Result<Arc<dyn PresenceStore>> {
     if let Some(url) = &settings.redis_url {
         let store = RedisPresence::connect(url, settings.ttl)
             .await
             .context("cannot use the Redis presence store")?;
-        if let Some(registry) = registry {
-            store.watch_connection(&RedisConnectionMetrics::register(
-                registry.sub_registry_with_prefix("chat_presence_redis"),
-            ));
-        }
+        store.watch_connection(&register_redis_connection(
+            metrics
+                .registry
+                .sub_registry_with_prefix("chat_presence_redis"),
+        ));
         tracing::info!(ttl = ?settings.ttl, "presence store: Redis");
         Ok(Arc::new(store))
     } else {
@@ -164,9 +124,13 @@ async fn open(
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use chat_proto::auth::InternalToken;
+
     use super::*;
 
-    fn from(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+    fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
         Settings::from_lookup(|k| {
             vars.iter()
                 .find(|(key, _)| *key == k)
@@ -179,7 +143,7 @@ mod tests {
         let token = "presence-test-token-0123456789abcdef";
         let s = from(&[("CHAT_INTERNAL_TOKEN", token)]).expect("valid");
         assert_eq!(
-            s.internal_token,
+            s.service.internal_token,
             Some(InternalToken::parse(token).expect("valid"))
         );
         assert!(!format!("{s:?}").contains(token));
@@ -200,8 +164,11 @@ mod tests {
             ("CHAT_METRICS_ADDR", ""),
         ])
         .expect("valid");
-        assert_eq!(s.grpc_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
-        assert_eq!(s.metrics_addr, Settings::default().metrics_addr);
+        assert_eq!(s.service.grpc_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(
+            s.service.metrics_addr,
+            Settings::default().service.metrics_addr
+        );
         assert_eq!(s.ttl, Duration::from_secs(12));
         assert_eq!(s.redis_url.as_deref(), Some("redis://:secret@redis:6379"));
         assert!(!format!("{s:?}").contains("secret"));
@@ -227,7 +194,8 @@ mod tests {
             ("CHAT_PRESENCE_TTL_MS", "-1"),
         ] {
             let err = from(&[(var, value)]).expect_err(value);
-            assert!(err.to_string().contains(var), "{err}");
+            assert_eq!(err.var, var, "{err}");
+            assert!(err.to_string().contains(value), "{err}");
         }
     }
 }

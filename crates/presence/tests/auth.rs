@@ -54,7 +54,7 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &s
 async fn presence_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     let store = Arc::new(MemoryPresence::new(Duration::from_secs(30)));
     let mut metrics = Metrics::new("presence");
-    let server = PresenceServer::bind_with_metrics(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
         .await?
         .with_internal_token(Some(InternalToken::parse(TOKEN)?));
     let url = format!("http://{}", server.local_addr());

@@ -31,9 +31,13 @@ struct Running {
 impl Running {
     async fn start() -> Self {
         let store = Arc::new(MemoryPresence::new(TTL));
-        let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store)
-            .await
-            .expect("bind");
+        let server = PresenceServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            store,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await
+        .expect("bind");
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0);
         let shutdown = CancellationToken::new();
@@ -312,9 +316,13 @@ async fn health_follows_redis() {
     let store = chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL)
         .await
         .expect("connect");
-    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), Arc::new(store))
-        .await
-        .expect("bind");
+    let server = PresenceServer::bind(
+        ([127, 0, 0, 1], 0).into(),
+        Arc::new(store),
+        &mut chat_metrics::Metrics::new("test"),
+    )
+    .await
+    .expect("bind");
     let url = format!("http://{}", server.local_addr());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));

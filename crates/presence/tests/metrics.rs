@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 async fn grpc_and_store_families() -> anyhow::Result<()> {
     let mut metrics = Metrics::new("presence");
     let store = Arc::new(MemoryPresence::new(Duration::from_secs(30)));
-    let server =
-        PresenceServer::bind_with_metrics(([127, 0, 0, 1], 0).into(), store, &mut metrics).await?;
+    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics).await?;
     let url = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone()));
@@ -89,8 +88,7 @@ grpc_server_request_duration_seconds_count{service="chat.presence.v1.Presence",m
 async fn redis_connection_families() -> anyhow::Result<()> {
     let mut metrics = Metrics::new("presence");
     let _memory =
-        chat_presence::open_store_with_metrics(&chat_presence::Settings::default(), &mut metrics)
-            .await?;
+        chat_presence::open_store(&chat_presence::Settings::default(), &mut metrics).await?;
     let text = exposition(&metrics.registry);
     assert!(!text.contains("chat_presence_redis"), "{text}");
 
@@ -100,7 +98,7 @@ async fn redis_connection_families() -> anyhow::Result<()> {
         redis_url: Some(redis.url()),
         ..Default::default()
     };
-    let _store = chat_presence::open_store_with_metrics(&settings, &mut metrics).await?;
+    let _store = chat_presence::open_store(&settings, &mut metrics).await?;
     let expected = r#"# HELP chat_presence_redis_reconnects_total Reconnections of the presence store's Redis connection (fred reconnects by itself after a failure).
 # TYPE chat_presence_redis_reconnects_total counter
 chat_presence_redis_reconnects_total 0

@@ -1,5 +1,6 @@
 //! The gRPC health status of a service whose health is its backend's (history: the
-//! message store, presence: Redis), and the drain that goes with it on shutdown.
+//! message store, presence: its store), and the drain that goes with it on shutdown;
+//! used by [`crate::grpc::GrpcServer`].
 
 use std::fmt::Display;
 use std::future::Future;

@@ -1,10 +1,31 @@
 //! What every chat binary (`chat`, `chat-gateway`, `chat-history`, `chat-presence`)
-//! does the same way at start and at the end: logging from `RUST_LOG`, and shutdown on
-//! SIGINT or SIGTERM through one [`CancellationToken`] the whole process watches; and
-//! for the two gRPC services, health from their backend and the drain ([`health`]).
+//! does the same way: settings from `CHAT_*` variables ([`env`]), logging from
+//! `RUST_LOG`, shutdown on SIGINT or SIGTERM through one [`CancellationToken`] the whole
+//! process watches; and for the gRPC services, serving with health, internal token,
+//! metrics and drain ([`grpc`], [`health`]), and the whole life of their binary
+//! ([`run_service`]).
+//!
+//! # Layout
+//!
+//! - [`env`]: typed reading of environment variables with errors that name the
+//!   variable, the secret wrapper, and the settings every gRPC service shares.
+//! - [`grpc`]: [`grpc::GrpcServer`], bind + serve one gRPC service with health, token
+//!   check, metrics and the NOT_SERVING-then-drain shutdown.
+//! - [`health`]: the health reporter behind it, and the shutdown timings.
+//!
+//! A new gRPC service is its service implementation, its `Settings` (an
+//! [`env::ServiceSettings`] plus its own variables) and a `main` of a few lines: bind a
+//! [`grpc::GrpcServer`] through the service's server type, then [`run_service`].
 
+pub mod env;
+pub mod grpc;
 pub mod health;
 
+use std::future::Future;
+use std::net::SocketAddr;
+
+use chat_metrics::Metrics;
+use chat_metrics::serve::{HealthCheck, MetricsEndpoint};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -16,6 +37,33 @@ pub fn init_tracing() {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+}
+
+/// The life of a gRPC service binary once its server is bound: `/metrics` and
+/// `/healthz` (`health`) on `metrics_addr`, then `serve` until SIGINT or SIGTERM, whose
+/// result is returned after the metrics listener has stopped too.
+pub async fn run_service<F, Fut>(
+    metrics_addr: SocketAddr,
+    metrics: Metrics,
+    health: HealthCheck,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let endpoint = MetricsEndpoint::start(
+        metrics_addr,
+        metrics,
+        health,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await?;
+    let result = serve(shutdown).await;
+    endpoint.finish().await;
+    result
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM. If one of the two cannot be

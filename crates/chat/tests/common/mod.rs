@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chat_gateway::{AuthMode, Gateway, Settings as GatewaySettings};
+use chat_gateway::{Gateway, Settings as GatewaySettings};
 use chat_history::{HistoryServer, MessageStore};
 use chat_testkit::mongo::MongoServer;
 use chat_testkit::redis::RedisServer;
@@ -71,15 +71,24 @@ impl Cluster {
                 (chat_history::open_store(&settings).await?, Some(mongo))
             }
         };
-        let history = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store_impl.clone()).await?;
+        let history = HistoryServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            store_impl.clone(),
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await?;
         let history_addr = history.local_addr();
         let history_stop = CancellationToken::new();
         tokio::spawn(history.run(history_stop.clone()));
         let presence_store: Arc<dyn chat_presence::PresenceStore> = Arc::new(
             chat_presence::store::redis::RedisPresence::connect(&redis.url(), PRESENCE_TTL).await?,
         );
-        let presence =
-            chat_presence::PresenceServer::bind(([127, 0, 0, 1], 0).into(), presence_store).await?;
+        let presence = chat_presence::PresenceServer::bind(
+            ([127, 0, 0, 1], 0).into(),
+            presence_store,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await?;
         let presence_addr = presence.local_addr();
         tokio::spawn(presence.run(history_stop.clone()));
         let mut cluster = Self {
@@ -105,13 +114,10 @@ impl Cluster {
             history_url: format!("http://{}", self.history_addr),
             presence_url: format!("http://{}", self.presence_addr),
             redis_url: Some(self.redis.url()),
-            auth_mode: AuthMode::Jwt,
             jwt_secret: Some(chat_gateway::settings::Secret::new(SECRET)),
-            internal_token: None,
-            gateway_id: chat_gateway::settings::random_gateway_id(),
             workers: 1,
             shutdown_grace_secs: 5,
-            limits: chat_gateway::limits::Limits::default(),
+            ..Default::default()
         }
     }
 
@@ -125,7 +131,12 @@ impl Cluster {
     /// returns its index.
     pub async fn add_gateway_with(&mut self, settings: &GatewaySettings) -> anyhow::Result<usize> {
         let shutdown = CancellationToken::new();
-        let gateway = Gateway::build(settings, shutdown.clone()).await?;
+        let gateway = Gateway::build(
+            settings,
+            shutdown.clone(),
+            chat_metrics::Metrics::new("gateway"),
+        )
+        .await?;
         let addr = gateway.local_addr()?;
         let task = tokio::spawn(gateway.run());
         self.gateways.push(RunningGateway {

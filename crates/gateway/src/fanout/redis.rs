@@ -113,13 +113,9 @@ impl RedisFanOut {
     /// `redis-cluster://host:port[?node=host2:port2&...]` for a Redis Cluster (sharded
     /// pub/sub; one reachable node is enough, the others are discovered). `rediss` and
     /// `rediss-cluster` are the TLS forms where fred was built with TLS. Fails when Redis
-    /// is unreachable at start; later outages are retried forever.
-    pub async fn connect(url: &str) -> Result<(Self, mpsc::Receiver<Signal>), FanOutError> {
-        Self::connect_with_metrics(url, RedisFanOutMetrics::default()).await
-    }
-
-    /// Like [`RedisFanOut::connect`], recording its work in `metrics`.
-    pub async fn connect_with_metrics(
+    /// is unreachable at start; later outages are retried forever. Its work is recorded
+    /// in `metrics` (`RedisFanOutMetrics::default()`: recorded, exposed nowhere).
+    pub async fn connect(
         url: &str,
         metrics: RedisFanOutMetrics,
     ) -> Result<(Self, mpsc::Receiver<Signal>), FanOutError> {
@@ -145,13 +141,15 @@ impl RedisFanOut {
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
-        metrics.watch({
+        metrics.connection.watch({
             let (publisher, subscriber) = (publisher.clone(), subscriber.clone());
             move || publisher.is_connected() && subscriber.is_connected()
         });
         // After init, so the first connection is not counted; the subscriber's reconnects
         // are counted by `resubscribe_on_reconnect`.
-        metrics.count_reconnects(publisher.reconnect_rx());
+        metrics
+            .connection
+            .count_reconnects(publisher.reconnect_rx());
 
         let rooms = Arc::new(Rooms {
             counts: RefCounts::default(),

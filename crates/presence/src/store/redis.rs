@@ -167,9 +167,16 @@ impl RedisPresence {
         })
     }
 
-    /// Reports this store's Redis connection in `metrics` (`chat_presence_redis_*`).
-    pub fn watch_connection(&self, metrics: &crate::metrics::RedisConnectionMetrics) {
-        metrics.watch(&self.client);
+    /// Reports this store's Redis connection in `metrics` (`chat_presence_redis_*`):
+    /// `connected` asks the client at scrape time, and its reconnects are counted (fred
+    /// also reports the first connection as a reconnect, to whoever listens then, so
+    /// call this once connected). The first call wins.
+    pub fn watch_connection(&self, metrics: &chat_metrics::RedisConnectionMetrics) {
+        use fred::interfaces::{ClientLike, EventInterface};
+        let probe = self.client.clone();
+        if metrics.watch(move || probe.is_connected()) {
+            metrics.count_reconnects(self.client.reconnect_rx());
+        }
     }
 
     fn ttl_ms(&self) -> String {

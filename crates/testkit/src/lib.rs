@@ -10,8 +10,11 @@
 //! - [`prometheus::PrometheusServer`]: a private Prometheus (the real server) and its
 //!   HTTP API; [`prometheus::sample`] reads one sample of a `/metrics` text.
 //! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
+//! - [`fault_proxy::FaultProxy`]: a TCP proxy that blackholes, resets, delays or
+//!   flaps the link it sits on (this kernel has no `netem`).
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
 
+pub mod fault_proxy;
 pub mod mongo;
 pub mod process;
 pub mod prometheus;

@@ -16,6 +16,31 @@ use crate::error::GatewayError;
 
 /// How long one history call may take before the client is told `unavailable`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an HTTP/2 PING checks a connection to a backend service, also while idle:
+/// a link that drops packets silently is otherwise found only by the next call's
+/// deadline, and every call in between waits that deadline out.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// A PING unanswered this long closes the connection; the channel connects again
+/// (within `CONNECT_TIMEOUT` per attempt), so calls after a heal find a fresh one.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one attempt to connect to a backend service may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The channel settings every gRPC client of the gateway uses (history, presence): a
+/// call deadline, no Nagle, keep-alive PINGs that find a dead link in
+/// [`KEEP_ALIVE_INTERVAL`] + [`KEEP_ALIVE_TIMEOUT`]. Connects lazily.
+pub fn backend_endpoint(
+    url: &str,
+    call_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(call_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
 
 /// A page read from history, oldest first.
 #[derive(Debug, Clone, Default)]
@@ -53,13 +78,7 @@ impl HistoryClient {
         metrics: &GrpcMetrics,
         token: Option<&InternalToken>,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+        let channel = backend_endpoint(url, CALL_TIMEOUT)?.connect_lazy();
         let token = AttachToken::new(token);
         Ok(Self {
             grpc: Grpc::new(InterceptedService::new(

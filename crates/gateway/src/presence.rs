@@ -27,7 +27,6 @@ use chat_proto::presence::{
 };
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Endpoint;
 
 use crate::counts::RefCounts;
 use crate::error::GatewayError;
@@ -176,11 +175,7 @@ impl PresenceTracker {
         online_users: Gauge,
         token: Option<&InternalToken>,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = crate::history::backend_endpoint(url, CALL_TIMEOUT)?.connect_lazy();
         Ok(Self {
             grpc: Grpc::new(InterceptedService::new(
                 grpc.client_channel(channel),

@@ -514,7 +514,13 @@ def gateway():
         "Connected",
         "chat_gateway_redis_connected: 1 while both Redis connections are up (alert when 0 for a minute).",
         (f"chat_gateway_redis_connected{sel}", "{{instance}}"),
-        w=6,
+        w=4,
+    )
+    b.graph(
+        "Degraded (polling history)",
+        "chat_gateway_redis_degraded: 1 while Redis does not answer the gateway's pings (a silent link); rooms then read history every second (alert ChatFanOutDegraded after 30 s).",
+        (f"chat_gateway_redis_degraded{sel}", "{{instance}}"),
+        w=4,
     )
     b.graph(
         "Published and received",
@@ -522,7 +528,7 @@ def gateway():
         (f"sum by (result) (rate(chat_gateway_redis_publishes_total{sel}[{RATE}]))", "published {{result}}"),
         (f"sum(rate(chat_gateway_redis_received_total{sel}[{RATE}]))", "received"),
         unit="ops",
-        w=10,
+        w=8,
     )
     b.graph(
         "Reconnects and lag",

@@ -304,6 +304,7 @@ pub struct RedisFanOutMetrics {
     publishes: Family<ResultLabels, Counter>,
     received: Counter,
     lagged: Counter,
+    degraded: Gauge,
     /// `connected` (publisher and subscriber both up) and `reconnects_total`.
     pub connection: RedisConnectionMetrics,
 }
@@ -330,6 +331,11 @@ impl RedisFanOutMetrics {
             "Events dropped because this gateway read Redis pub/sub too slowly (a resync follows)",
             metrics.lagged.clone(),
         );
+        registry.register(
+            "degraded",
+            "1 while Redis does not answer the fan-out's pings (rooms then read history every second instead of waiting for pub/sub), else 0",
+            metrics.degraded.clone(),
+        );
         Self {
             connection: RedisConnectionMetrics::register(
                 registry,
@@ -354,6 +360,11 @@ impl RedisFanOutMetrics {
     /// The subscriber reconnected.
     pub fn reconnected(&self) {
         self.connection.reconnected();
+    }
+
+    /// The fan-out became degraded (Redis silent) or recovered.
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.set(i64::from(degraded));
     }
 
     /// The reader fell behind and `n` events were dropped.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::conn::{Conn, Disconnect};
 use crate::error::GatewayError;
+use crate::fanout::FanOutError;
 use crate::http::{Admitted, AppState};
 use crate::limits::{SendRate, Verdict};
 
@@ -457,10 +458,17 @@ impl Session {
         if acked.is_ok() {
             self.state.metrics.ws.observe_send(self.received.elapsed());
         }
-        if let Err(e) = hub.fanout().publish(&room, frame).await {
+        match hub.fanout().publish(&room, frame).await {
             // Stored and acked: other gateways fill the gap from history on their next
             // message or resync.
-            tracing::warn!(%room, error = %e, "fan-out publish failed");
+            Err(e @ FanOutError::Unavailable(_)) => {
+                tracing::warn!(%room, error = %e, "fan-out publish failed");
+            }
+            // The outage is logged once by the fan-out, not once per message.
+            Err(e @ FanOutError::Deferred(_)) => {
+                tracing::debug!(%room, error = %e, "fan-out publish deferred");
+            }
+            Ok(()) => {}
         }
         acked.map_err(|_| GatewayError::Internal("connection closing".into()))
     }

@@ -33,6 +33,10 @@ pub enum Signal {
 pub enum FanOutError {
     #[error("fan-out backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend is known to be down and kept the event to publish on recovery; the
+    /// outage was logged once, so callers need not log each such event.
+    #[error("fan-out degraded: {0}")]
+    Deferred(String),
 }
 
 /// Sends room events to every gateway subscribed to the room, this one included.

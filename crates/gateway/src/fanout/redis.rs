@@ -13,6 +13,17 @@
 //!   broadcast over the whole cluster bus (classic `PUBLISH` on a cluster reaches every
 //!   node), and fan-out capacity grows with the number of shards.
 //!
+//! **Silent partitions.** A link that drops packets without resetting anything leaves a
+//! subscribing connection silent and healthy-looking (it sends nothing by itself, so the
+//! kernel never notices). Each client therefore has fred's unresponsive-connection check
+//! ([`UNRESPONSIVE_AFTER`]), and a watch task pings both every [`LIVENESS_INTERVAL`]: an
+//! answer missing for [`LIVENESS_TIMEOUT`] marks the fan-out *degraded* (logged once,
+//! `chat_gateway_redis_degraded` = 1, `/readyz` unready). While degraded, publishes fail
+//! at once instead of waiting for their timeout (the newest frame per room is kept), and
+//! every room reads history every [`DEGRADED_POLL_INTERVAL`] (a [`Signal::Resync`]), so
+//! members here still get other gateways' messages. When both answer again: a resync, the
+//! kept frames published (receivers fill any gap before them from history), gauge 0.
+//!
 //! On a cluster, slots also move between shards (resharding, scaling the cluster). The
 //! old owner then drops the moved slots' shard subscriptions with a `sunsubscribe` push,
 //! which fred swallows, and no reconnect follows. So a sharded fan-out re-reads the slot
@@ -21,7 +32,9 @@
 //! [`FULL_RESUBSCRIBE_INTERVAL`] it subscribes every room again regardless, as a safety
 //! net for a drop it could not see.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +43,7 @@ use chat_model::RoomId;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::types::cluster::ClusterRouting;
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, ReconnectPolicy, UnresponsiveConfig};
 use fred::types::{Builder, ClusterStateChange};
 use tokio::sync::{Mutex, broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -48,6 +61,24 @@ const SUBSCRIPTION_STRIPES: usize = 64;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pub/sub messages buffered inside the client before the reader falls behind.
 const MESSAGE_BUFFER: usize = 4096;
+/// How often the watch task pings the publisher and the subscriber.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+/// A ping unanswered for this long marks the fan-out degraded: with one ping a second,
+/// a silent link is noticed within 3 s, while 200 ms of added latency each way stays far
+/// below it.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// fred closes and reconnects a connection on which a command has waited this long
+/// (checked every [`UNRESPONSIVE_CHECK`]), so a dead link is replaced, not waited on.
+pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
+/// How often fred looks for unresponsive connections (under half of the above).
+const UNRESPONSIVE_CHECK: Duration = Duration::from_millis(500);
+/// While degraded, how often every room reads history for what it missed: bounds the
+/// extra delay of other gateways' messages to about a second.
+pub const DEGRADED_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Rooms whose newest unpublished frame is kept while degraded; past this, frames of
+/// further rooms are not kept (their members catch up on the next message or resync).
+const UNPUBLISHED_ROOMS: usize = 10_000;
+
 /// Sharded mode: how often the slot map is re-read to find rooms whose slot moved to
 /// another shard. Bounds how long a moved room goes without other gateways' events
 /// (the resync that follows fills what was published meanwhile). One `CLUSTER SLOTS`.
@@ -83,6 +114,44 @@ pub struct RedisFanOut {
     tasks: Vec<JoinHandle<()>>,
     /// Publishes, receptions, reconnects and whether connected (`chat_gateway_redis_*`).
     metrics: RedisFanOutMetrics,
+    /// Whether Redis answers, as the watch task last found.
+    liveness: Arc<Liveness>,
+}
+
+/// What the watch task learns about the link to Redis, and what publishing leaves for it.
+#[derive(Debug, Default)]
+struct Liveness {
+    /// Set while a ping of the publisher or the subscriber goes unanswered.
+    degraded: AtomicBool,
+    /// The newest frame per room whose publish failed, published again on recovery.
+    unpublished: std::sync::Mutex<HashMap<RoomId, ByteString>>,
+}
+
+impl Liveness {
+    fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `frame` as `room`'s newest unpublished one (frames of one room are
+    /// published in seq order by the session, so the last one is the newest).
+    fn keep(&self, room: &RoomId, frame: ByteString) {
+        let mut kept = self
+            .unpublished
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < UNPUBLISHED_ROOMS || kept.contains_key(room) {
+            kept.insert(room.clone(), frame);
+        }
+    }
+
+    fn take_unpublished(&self) -> HashMap<RoomId, ByteString> {
+        std::mem::take(
+            &mut *self
+                .unpublished
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// The rooms this gateway subscribed to, and the per-room ordering locks.
@@ -130,6 +199,10 @@ impl RedisFanOut {
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(5);
                 c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE_AFTER),
+                    interval: UNRESPONSIVE_CHECK,
+                };
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
@@ -169,7 +242,16 @@ impl RedisFanOut {
             tx.clone(),
             metrics.clone(),
         ));
-        let mut tasks = vec![reader, resubscriber];
+        let liveness = Arc::new(Liveness::default());
+        let watcher = tokio::spawn(watch_liveness(
+            publisher.clone(),
+            subscriber.clone(),
+            mode,
+            liveness.clone(),
+            tx.clone(),
+            metrics.clone(),
+        ));
+        let mut tasks = vec![reader, resubscriber, watcher];
         if mode == PubSubMode::Sharded {
             tasks.push(tokio::spawn(follow_slot_moves(
                 subscriber.clone(),
@@ -186,6 +268,7 @@ impl RedisFanOut {
             rooms,
             tasks,
             metrics,
+            liveness,
         };
         Ok((fanout, rx))
     }
@@ -456,6 +539,102 @@ async fn follow_slot_moves(
     }
 }
 
+/// Pings the publisher and the subscriber every [`LIVENESS_INTERVAL`] and keeps
+/// [`Liveness::degraded`] (and its gauge) true while either misses an answer for
+/// [`LIVENESS_TIMEOUT`]. While degraded it asks every room to read history every
+/// [`DEGRADED_POLL_INTERVAL`]; on recovery it asks once more and publishes the newest
+/// frame of every room whose publish failed. Logs the transitions only, so a flapping
+/// link writes two lines per flap at most.
+async fn watch_liveness(
+    publisher: Client,
+    subscriber: SubscriberClient,
+    mode: PubSubMode,
+    liveness: Arc<Liveness>,
+    tx: mpsc::Sender<Signal>,
+    metrics: RedisFanOutMetrics,
+) {
+    // Polling runs on its own clock: a probe waits up to LIVENESS_TIMEOUT for its pongs.
+    let poll = async {
+        let mut tick = tokio::time::interval(DEGRADED_POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if liveness.is_degraded() && tx.send(Signal::Resync).await.is_err() {
+                return;
+            }
+        }
+    };
+    let probe = async {
+        let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let (published, subscribed) = tokio::join!(
+                answers(publisher.ping::<fred::types::Value>(None)),
+                answers(subscriber.ping::<fred::types::Value>(None)),
+            );
+            let alive =
+                published && subscribed && publisher.is_connected() && subscriber.is_connected();
+            match (liveness.degraded.swap(!alive, Ordering::Relaxed), alive) {
+                (false, false) => {
+                    since = tokio::time::Instant::now();
+                    metrics.set_degraded(true);
+                    tracing::warn!(
+                        publisher = published,
+                        subscriber = subscribed,
+                        "redis fan-out unresponsive; rooms read history every \
+                         {DEGRADED_POLL_INTERVAL:?} until it answers"
+                    );
+                    // Poll at once rather than at the next tick.
+                    if tx.send(Signal::Resync).await.is_err() {
+                        return;
+                    }
+                }
+                (true, true) => {
+                    metrics.set_degraded(false);
+                    let kept = liveness.take_unpublished();
+                    tracing::info!(
+                        after = ?since.elapsed(),
+                        republished = kept.len(),
+                        "redis fan-out answers again"
+                    );
+                    // What the outage hid from pub/sub is in history now.
+                    if tx.send(Signal::Resync).await.is_err() {
+                        return;
+                    }
+                    for (room, frame) in kept {
+                        let published: Result<i64, _> = match mode {
+                            PubSubMode::Classic => {
+                                publisher.publish(channel(&room), frame.to_string()).await
+                            }
+                            PubSubMode::Sharded => {
+                                publisher.spublish(channel(&room), frame.to_string()).await
+                            }
+                        };
+                        metrics.published(published.is_ok());
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = poll => {}
+        () = probe => {}
+    }
+}
+
+/// Whether `ping` is answered within [`LIVENESS_TIMEOUT`].
+async fn answers<T>(
+    ping: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+) -> bool {
+    matches!(
+        tokio::time::timeout(LIVENESS_TIMEOUT, ping).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The primary serving `room`'s channel in `map`, if it is known.
 fn owner(map: Option<&ClusterRouting>, room: &RoomId) -> Option<fred::types::config::Server> {
     let slot = ClusterRouting::hash_key(channel(room).as_bytes());
@@ -504,6 +683,15 @@ impl FanOut for RedisFanOut {
     }
 
     async fn publish(&self, room: &RoomId, payload: ByteString) -> Result<(), FanOutError> {
+        if self.liveness.is_degraded() {
+            // Waiting out the command timeout would hold up the sender's next message;
+            // the frame goes out when Redis answers again.
+            self.metrics.published(false);
+            self.liveness.keep(room, payload);
+            return Err(FanOutError::Deferred(
+                "redis unresponsive; published when it answers again".into(),
+            ));
+        }
         let published: Result<i64, _> = match self.mode {
             PubSubMode::Classic => {
                 self.publisher
@@ -517,11 +705,16 @@ impl FanOut for RedisFanOut {
             }
         };
         self.metrics.published(published.is_ok());
-        published.map_err(unavailable)?;
+        if let Err(e) = published {
+            self.liveness.keep(room, payload);
+            return Err(unavailable(e));
+        }
         Ok(())
     }
 
     fn is_connected(&self) -> bool {
-        self.publisher.is_connected() && self.subscriber.is_connected()
+        self.publisher.is_connected()
+            && self.subscriber.is_connected()
+            && !self.liveness.is_degraded()
     }
 }

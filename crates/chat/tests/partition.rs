@@ -1,0 +1,289 @@
+//! A silent partition between one gateway and Redis (issue-level behaviour in
+//! docs/architecture.md, "Failure modes"): packets dropped both ways, nothing reset.
+//! The cut-off gateway must notice within a few seconds (`/readyz`, the degraded gauge),
+//! keep its members receiving the other gateway's messages by reading history, ack its
+//! own users' sends without waiting on Redis, and after the heal get back to pub/sub,
+//! with the messages of its users reaching the other gateway. No message is lost,
+//! duplicated or reordered for anyone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chat_testkit::fault_proxy::{Fault, FaultProxy};
+use chat_testkit::process::eventually;
+use chat_testkit::ws::WsClient;
+use common::{Cluster, Store};
+
+const ROOM: &str = "partitioned";
+
+/// Seqs a client received in `ROOM`, checked for gaps and duplicates as they come.
+#[derive(Default)]
+struct Ledger {
+    last: u64,
+}
+
+impl Ledger {
+    /// The next message of `ROOM` on `client`: its seq must follow the previous one.
+    async fn next(
+        &mut self,
+        client: &mut WsClient,
+        who: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let m = client.next_message(ROOM).await?;
+        let seq = m["seq"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            seq == self.last + 1,
+            "{who} got seq {seq} after {} (lost, duplicated or out of order)",
+            self.last
+        );
+        self.last = seq;
+        Ok(m)
+    }
+}
+
+async fn gauge(cluster: &Cluster, gw: usize, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", cluster.http_url(gw)))
+        .await?
+        .text()
+        .await?;
+    chat_testkit::prometheus::sample(&text, name)
+        .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))
+}
+
+async fn ready(cluster: &Cluster, gw: usize) -> anyhow::Result<(u16, String)> {
+    let reply = reqwest::get(format!("{}/readyz", cluster.http_url(gw))).await?;
+    Ok((reply.status().as_u16(), reply.text().await?))
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    let i = (samples.len() * 99).div_ceil(100).saturating_sub(1);
+    samples[i]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
+    // gw 0 talks to Redis directly, gw 1 through the proxy.
+    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
+    let mut settings = cluster.gateway_settings();
+    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
+    cluster.add_gateway_with(&settings).await?;
+
+    let mut alice = cluster.client(1, "alice").await?; // behind the proxy
+    let mut bob = cluster.client(0, "bob").await?;
+    alice.join(ROOM, None).await?;
+    bob.join(ROOM, None).await?;
+    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+
+    // Normal service first.
+    for i in 0..3 {
+        bob.send_message(ROOM, "before", &format!("b-before-{i}"))
+            .await?;
+        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(&mut bob, "bob").await?;
+    }
+    assert_eq!(
+        gauge(&cluster, 1, "chat_gateway_redis_degraded").await?,
+        0.0
+    );
+
+    // Cut: nothing forwarded either way, nothing closed.
+    proxy.set(Fault::Blackhole);
+    let cut = Instant::now();
+    eventually(Duration::from_secs(10), "the cut detected", || async {
+        let degraded = gauge(&cluster, 1, "chat_gateway_redis_degraded")
+            .await
+            .ok()?
+            == 1.0;
+        let (status, body) = ready(&cluster, 1).await.ok()?;
+        (degraded && status == 503 && body.contains("fan-out")).then_some(())
+    })
+    .await?;
+    let detected = cut.elapsed();
+    // One ping a second with a 2 s timeout: about 3 s at worst, plus scheduling slack.
+    assert!(
+        detected <= Duration::from_secs(5),
+        "detected after {detected:?}"
+    );
+    assert_eq!(
+        ready(&cluster, 0).await?.0,
+        200,
+        "the other gateway stays ready"
+    );
+
+    // While cut: bob's messages reach alice by history polling.
+    let mut latencies = Vec::new();
+    for i in 0..12 {
+        let sent = Instant::now();
+        let ack = bob
+            .send_message(ROOM, "during", &format!("b-during-{i}"))
+            .await?;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(&mut alice, "alice").await?;
+        latencies.push(sent.elapsed());
+    }
+    let during_p99 = p99(latencies.clone());
+    // Rooms read history every second while degraded.
+    assert!(
+        during_p99 <= Duration::from_secs(2),
+        "p99 {during_p99:?} during the cut: {latencies:?}"
+    );
+
+    // Alice's own sends are acked without waiting on Redis, and delivered to her.
+    for i in 0..3 {
+        let sent = Instant::now();
+        let ack = alice
+            .send_message(ROOM, "from the island", &format!("a-during-{i}"))
+            .await?;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "ack took {:?}",
+            sent.elapsed()
+        );
+        alice_seen.next(&mut alice, "alice").await?;
+    }
+
+    // Heal: back to pub/sub within a few seconds, and bob gets alice's messages.
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(10), "the heal seen", || async {
+        let degraded = gauge(&cluster, 1, "chat_gateway_redis_degraded")
+            .await
+            .ok()?;
+        let (status, _) = ready(&cluster, 1).await.ok()?;
+        (degraded == 0.0 && status == 200).then_some(())
+    })
+    .await?;
+    let recovered = healed.elapsed();
+    assert!(
+        recovered <= Duration::from_secs(5),
+        "recovered after {recovered:?}"
+    );
+    for _ in 0..3 {
+        let m = bob_seen.next(&mut bob, "bob").await?;
+        assert_eq!(m["from"], "alice", "{m}");
+    }
+    let caught_up = healed.elapsed();
+
+    // Normal latency again, both ways.
+    let mut after = Vec::new();
+    for i in 0..5 {
+        let sent = Instant::now();
+        bob.send_message(ROOM, "after", &format!("b-after-{i}"))
+            .await?;
+        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(&mut alice, "alice").await?;
+        after.push(sent.elapsed());
+        alice
+            .send_message(ROOM, "after", &format!("a-after-{i}"))
+            .await?;
+        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(&mut bob, "bob").await?;
+    }
+    let after_max = after.iter().max().copied().unwrap_or_default();
+    assert!(
+        after_max < Duration::from_millis(900),
+        "after the heal: {after:?}"
+    );
+    println!(
+        "partition: detected after {detected:?}; p99 during the cut {during_p99:?}; \
+         ready again {recovered:?} and island messages delivered {caught_up:?} after the heal; \
+         max latency after {after_max:?}; proxy connections {}",
+        proxy.connections_accepted()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
+    let mut settings = cluster.gateway_settings();
+    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
+    cluster.add_gateway_with(&settings).await?;
+    let mut alice = cluster.client(1, "alice").await?;
+    let mut bob = cluster.client(0, "bob").await?;
+    alice.join(ROOM, None).await?;
+    bob.join(ROOM, None).await?;
+    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+
+    let before = proxy.connections_accepted();
+    proxy.flap(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(12),
+    );
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        bob.send_message(ROOM, "flap", &format!("b-flap-{i}"))
+            .await?;
+        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(&mut alice, "alice").await?;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.set(Fault::Pass);
+    eventually(Duration::from_secs(10), "flapping over", || async {
+        (gauge(&cluster, 1, "chat_gateway_redis_degraded")
+            .await
+            .ok()?
+            == 0.0)
+            .then_some(())
+    })
+    .await?;
+    // Two clients (publisher, subscriber): a reconnect storm would open far more
+    // connections than the flaps could justify (fred backs off up to 2 s).
+    let opened = proxy.connections_accepted() - before;
+    assert!(opened <= 30, "{opened} connections in 12 s of flapping");
+    let reconnects = gauge(&cluster, 1, "chat_gateway_redis_reconnects_total").await?;
+    bob.send_message(ROOM, "steady", "b-steady").await?;
+    bob_seen.next(&mut bob, "bob").await?;
+    alice_seen.next(&mut alice, "alice").await?;
+    println!("flapping: {i} messages, {opened} new connections, {reconnects} reconnects");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
+    let mut settings = cluster.gateway_settings();
+    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
+    cluster.add_gateway_with(&settings).await?;
+    let mut alice = cluster.client(1, "alice").await?;
+    let mut bob = cluster.client(0, "bob").await?;
+    alice.join(ROOM, None).await?;
+    bob.join(ROOM, None).await?;
+    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+
+    // 200 ms each way between gateway 1 and Redis, for longer than the liveness timeout.
+    proxy.set(Fault::Latency(Duration::from_millis(200)));
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        let sent = Instant::now();
+        let ack = alice.send_message(ROOM, "slow", &format!("a-slow-{i}")).await?;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(&mut bob, "bob").await?;
+        latencies.push(sent.elapsed());
+        assert_eq!(
+            gauge(&cluster, 1, "chat_gateway_redis_degraded").await?,
+            0.0,
+            "a slow link was taken for a dead one"
+        );
+        i += 1;
+    }
+    assert_eq!(ready(&cluster, 1).await?.0, 200);
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    // The publish crosses the slow link once each way: ~400 ms, far from any timeout.
+    assert!(slowest < Duration::from_secs(2), "{latencies:?}");
+    println!("slow link: {i} messages, slowest delivery {slowest:?}");
+    Ok(())
+}

@@ -268,7 +268,9 @@ async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(6) {
         let sent = Instant::now();
-        let ack = alice.send_message(ROOM, "slow", &format!("a-slow-{i}")).await?;
+        let ack = alice
+            .send_message(ROOM, "slow", &format!("a-slow-{i}"))
+            .await?;
         assert_eq!(ack["type"], "ack", "{ack}");
         alice_seen.next(&mut alice, "alice").await?;
         bob_seen.next(&mut bob, "bob").await?;
@@ -285,5 +287,77 @@ async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
     // The publish crosses the slow link once each way: ~400 ms, far from any timeout.
     assert!(slowest < Duration::from_secs(2), "{latencies:?}");
     println!("slow link: {i} messages, slowest delivery {slowest:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
+    let mut proxy = FaultProxy::start(cluster.history_addr).await?;
+    let mut settings = cluster.gateway_settings();
+    settings.history_url = format!("http://{}", proxy.addr());
+    cluster.add_gateway_with(&settings).await?;
+    let mut alice = cluster.client(1, "alice").await?; // history behind the proxy
+    let mut bob = cluster.client(0, "bob").await?;
+    alice.join(ROOM, None).await?;
+    bob.join(ROOM, None).await?;
+    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+    alice.send_message(ROOM, "before", "a-before").await?;
+    alice_seen.next(&mut alice, "alice").await?;
+    bob_seen.next(&mut bob, "bob").await?;
+
+    proxy.set(Fault::Blackhole);
+    let cut = Instant::now();
+    // A send is answered within the 5 s call deadline, never left hanging.
+    let reply = alice.send_message(ROOM, "cut", "a-cut").await?;
+    let answered = cut.elapsed();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(
+        answered <= Duration::from_secs(7),
+        "answered after {answered:?}"
+    );
+    eventually(Duration::from_secs(10), "gateway 1 unready", || async {
+        (ready(&cluster, 1).await.ok()?.0 == 503).then_some(())
+    })
+    .await?;
+    let unready = cut.elapsed();
+
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    // The client resends with the same client_id until acked: stored once.
+    let ack = loop {
+        let reply = alice.send_message(ROOM, "cut", "a-cut").await?;
+        if reply["type"] == "ack" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+        assert!(
+            healed.elapsed() < Duration::from_secs(15),
+            "no ack after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let acked = healed.elapsed();
+    assert!(
+        acked <= Duration::from_secs(5),
+        "acked {acked:?} after the heal"
+    );
+    alice_seen.next(&mut alice, "alice").await?;
+    let m = bob_seen.next(&mut bob, "bob").await?;
+    assert_eq!(m["client_id"], "a-cut", "{m}");
+    eventually(Duration::from_secs(10), "gateway 1 ready", || async {
+        (ready(&cluster, 1).await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    // Nothing stored twice: the next message follows at once.
+    alice.send_message(ROOM, "after", "a-after").await?;
+    alice_seen.next(&mut alice, "alice").await?;
+    bob_seen.next(&mut bob, "bob").await?;
+    println!(
+        "history cut: unavailable after {answered:?}, unready after {unready:?}; \
+         acked {acked:?} after the heal (duplicate: {})",
+        ack["duplicate"]
+    );
     Ok(())
 }

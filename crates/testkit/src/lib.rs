@@ -11,10 +11,14 @@
 //!   HTTP API; [`prometheus::sample`] reads one sample of a `/metrics` text.
 //! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
+//!
+//! And [`backend_suite!`]: the one way a behaviour suite runs the same cases against
+//! every backend of a trait (see [`suite`]).
 
 pub mod mongo;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
 pub mod redis_cluster;
+pub mod suite;
 pub mod ws;

@@ -8,10 +8,13 @@
 //!
 //! - [`settings`]: configuration from the environment.
 //! - [`auth`]: JWT HS256 and dev-mode identities.
-//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/healthz`, `/readyz`,
-//!   `/metrics`) and the request-metrics middleware.
-//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the eight compatibility metrics (docs/observability.md) come from
-//!   `chat-metrics`. All listed in `docs/observability.md`.
+//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/v1/presence`,
+//!   `/healthz`, `/readyz`, `/metrics`) and the request-metrics middleware.
+//! - [`state`]: [`state::AppState`], shared by every route and session, and
+//!   [`state::Admitted`], a connection's place under the connection limit.
+//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the eight
+//!   compatibility metrics come from `chat-metrics`. All listed in
+//!   `docs/observability.md`.
 //! - [`session`]: one WebSocket connection: reading frames, writing the outbound queue.
 //! - [`conn`]: a connection's shared half: bounded outbound queue and close reasons.
 //! - [`rooms`]: per-room sequencers: ordering, gap fill from history, catch-up.
@@ -38,6 +41,7 @@ pub mod presence;
 pub mod rooms;
 pub mod session;
 pub mod settings;
+pub mod state;
 pub mod web;
 
 use std::net::{SocketAddr, TcpListener};
@@ -52,11 +56,11 @@ use crate::fanout::FanOut;
 use crate::fanout::memory::InProcessFanOut;
 use crate::fanout::redis::RedisFanOut;
 use crate::history::HistoryClient;
-use crate::http::AppState;
 use crate::metrics::{GatewayMetrics, RedisFanOutMetrics};
 use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 pub use crate::settings::{AuthMode, Settings};
+use crate::state::AppState;
 
 /// Connections the kernel completes and queues before the gateway accepts them (capped
 /// by `net.core.somaxconn`). Std's `TcpListener::bind` uses 128, which a reconnect storm

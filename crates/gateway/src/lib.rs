@@ -21,7 +21,8 @@
 //! - [`fanout`]: the [`fanout::FanOut`] trait, in-process and Redis backends.
 //! - [`history`]: the gRPC client of the history service.
 //! - [`presence`]: connection counting and the gRPC client of the presence service;
-//!   heartbeats and announcing presence events.
+//!   the heartbeat loop ([`presence::run_heartbeats`], spawned by [`Gateway::build`]),
+//!   which renews the lease and announces dead gateways' users offline.
 //! - [`counts`]: first/last reference counts shared by fan-out and presence.
 //! - [`open_files`]: raising the open-file limit for `CHAT_MAX_CONNECTIONS` at start.
 //! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP.
@@ -135,7 +136,11 @@ impl Gateway {
             gateway_metrics.online_users.clone(),
             settings.internal_token.as_ref(),
         )?);
-        tokio::spawn(heartbeat(presence.clone(), hub.clone(), shutdown.clone()));
+        tokio::spawn(crate::presence::run_heartbeats(
+            presence.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
         let listener = bind(settings.http_addr)?;
         let state = AppState::new(
             hub,
@@ -198,51 +203,5 @@ impl Gateway {
         server.await?;
         stopper.abort();
         Ok(())
-    }
-}
-
-/// Renews this gateway's presence lease until shutdown, and announces the offline events
-/// of dead gateways' users that the presence service hands out (acknowledged by the next
-/// heartbeat, so a batch whose reply was lost is handed out again).
-async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
-    let mut next = Duration::ZERO;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(next) => {}
-        }
-        match presence.heartbeat().await {
-            Ok(beat) => {
-                next = beat.next_in;
-                for (room, user) in beat.expired {
-                    hub.announce_presence(&room, &user, false).await;
-                }
-                presence.announced(beat.claim);
-                // Presence answers again: report the disconnects it missed meanwhile.
-                for (room, user) in presence.retry_detaches().await {
-                    hub.announce_presence(&room, &user, false).await;
-                }
-                if beat.lease_lost {
-                    tracing::warn!("presence lease lapsed; reporting room memberships again");
-                    for (room, user) in presence.reenter_rooms().await {
-                        hub.announce_presence(&room, &user, true).await;
-                    }
-                } else if beat.forgotten {
-                    // Also on the first heartbeat (presence had never seen one from us),
-                    // when there is usually nothing to report.
-                    tracing::info!(
-                        "presence had no record of this gateway; reporting room memberships again"
-                    );
-                    // Silently: the members never left, so an `online` event would be
-                    // news to nobody (and a storm after a Redis restart).
-                    let _ = presence.reenter_rooms().await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "presence heartbeat failed; retrying");
-                // Retry soon: the lease is a few heartbeats long.
-                next = Duration::from_secs(1);
-            }
-        }
     }
 }

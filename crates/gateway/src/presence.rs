@@ -1,7 +1,7 @@
 //! The gateway's side of presence: it counts its own connections per user and per
 //! (room, user), and tells the presence service only about transitions (first/last
 //! connection of a user, first connection of a user in a room), plus heartbeats listing
-//! every user it holds.
+//! every user it holds ([`run_heartbeats`], one loop per gateway).
 //!
 //! Events (see `docs/protocol.md`): `online: true` when presence says a room was not yet
 //! told of the user's online period ([`PresenceTracker::entered`]); `online: false` to
@@ -26,12 +26,14 @@ use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomRequest, TakeExitsRequest, UserRequest,
 };
 use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::counts::RefCounts;
 use crate::error::GatewayError;
 use crate::history::AuthChannel;
+use crate::rooms::Hub;
 
 /// Deadline of one presence call on a connection's path (connect, join, leave).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -463,6 +465,52 @@ impl PresenceTracker {
             .filter_map(std::future::ready)
             .collect()
             .await
+    }
+}
+
+/// Renews this gateway's presence lease until shutdown, and announces the offline events
+/// of dead gateways' users that the presence service hands out (acknowledged by the next
+/// heartbeat, so a batch whose reply was lost is handed out again).
+pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
+    let mut next = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+        match presence.heartbeat().await {
+            Ok(beat) => {
+                next = beat.next_in;
+                for (room, user) in beat.expired {
+                    hub.announce_presence(&room, &user, false).await;
+                }
+                presence.announced(beat.claim);
+                // Presence answers again: report the disconnects it missed meanwhile.
+                for (room, user) in presence.retry_detaches().await {
+                    hub.announce_presence(&room, &user, false).await;
+                }
+                if beat.lease_lost {
+                    tracing::warn!("presence lease lapsed; reporting room memberships again");
+                    for (room, user) in presence.reenter_rooms().await {
+                        hub.announce_presence(&room, &user, true).await;
+                    }
+                } else if beat.forgotten {
+                    // Also on the first heartbeat (presence had never seen one from us),
+                    // when there is usually nothing to report.
+                    tracing::info!(
+                        "presence had no record of this gateway; reporting room memberships again"
+                    );
+                    // Silently: the members never left, so an `online` event would be
+                    // news to nobody (and a storm after a Redis restart).
+                    let _ = presence.reenter_rooms().await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence heartbeat failed; retrying");
+                // Retry soon: the lease is a few heartbeats long.
+                next = Duration::from_secs(1);
+            }
+        }
     }
 }
 

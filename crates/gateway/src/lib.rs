@@ -25,7 +25,8 @@
 //!   which renews the lease and announces dead gateways' users offline.
 //! - [`counts`]: first/last reference counts shared by fan-out and presence.
 //! - [`open_files`]: raising the open-file limit for `CHAT_MAX_CONNECTIONS` at start.
-//! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP.
+//! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP; a
+//!   failed gRPC call becomes one naming its [`error::Backend`].
 //! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
 pub mod auth;

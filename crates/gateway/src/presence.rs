@@ -31,7 +31,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Endpoint;
 
 use crate::counts::RefCounts;
-use crate::error::GatewayError;
+use crate::error::{Backend, GatewayError};
 use crate::history::AuthChannel;
 use crate::rooms::Hub;
 
@@ -53,6 +53,12 @@ const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// crowd disconnects) more are only logged: those users' status still expires with the
 /// TTL, and if presence stays down past the TTL its sweep releases them with events anyway.
 const MAX_PENDING_DETACHES: usize = 100_000;
+
+/// A failed presence call, for the client. Presence is best effort, so whatever the
+/// status the client is told `unavailable` (and may ask again later).
+fn unavailable(status: tonic::Status) -> GatewayError {
+    GatewayError::unavailable_backend(Backend::Presence, &status)
+}
 
 /// One lock per user with transitions in progress (an entry lives while someone holds
 /// or awaits it).
@@ -340,7 +346,7 @@ impl PresenceTracker {
                 users: users.iter().map(ToString::to_string).collect(),
             })
             .await
-            .map_err(|e| GatewayError::Unavailable(format!("presence: {}", e.message())))?
+            .map_err(unavailable)?
             .into_inner();
         if reply.online.len() != users.len() {
             return Err(GatewayError::Internal(
@@ -354,8 +360,6 @@ impl PresenceTracker {
     /// [`HEARTBEAT_CHUNK`] users (the first tells whether the lease was lost), then
     /// acknowledges the last batch of offline events announced and claims the next.
     pub async fn heartbeat(&self) -> Result<Beat, GatewayError> {
-        let unavailable =
-            |e: tonic::Status| GatewayError::Unavailable(format!("presence: {}", e.message()));
         let users = self.users.keys();
         let sent_at = std::time::Instant::now();
         let mut first = None;

@@ -12,7 +12,7 @@ use chat_proto::history::{AppendRequest, ListRequest, StoredMessage};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::GatewayError;
+use crate::error::{Backend, GatewayError};
 
 /// How long one history call may take before the client is told `unavailable`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,11 +97,12 @@ impl HistoryClient {
         self.token_refused.load(Ordering::Relaxed)
     }
 
-    /// Notes whether a call's outcome says the token was refused.
-    fn note<T>(&self, result: Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    /// Notes whether a call's outcome says the token was refused, and makes a failure the
+    /// client's error, naming history.
+    fn note<T>(&self, result: Result<T, tonic::Status>) -> Result<T, GatewayError> {
         let refused = matches!(&result, Err(s) if s.code() == tonic::Code::Unauthenticated);
         self.token_refused.store(refused, Ordering::Relaxed);
-        result
+        result.map_err(|status| GatewayError::from_status(Backend::History, &status))
     }
 
     /// Stores a message; returns it and whether it was a duplicate.

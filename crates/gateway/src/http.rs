@@ -2,121 +2,27 @@
 //! `/metrics`, and the web client (see [`crate::web`]); and the middleware that counts
 //! every request in `http_requests_total` / `http_request_duration_seconds`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
-use chat_metrics::Registry;
 use chat_model::limits::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS};
 use chat_model::{ErrorCode, RoomId, Seq, UserId};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::auth::Authenticator;
-use crate::conn::ConnId;
 use crate::error::{GatewayError, json_error};
-use crate::limits::Limits;
-use crate::metrics::{GatewayMetrics, Refusal};
-use crate::presence::PresenceTracker;
-use crate::rooms::Hub;
+use crate::metrics::Refusal;
+use crate::state::AppState;
 
 /// The gRPC service name history reports in its health service.
 const HISTORY_HEALTH_SERVICE: &str = "chat.history.v1.History";
 /// How long `/readyz` waits for a backend.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// State shared by every route and session.
-#[derive(Debug)]
-pub struct AppState {
-    pub hub: Hub,
-    pub presence: std::sync::Arc<PresenceTracker>,
-    pub auth: Authenticator,
-    /// This instance's id, sent in `hello` and used in connection ids.
-    pub gateway_id: String,
-    /// Cancelled on SIGTERM: readiness turns false, upgrades are refused, sessions close
-    /// with 1001.
-    pub shutdown: CancellationToken,
-    /// What the gateway records (sessions, rooms, requests).
-    pub metrics: GatewayMetrics,
-    /// The process's registry, served on `/metrics` (in the all-in-one it also holds
-    /// history's and presence's families).
-    pub registry: Arc<Registry>,
-    /// Connection count, send rate and origin limits.
-    pub limits: Limits,
-    /// Open WebSockets, for [`Limits::max_connections`].
-    open: Arc<AtomicUsize>,
-    next_conn: AtomicU64,
-}
-
-impl AppState {
-    /// State for a gateway.
-    pub fn new(
-        hub: Hub,
-        presence: std::sync::Arc<PresenceTracker>,
-        auth: Authenticator,
-        gateway_id: String,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            hub,
-            presence,
-            auth,
-            gateway_id,
-            shutdown,
-            metrics: GatewayMetrics::default(),
-            registry: Arc::new(Registry::default()),
-            limits: Limits::default(),
-            open: Arc::new(AtomicUsize::new(0)),
-            next_conn: AtomicU64::new(1),
-        }
-    }
-
-    /// Records into `metrics` and serves `registry` (which should hold them) on
-    /// `/metrics`.
-    pub fn with_metrics(mut self, metrics: GatewayMetrics, registry: Arc<Registry>) -> Self {
-        self.metrics = metrics;
-        self.registry = registry;
-        self
-    }
-
-    /// Enforces `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Takes one of the [`Limits::max_connections`] places, if one is free.
-    pub fn admit(&self) -> Option<Admitted> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= self.limits.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(self.open.clone()))
-    }
-
-    /// A fresh connection number.
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-/// One WebSocket's place under [`Limits::max_connections`], given back on drop.
-#[derive(Debug)]
-pub struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {

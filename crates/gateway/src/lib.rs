@@ -8,20 +8,25 @@
 //!
 //! - [`settings`]: configuration from the environment.
 //! - [`auth`]: JWT HS256 and dev-mode identities.
-//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/healthz`, `/readyz`,
-//!   `/metrics`) and the request-metrics middleware.
-//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the eight compatibility metrics (docs/observability.md) come from
-//!   `chat-metrics`. All listed in `docs/observability.md`.
+//! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/v1/presence`,
+//!   `/healthz`, `/readyz`, `/metrics`) and the request-metrics middleware.
+//! - [`state`]: [`state::AppState`], shared by every route and session, and
+//!   [`state::Admitted`], a connection's place under the connection limit.
+//! - [`metrics`]: the gateway's metric families (`chat_gateway_*`); the eight
+//!   compatibility metrics come from `chat-metrics`. All listed in
+//!   `docs/observability.md`.
 //! - [`session`]: one WebSocket connection: reading frames, writing the outbound queue.
 //! - [`conn`]: a connection's shared half: bounded outbound queue and close reasons.
 //! - [`rooms`]: per-room sequencers: ordering, gap fill from history, catch-up.
 //! - [`fanout`]: the [`fanout::FanOut`] trait, in-process and Redis backends.
 //! - [`history`]: the gRPC client of the history service.
 //! - [`presence`]: connection counting and the gRPC client of the presence service;
-//!   heartbeats and announcing presence events.
+//!   the heartbeat loop ([`presence::run_heartbeats`], spawned by [`Gateway::build`]),
+//!   which renews the lease and announces dead gateways' users offline.
 //! - [`counts`]: first/last reference counts shared by fan-out and presence.
 //! - [`open_files`]: raising the open-file limit for `CHAT_MAX_CONNECTIONS` at start.
-//! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP.
+//! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP; a
+//!   failed gRPC call becomes one naming its [`error::Backend`].
 //! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
 pub mod auth;
@@ -38,6 +43,7 @@ pub mod presence;
 pub mod rooms;
 pub mod session;
 pub mod settings;
+pub mod state;
 pub mod web;
 
 use std::net::{SocketAddr, TcpListener};
@@ -52,11 +58,11 @@ use crate::fanout::FanOut;
 use crate::fanout::memory::InProcessFanOut;
 use crate::fanout::redis::RedisFanOut;
 use crate::history::HistoryClient;
-use crate::http::AppState;
 use crate::metrics::{GatewayMetrics, RedisFanOutMetrics};
 use crate::presence::PresenceTracker;
 use crate::rooms::Hub;
 pub use crate::settings::{AuthMode, Settings};
+use crate::state::AppState;
 
 /// Connections the kernel completes and queues before the gateway accepts them (capped
 /// by `net.core.somaxconn`). Std's `TcpListener::bind` uses 128, which a reconnect storm
@@ -131,7 +137,11 @@ impl Gateway {
             gateway_metrics.online_users.clone(),
             settings.internal_token.as_ref(),
         )?);
-        tokio::spawn(heartbeat(presence.clone(), hub.clone(), shutdown.clone()));
+        tokio::spawn(crate::presence::run_heartbeats(
+            presence.clone(),
+            hub.clone(),
+            shutdown.clone(),
+        ));
         let listener = bind(settings.http_addr)?;
         let state = AppState::new(
             hub,
@@ -194,51 +204,5 @@ impl Gateway {
         server.await?;
         stopper.abort();
         Ok(())
-    }
-}
-
-/// Renews this gateway's presence lease until shutdown, and announces the offline events
-/// of dead gateways' users that the presence service hands out (acknowledged by the next
-/// heartbeat, so a batch whose reply was lost is handed out again).
-async fn heartbeat(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
-    let mut next = Duration::ZERO;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(next) => {}
-        }
-        match presence.heartbeat().await {
-            Ok(beat) => {
-                next = beat.next_in;
-                for (room, user) in beat.expired {
-                    hub.announce_presence(&room, &user, false).await;
-                }
-                presence.announced(beat.claim);
-                // Presence answers again: report the disconnects it missed meanwhile.
-                for (room, user) in presence.retry_detaches().await {
-                    hub.announce_presence(&room, &user, false).await;
-                }
-                if beat.lease_lost {
-                    tracing::warn!("presence lease lapsed; reporting room memberships again");
-                    for (room, user) in presence.reenter_rooms().await {
-                        hub.announce_presence(&room, &user, true).await;
-                    }
-                } else if beat.forgotten {
-                    // Also on the first heartbeat (presence had never seen one from us),
-                    // when there is usually nothing to report.
-                    tracing::info!(
-                        "presence had no record of this gateway; reporting room memberships again"
-                    );
-                    // Silently: the members never left, so an `online` event would be
-                    // news to nobody (and a storm after a Redis restart).
-                    let _ = presence.reenter_rooms().await;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "presence heartbeat failed; retrying");
-                // Retry soon: the lease is a few heartbeats long.
-                next = Duration::from_secs(1);
-            }
-        }
     }
 }

@@ -1,7 +1,7 @@
 //! The gateway's side of presence: it counts its own connections per user and per
 //! (room, user), and tells the presence service only about transitions (first/last
 //! connection of a user, first connection of a user in a room), plus heartbeats listing
-//! every user it holds.
+//! every user it holds ([`run_heartbeats`], one loop per gateway).
 //!
 //! Events (see `docs/protocol.md`): `online: true` when presence says a room was not yet
 //! told of the user's online period ([`PresenceTracker::entered`]); `online: false` to
@@ -26,11 +26,13 @@ use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomRequest, TakeExitsRequest, UserRequest,
 };
 use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::counts::RefCounts;
-use crate::error::GatewayError;
+use crate::error::{Backend, GatewayError};
 use crate::history::AuthChannel;
+use crate::rooms::Hub;
 
 /// Deadline of one presence call on a connection's path (connect, join, leave).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +52,12 @@ const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// crowd disconnects) more are only logged: those users' status still expires with the
 /// TTL, and if presence stays down past the TTL its sweep releases them with events anyway.
 const MAX_PENDING_DETACHES: usize = 100_000;
+
+/// A failed presence call, for the client. Presence is best effort, so whatever the
+/// status the client is told `unavailable` (and may ask again later).
+fn unavailable(status: tonic::Status) -> GatewayError {
+    GatewayError::unavailable_backend(Backend::Presence, &status)
+}
 
 /// One lock per user with transitions in progress (an entry lives while someone holds
 /// or awaits it).
@@ -333,7 +341,7 @@ impl PresenceTracker {
                 users: users.iter().map(ToString::to_string).collect(),
             })
             .await
-            .map_err(|e| GatewayError::Unavailable(format!("presence: {}", e.message())))?
+            .map_err(unavailable)?
             .into_inner();
         if reply.online.len() != users.len() {
             return Err(GatewayError::Internal(
@@ -347,8 +355,6 @@ impl PresenceTracker {
     /// [`HEARTBEAT_CHUNK`] users (the first tells whether the lease was lost), then
     /// acknowledges the last batch of offline events announced and claims the next.
     pub async fn heartbeat(&self) -> Result<Beat, GatewayError> {
-        let unavailable =
-            |e: tonic::Status| GatewayError::Unavailable(format!("presence: {}", e.message()));
         let users = self.users.keys();
         let sent_at = std::time::Instant::now();
         let mut first = None;
@@ -458,6 +464,52 @@ impl PresenceTracker {
             .filter_map(std::future::ready)
             .collect()
             .await
+    }
+}
+
+/// Renews this gateway's presence lease until shutdown, and announces the offline events
+/// of dead gateways' users that the presence service hands out (acknowledged by the next
+/// heartbeat, so a batch whose reply was lost is handed out again).
+pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
+    let mut next = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+        match presence.heartbeat().await {
+            Ok(beat) => {
+                next = beat.next_in;
+                for (room, user) in beat.expired {
+                    hub.announce_presence(&room, &user, false).await;
+                }
+                presence.announced(beat.claim);
+                // Presence answers again: report the disconnects it missed meanwhile.
+                for (room, user) in presence.retry_detaches().await {
+                    hub.announce_presence(&room, &user, false).await;
+                }
+                if beat.lease_lost {
+                    tracing::warn!("presence lease lapsed; reporting room memberships again");
+                    for (room, user) in presence.reenter_rooms().await {
+                        hub.announce_presence(&room, &user, true).await;
+                    }
+                } else if beat.forgotten {
+                    // Also on the first heartbeat (presence had never seen one from us),
+                    // when there is usually nothing to report.
+                    tracing::info!(
+                        "presence had no record of this gateway; reporting room memberships again"
+                    );
+                    // Silently: the members never left, so an `online` event would be
+                    // news to nobody (and a storm after a Redis restart).
+                    let _ = presence.reenter_rooms().await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence heartbeat failed; retrying");
+                // Retry soon: the lease is a few heartbeats long.
+                next = Duration::from_secs(1);
+            }
+        }
     }
 }
 

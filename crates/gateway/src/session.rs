@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use crate::conn::{Conn, Disconnect};
 use crate::error::GatewayError;
 use crate::fanout::FanOutError;
-use crate::http::{Admitted, AppState};
 use crate::limits::{SendRate, Verdict};
+use crate::state::{Admitted, AppState};
 
 /// Frames above this size close the connection with 1009; frames between the protocol
 /// limit (64 KiB) and this are answered with `too_large` and the connection stays.

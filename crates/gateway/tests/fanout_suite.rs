@@ -1,6 +1,6 @@
-//! One behaviour suite for every `FanOut` backend: in-process, Redis pub/sub against a
-//! real `redis-server`, and sharded pub/sub against a real 3-master Redis Cluster, each
-//! started for each test.
+//! One behaviour suite for every `FanOut` backend (`chat_testkit::backend_suite!`):
+//! in-process, Redis pub/sub against a real `redis-server`, and sharded pub/sub against a
+//! real 3-master Redis Cluster, each started for each test.
 
 use std::time::Duration;
 
@@ -51,6 +51,18 @@ impl Backend for Cluster {
         assert_eq!(f.mode(), PubSubMode::Sharded);
         (Box::new(f), rx)
     }
+}
+
+async fn open_memory() -> Memory {
+    Memory(InProcessBus::new())
+}
+
+async fn open_redis() -> Redis {
+    Redis(RedisServer::start().await.expect("redis-server starts"))
+}
+
+async fn open_cluster() -> Cluster {
+    Cluster(RedisCluster::start(3).await.expect("redis cluster starts"))
 }
 
 fn room(name: &str) -> RoomId {
@@ -154,44 +166,30 @@ async fn payloads_round_trip_unchanged(mut b: impl Backend) {
     assert!(a.is_connected());
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::Memory(super::InProcessBus::new())).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let server = chat_testkit::redis::RedisServer::start().await.expect("redis-server starts");
-                    super::$test(super::Redis(server)).await;
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let cluster = super::RedisCluster::start(3).await.expect("redis cluster starts");
-                    super::$test(super::Cluster(cluster)).await;
-                }
-            )*
-        }
-    };
+chat_testkit::backend_suite! {
+    backends: {
+        #[tokio::test]
+        memory => open_memory,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        redis => open_redis,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        redis_cluster => open_cluster,
+    },
+    cases: [
+        delivers_to_every_subscriber_including_the_publisher,
+        only_subscribed_rooms_are_delivered,
+        subscriptions_are_counted,
+        one_publisher_keeps_its_order,
+        payloads_round_trip_unchanged,
+    ],
 }
 
-suite!(
-    delivers_to_every_subscriber_including_the_publisher,
-    only_subscribed_rooms_are_delivered,
-    subscriptions_are_counted,
-    one_publisher_keeps_its_order,
-    payloads_round_trip_unchanged,
-);
+// ---- backend-specific behaviour ----
+//
+// Plain tests, not suite cases: reconnects, subscription barriers, shard channels and
+// slot moves are properties of the Redis backends (a server or a cluster node to
+// restart, Redis's own view of the subscriptions); the in-process bus has no
+// counterpart to restart or inspect.
 
 /// Redis only: after Redis dies and comes back, the fan-out reconnects by itself,
 /// resubscribes every room, and signals a resync (events published meanwhile are lost).

@@ -1,6 +1,6 @@
-//! The behaviour every `MessageStore` backend must show, run against each of them:
-//! `embedded::*` on a fresh redb file, `mongo::*` on a fresh database of a real
-//! MongoDB-wire server (`nx-27017`, or `CHAT_TEST_MONGODB_URL`).
+//! The behaviour every `MessageStore` backend must show, run against each of them by
+//! `chat_testkit::backend_suite!`: `embedded::*` on a fresh redb file, `mongo::*` on a
+//! fresh database of a real MongoDB-wire server (`nx-27017`, or `CHAT_TEST_MONGODB_URL`).
 //!
 //! Mongo cases stay small: the stand-in server does about 1k inserts/s.
 
@@ -74,7 +74,7 @@ async fn append_ok(store: &dyn MessageStore, m: NewMessage) -> chat_model::Messa
 
 // ---- the behaviours ----
 
-async fn append_assigns_1_to_n(fx: &Fixture) {
+async fn append_assigns_1_to_n(fx: Fixture) {
     let store = &*fx.store;
     let before = Timestamp::now();
     let mut ids = BTreeSet::new();
@@ -104,7 +104,7 @@ async fn append_assigns_1_to_n(fx: &Fixture) {
     assert_eq!(ids_listed, ids);
 }
 
-async fn resend_is_idempotent(fx: &Fixture) {
+async fn resend_is_idempotent(fx: Fixture) {
     let store = &*fx.store;
     let first = append_ok(store, msg("general", "alice", "c1", "original")).await;
     append_ok(store, msg("general", "bob", "c9", "other")).await;
@@ -142,7 +142,7 @@ async fn resend_is_idempotent(fx: &Fixture) {
     assert_eq!(listed.messages[0].body, "original");
 }
 
-async fn concurrent_appends_are_gapless(fx: &Fixture) {
+async fn concurrent_appends_are_gapless(fx: Fixture) {
     const TASKS: usize = 8;
     const PER_TASK: usize = 25;
     let tasks: Vec<_> = (0..TASKS)
@@ -181,7 +181,7 @@ async fn concurrent_appends_are_gapless(fx: &Fixture) {
     );
 }
 
-async fn concurrent_resends_store_once(fx: &Fixture) {
+async fn concurrent_resends_store_once(fx: Fixture) {
     append_ok(&*fx.store, msg("general", "bob", "warmup", "first")).await;
     // All in flight at once: with the embedded store they share one write batch.
     let tasks: Vec<_> = (0..10)
@@ -211,7 +211,7 @@ async fn concurrent_resends_store_once(fx: &Fixture) {
     assert_eq!(seqs(&listed), vec![1, 2]);
 }
 
-async fn paging(fx: &Fixture) {
+async fn paging(fx: Fixture) {
     let store = &*fx.store;
     let r = room("paged");
     let empty = store.list(&r, Page::Latest, 10).await.expect("list empty");
@@ -258,7 +258,7 @@ async fn paging(fx: &Fixture) {
     }
 }
 
-async fn rooms_are_independent(fx: &Fixture) {
+async fn rooms_are_independent(fx: Fixture) {
     let store = &*fx.store;
     for i in 1..=3 {
         append_ok(store, msg("room-a", "alice", &format!("c{i}"), "a")).await;
@@ -303,7 +303,7 @@ async fn rooms_are_independent(fx: &Fixture) {
     assert_eq!(none, Listed::default());
 }
 
-async fn bodies_round_trip(fx: &Fixture) {
+async fn bodies_round_trip(fx: Fixture) {
     let store = &*fx.store;
     let bodies = [
         String::new(),
@@ -323,55 +323,33 @@ async fn bodies_round_trip(fx: &Fixture) {
     assert_eq!(got, bodies);
 }
 
-async fn ping_answers(fx: &Fixture) {
+async fn ping_answers(fx: Fixture) {
     fx.store.ping().await.expect("ping");
 }
 
-macro_rules! suite {
-    ($backend:ident, $open:path, [$($case:ident),+ $(,)?]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let fx = $open().await;
-                    super::$case(&fx).await;
-                }
-            )+
-        }
-    };
+chat_testkit::backend_suite! {
+    backends: {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        embedded => open_embedded,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        mongo => open_mongo,
+    },
+    cases: [
+        append_assigns_1_to_n,
+        resend_is_idempotent,
+        concurrent_appends_are_gapless,
+        concurrent_resends_store_once,
+        paging,
+        rooms_are_independent,
+        bodies_round_trip,
+        ping_answers,
+    ],
 }
 
-suite!(
-    embedded,
-    super::open_embedded,
-    [
-        append_assigns_1_to_n,
-        resend_is_idempotent,
-        concurrent_appends_are_gapless,
-        concurrent_resends_store_once,
-        paging,
-        rooms_are_independent,
-        bodies_round_trip,
-        ping_answers,
-    ]
-);
-
-suite!(
-    mongo,
-    super::open_mongo,
-    [
-        append_assigns_1_to_n,
-        resend_is_idempotent,
-        concurrent_appends_are_gapless,
-        concurrent_resends_store_once,
-        paging,
-        rooms_are_independent,
-        bodies_round_trip,
-        ping_answers,
-    ]
-);
-
 // ---- backend-specific behaviour ----
+//
+// Plain tests, not suite cases: each needs what only one backend has (a second replica
+// on the same database, a file to reopen or lock).
 
 /// Two history replicas on one database, appending to one room at once: every seq is used
 /// exactly once, with no gap, and a resend through the other replica is a duplicate.

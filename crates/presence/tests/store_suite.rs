@@ -1,5 +1,6 @@
-//! The behaviour every `PresenceStore` backend must show, run against each of them:
-//! `memory::*` in process, `redis::*` on a private `redis-server` per test.
+//! The behaviour every `PresenceStore` backend must show, run against each of them by
+//! `chat_testkit::backend_suite!`: `memory::*` in process, `redis::*` on a private
+//! `redis-server` per test.
 //!
 //! Leases are short ([`TTL`]) so that expiry is seen quickly; gateways heartbeat every
 //! ttl / 3 as in production. Waits poll with deadlines; the only sleeps are the heartbeat
@@ -160,7 +161,7 @@ impl Heartbeats {
 
 // ---- the behaviours ----
 
-async fn online_with_one_connection(fx: &Fixture) {
+async fn online_with_one_connection(fx: Fixture) {
     let store = &*fx.store;
     assert!(!online(store, "alice").await);
     assert!(store.connect("gw1", &uid("alice")).await.expect("connect"));
@@ -176,7 +177,7 @@ async fn online_with_one_connection(fx: &Fixture) {
     store.ping().await.expect("ping");
 }
 
-async fn second_device_keeps_user_online(fx: &Fixture) {
+async fn second_device_keeps_user_online(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     assert!(store.connect("gw1", &alice).await.expect("connect 1"));
@@ -220,7 +221,7 @@ async fn second_device_keeps_user_online(fx: &Fixture) {
 /// Each room is told once per online period that the user is online, whichever gateway
 /// reports the entry and however often the user leaves and joins again; when the period
 /// ends the last disconnect returns every room told, once.
-async fn rooms_told_once_per_online_period(fx: &Fixture) {
+async fn rooms_told_once_per_online_period(fx: Fixture) {
     let store = &*fx.store;
     let (alice, room, dm) = (uid("alice"), rid("general"), rid("dm:alice:bob"));
     for gw in ["gw1", "gw2"] {
@@ -293,7 +294,7 @@ async fn rooms_told_once_per_online_period(fx: &Fixture) {
 /// A gateway stops heartbeating (killed); another keeps going. Within ttl + one interval
 /// its user is offline and the live gateway is handed her offline events exactly once; a
 /// user the live gateway also holds stays online, and nobody is told otherwise.
-async fn dead_gateway_is_released(fx: &Fixture) {
+async fn dead_gateway_is_released(fx: Fixture) {
     let store = &fx.store;
     let (alice, bob, carol) = (uid("alice"), uid("bob"), uid("carol"));
     // alice only on the doomed gateway, bob on both, carol only on the live one.
@@ -371,7 +372,7 @@ async fn dead_gateway_is_released(fx: &Fixture) {
 
 /// Heartbeats every ttl / 3 keep a user online at every check for 3 × ttl, and sweeping
 /// meanwhile releases nothing.
-async fn no_flapping_while_heartbeats_arrive(fx: &Fixture) {
+async fn no_flapping_while_heartbeats_arrive(fx: Fixture) {
     let store = &fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
@@ -407,7 +408,7 @@ async fn no_flapping_while_heartbeats_arrive(fx: &Fixture) {
 
 /// Two presence replicas sweep the same dead gateway at once, and two gateways (one on
 /// each replica) claim its exits at once: every exit is handed out exactly once in total.
-async fn replicas_hand_out_each_exit_once(fx: &Fixture) {
+async fn replicas_hand_out_each_exit_once(fx: Fixture) {
     const USERS: usize = 600;
     const ROOMS: usize = 4;
     let store = &fx.store;
@@ -476,7 +477,7 @@ async fn replicas_hand_out_each_exit_once(fx: &Fixture) {
 /// again, until acknowledged; a batch claimed by a gateway that then dies goes back to
 /// be claimed by another. Exits of a user who is online again by then are not handed
 /// out: their rooms join the new period and hear when it ends.
-async fn exits_are_handed_out_until_acknowledged(fx: &Fixture) {
+async fn exits_are_handed_out_until_acknowledged(fx: Fixture) {
     let store = &*fx.store;
     let (alice, bob) = (uid("alice"), uid("bob"));
     for user in [&alice, &bob] {
@@ -533,7 +534,7 @@ async fn exits_are_handed_out_until_acknowledged(fx: &Fixture) {
 
 /// A gateway's first heartbeat reports a lost lease also right after `connect` started
 /// its lease: only heartbeats count (the gateway must report its rooms).
-async fn first_heartbeat_after_connect_reports_a_lost_lease(fx: &Fixture) {
+async fn first_heartbeat_after_connect_reports_a_lost_lease(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
@@ -553,7 +554,7 @@ async fn first_heartbeat_after_connect_reports_a_lost_lease(fx: &Fixture) {
 /// moment) registers the connection as the connect would have: the room was told the user
 /// is online, so the disconnect must end the period and return it, and nothing of the
 /// period may outlive it. A late entry reordered after the disconnect registers nothing.
-async fn room_entry_after_a_lost_connect_registers_the_user(fx: &Fixture) {
+async fn room_entry_after_a_lost_connect_registers_the_user(fx: Fixture) {
     let store = &*fx.store;
     let (alice, room) = (uid("alice"), rid("general"));
     assert!(store.enter_room("gw1", &alice, &room).await.expect("enter"));
@@ -577,7 +578,7 @@ async fn room_entry_after_a_lost_connect_registers_the_user(fx: &Fixture) {
 
 /// A disconnect reported after the gateway was swept is remembered all the same: a
 /// heartbeat sent before it does not bring the user back.
-async fn disconnect_after_sweep_is_remembered(fx: &Fixture) {
+async fn disconnect_after_sweep_is_remembered(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
@@ -609,7 +610,7 @@ async fn disconnect_after_sweep_is_remembered(fx: &Fixture) {
 
 /// A heartbeat computed before a disconnect but arriving after it must not bring the
 /// user back; a ttl after the disconnect, a heartbeat naming the user is believed again.
-async fn late_heartbeat_does_not_revive(fx: &Fixture) {
+async fn late_heartbeat_does_not_revive(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
@@ -664,7 +665,7 @@ async fn late_heartbeat_does_not_revive(fx: &Fixture) {
 
 /// A gateway that was silent for longer than its lease is swept as dead; when it turns
 /// out to be alive, its next heartbeat brings its users back, and they can leave cleanly.
-async fn silent_gateway_comes_back(fx: &Fixture) {
+async fn silent_gateway_comes_back(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
@@ -708,7 +709,7 @@ async fn silent_gateway_comes_back(fx: &Fixture) {
 
 /// A heartbeat registers users the gateway holds but presence does not know (their
 /// connect was lost), in chunks as large as the Redis backend uses (1000).
-async fn heartbeat_registers_unknown_users(fx: &Fixture) {
+async fn heartbeat_registers_unknown_users(fx: Fixture) {
     let store = &*fx.store;
     let users: Vec<UserId> = (0..2500).map(|u| uid(&format!("user{u}"))).collect();
     assert!(store.connect("gw1", &users[0]).await.expect("connect"));
@@ -742,7 +743,7 @@ async fn heartbeat_registers_unknown_users(fx: &Fixture) {
 
 /// A heartbeat says when the store has no record of the gateway's previous one within
 /// the lease (its first, or after a silence): the gateway must then re-enter its rooms.
-async fn heartbeat_reports_a_lost_lease(fx: &Fixture) {
+async fn heartbeat_reports_a_lost_lease(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     let beat = || store.heartbeat("gw1", std::slice::from_ref(&alice));
@@ -761,7 +762,7 @@ async fn heartbeat_reports_a_lost_lease(fx: &Fixture) {
     assert!(!beat().await.expect("heartbeat"), "renewed again: kept");
 }
 
-async fn stats_count_live_gateways_and_their_users(fx: &Fixture) {
+async fn stats_count_live_gateways_and_their_users(fx: Fixture) {
     let store = &*fx.store;
     let stats = |gateways, users| PresenceStats { gateways, users };
     assert_eq!(store.stats().await.expect("stats"), stats(0, 0));
@@ -785,65 +786,36 @@ async fn stats_count_live_gateways_and_their_users(fx: &Fixture) {
     gw1.stop().await;
 }
 
-macro_rules! suite {
-    ($backend:ident, $open:path, [$($case:ident),+ $(,)?]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let fx = $open().await;
-                    super::$case(&fx).await;
-                }
-            )+
-        }
-    };
+chat_testkit::backend_suite! {
+    backends: {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        memory => open_memory,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        redis => open_redis,
+    },
+    cases: [
+        online_with_one_connection,
+        second_device_keeps_user_online,
+        rooms_told_once_per_online_period,
+        dead_gateway_is_released,
+        no_flapping_while_heartbeats_arrive,
+        replicas_hand_out_each_exit_once,
+        exits_are_handed_out_until_acknowledged,
+        first_heartbeat_after_connect_reports_a_lost_lease,
+        room_entry_after_a_lost_connect_registers_the_user,
+        disconnect_after_sweep_is_remembered,
+        late_heartbeat_does_not_revive,
+        silent_gateway_comes_back,
+        heartbeat_registers_unknown_users,
+        heartbeat_reports_a_lost_lease,
+        stats_count_live_gateways_and_their_users,
+    ],
 }
 
-suite!(
-    memory,
-    super::open_memory,
-    [
-        online_with_one_connection,
-        second_device_keeps_user_online,
-        rooms_told_once_per_online_period,
-        dead_gateway_is_released,
-        no_flapping_while_heartbeats_arrive,
-        replicas_hand_out_each_exit_once,
-        exits_are_handed_out_until_acknowledged,
-        first_heartbeat_after_connect_reports_a_lost_lease,
-        room_entry_after_a_lost_connect_registers_the_user,
-        disconnect_after_sweep_is_remembered,
-        late_heartbeat_does_not_revive,
-        silent_gateway_comes_back,
-        heartbeat_registers_unknown_users,
-        heartbeat_reports_a_lost_lease,
-        stats_count_live_gateways_and_their_users,
-    ]
-);
-
-suite!(
-    redis,
-    super::open_redis,
-    [
-        online_with_one_connection,
-        second_device_keeps_user_online,
-        rooms_told_once_per_online_period,
-        dead_gateway_is_released,
-        no_flapping_while_heartbeats_arrive,
-        replicas_hand_out_each_exit_once,
-        exits_are_handed_out_until_acknowledged,
-        first_heartbeat_after_connect_reports_a_lost_lease,
-        room_entry_after_a_lost_connect_registers_the_user,
-        disconnect_after_sweep_is_remembered,
-        late_heartbeat_does_not_revive,
-        silent_gateway_comes_back,
-        heartbeat_registers_unknown_users,
-        heartbeat_reports_a_lost_lease,
-        stats_count_live_gateways_and_their_users,
-    ]
-);
-
 // ---- backend-specific behaviour ----
+//
+// Plain tests, not suite cases: each needs what only the Redis backend has (its keys,
+// a server to restart, MGET).
 
 /// Every `presence:*` key in the fixture's Redis.
 async fn redis_presence_keys(fx: &Fixture) -> Vec<String> {

@@ -13,6 +13,9 @@
 //! - [`fault_proxy::FaultProxy`]: a TCP proxy that blackholes, resets, delays or
 //!   flaps the link it sits on (this kernel has no `netem`).
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
+//!
+//! And [`backend_suite!`]: the one way a behaviour suite runs the same cases against
+//! every backend of a trait (see [`suite`]).
 
 pub mod fault_proxy;
 pub mod mongo;
@@ -20,4 +23,5 @@ pub mod process;
 pub mod prometheus;
 pub mod redis;
 pub mod redis_cluster;
+pub mod suite;
 pub mod ws;

@@ -1,0 +1,88 @@
+//! Behaviour suites: one list of cases run against every backend of a trait.
+//!
+//! A backend trait (`MessageStore`, `PresenceStore`, `FanOut`) promises the same
+//! behaviour from each implementation, so its integration test names each case once and
+//! each backend once, and [`backend_suite!`](crate::backend_suite) generates one test per
+//! (backend, case). A case cannot be added to one backend only: there is one list.
+
+/// Generates one test per (backend, case): for each backend a module named after it,
+/// holding one test per case named after the case, so a test's path is
+/// `<backend>::<case>`.
+///
+/// Each backend is given as its test attributes (at least one, e.g.
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), its name, and its
+/// async opener: an expression callable with no arguments whose future yields the
+/// backend's fixture (a store plus whatever must outlive it, such as the server it runs
+/// on). Each case is an `async fn` in the invoking module taking that fixture by value;
+/// every test opens a fresh fixture and hands it to its case. The openers and cases are
+/// resolved in the invoking module.
+///
+/// Cases that only make sense on some backends (a Redis restart, a file reopened) do not
+/// belong in the list: write them as plain tests beside the suite.
+///
+/// ```no_run
+/// struct Fixture(Vec<u32>);
+///
+/// async fn open_small() -> Fixture {
+///     Fixture(vec![1])
+/// }
+///
+/// async fn open_large() -> Fixture {
+///     Fixture((0..1000).collect())
+/// }
+///
+/// async fn is_not_empty(fx: Fixture) {
+///     assert!(!fx.0.is_empty());
+/// }
+///
+/// async fn starts_at_zero_or_one(fx: Fixture) {
+///     assert!(fx.0[0] <= 1);
+/// }
+///
+/// // Four tests: small::is_not_empty, small::starts_at_zero_or_one,
+/// // large::is_not_empty, large::starts_at_zero_or_one.
+/// chat_testkit::backend_suite! {
+///     backends: {
+///         #[tokio::test]
+///         small => open_small,
+///         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///         large => open_large,
+///     },
+///     cases: [
+///         is_not_empty,
+///         starts_at_zero_or_one,
+///     ],
+/// }
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! backend_suite {
+    (
+        backends: {
+            $( $(#[$attr:meta])+ $backend:ident => $open:expr ),+ $(,)?
+        },
+        cases: $cases:tt $(,)?
+    ) => {
+        $(
+            $crate::backend_suite!(@backend { $(#[$attr])+ } $backend, $open, $cases);
+        )+
+    };
+    (@backend $attrs:tt $backend:ident, $open:expr, [$($case:ident),+ $(,)?]) => {
+        mod $backend {
+            // The opener is resolved in the invoking module; cases are called by their
+            // full path, as the tests here bear their names.
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                $crate::backend_suite!(@case $attrs $case, $open);
+            )+
+        }
+    };
+    (@case { $(#[$attr:meta])+ } $case:ident, $open:expr) => {
+        $(#[$attr])+
+        async fn $case() {
+            super::$case(($open)().await).await;
+        }
+    };
+}

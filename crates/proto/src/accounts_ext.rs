@@ -32,10 +32,21 @@ macro_rules! redacted_debug {
 }
 
 redacted_debug!(
-    SignUpRequest { username, display_name, client_addr },
-    LogInRequest { username, client_addr },
+    SignUpRequest {
+        username,
+        display_name,
+        client_addr
+    },
+    LogInRequest {
+        username,
+        client_addr
+    },
     RefreshRequest {},
-    AuthReply { user, expires_in, refresh_expires_in },
+    AuthReply {
+        user,
+        expires_in,
+        refresh_expires_in
+    },
     BearerRequest {},
     LogOutRequest {},
     ChangePasswordRequest {},
@@ -111,7 +122,10 @@ mod tests {
         assert_eq!(detail.reason(), Reason::RateLimited);
         assert_eq!(detail.retry_after_secs, 7);
         assert_eq!(detail.reason().public_code(), "rate_limited");
-        assert_eq!(ErrorDetail::from_status(&Status::unauthenticated("token")), None);
+        assert_eq!(
+            ErrorDetail::from_status(&Status::unauthenticated("token")),
+            None
+        );
     }
 
     #[test]
@@ -122,7 +136,10 @@ mod tests {
             client_addr: "192.0.2.1".into(),
         };
         let shown = format!("{login:?}");
-        assert!(shown.contains("alice") && shown.contains("192.0.2.1"), "{shown}");
+        assert!(
+            shown.contains("alice") && shown.contains("192.0.2.1"),
+            "{shown}"
+        );
         let reply = AuthReply {
             user: None,
             access_token: "eyJ-access-secret".into(),

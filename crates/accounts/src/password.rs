@@ -96,7 +96,10 @@ pub fn check_policy(password: &Password, known: &[&str]) -> Result<(), AccountsE
         advice.push("Add another word or two; length beats symbols".into());
     }
     let sentences: Vec<&str> = advice.iter().map(|a| a.trim_end_matches('.')).collect();
-    Err(AccountsError::WeakPassword(format!("{}.", sentences.join(". "))))
+    Err(AccountsError::WeakPassword(format!(
+        "{}.",
+        sentences.join(". ")
+    )))
 }
 
 /// argon2id cost parameters.

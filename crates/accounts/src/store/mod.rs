@@ -37,6 +37,7 @@ pub struct UserRecord {
     /// When the user signed up.
     pub created_at: Millis,
     /// A deleted account: it cannot log in and is left out of lookups and searches.
+    #[serde(deserialize_with = "flag")]
     pub disabled: bool,
 }
 
@@ -50,6 +51,21 @@ impl fmt::Debug for UserRecord {
             .field("disabled", &self.disabled)
             .finish_non_exhaustive()
     }
+}
+
+/// A boolean also when a store hands it back as 0 or 1 (the MongoDB wire stand-in of
+/// the tests does, for a value written by `$set`).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(i64),
+    }
+    Ok(match Flag::deserialize(d)? {
+        Flag::Bool(b) => b,
+        Flag::Int(i) => i != 0,
+    })
 }
 
 /// One change to a user.

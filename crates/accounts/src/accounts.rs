@@ -113,6 +113,17 @@ fn now() -> Millis {
     Timestamp::now().millis()
 }
 
+/// The `result` label of a sign-up or log-in; `refused` for a refusal of the request
+/// itself.
+fn outcome(result: &Result<Issued, AccountsError>, refused: &'static str) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(AccountsError::RateLimited(_)) => "throttled",
+        Err(AccountsError::Unavailable { .. } | AccountsError::Internal(_)) => "unavailable",
+        Err(_) => refused,
+    }
+}
+
 /// The optional client address of a request.
 pub fn client_addr(raw: &str) -> Result<Option<ClientAddr>, AccountsError> {
     if raw.is_empty() {
@@ -185,12 +196,7 @@ impl Accounts {
         let result = self
             .sign_up_inner(username, password, display_name, client)
             .await;
-        self.metrics.signup(match &result {
-            Ok(_) => "ok",
-            Err(AccountsError::RateLimited(_)) => "throttled",
-            Err(AccountsError::Unavailable { .. } | AccountsError::Internal(_)) => "unavailable",
-            Err(_) => "rejected",
-        });
+        self.metrics.signup(outcome(&result, "rejected"));
         result
     }
 
@@ -242,12 +248,7 @@ impl Accounts {
         client: Option<ClientAddr>,
     ) -> Result<Issued, AccountsError> {
         let result = self.log_in_inner(username, password, client).await;
-        self.metrics.login(match &result {
-            Ok(_) => "ok",
-            Err(AccountsError::RateLimited(_)) => "throttled",
-            Err(AccountsError::Unavailable { .. } | AccountsError::Internal(_)) => "unavailable",
-            Err(_) => "invalid",
-        });
+        self.metrics.login(outcome(&result, "invalid"));
         result
     }
 

@@ -82,6 +82,15 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
         || matches!(&*e.kind, ErrorKind::Command(c) if c.code == DUPLICATE_KEY)
 }
 
+/// An insert's outcome: `Ok(false)` when a unique index refused it.
+fn inserted<T>(result: Result<T, mongodb::error::Error>) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_duplicate(&e) => Ok(false),
+        Err(e) => Err(failed(e)),
+    }
+}
+
 /// A filter matching strings that start with `prefix` (a range, so an index serves it).
 fn starts_with(field: &str, prefix: &str) -> Document {
     doc! { field: { "$gte": prefix, "$lt": format!("{prefix}\u{10FFFF}") } }
@@ -125,35 +134,48 @@ impl MongoStore {
                 )
                 .build()
         };
-        let users = db.collection::<UserDoc>("users");
-        users
-            .create_indexes([
-                index(doc! { "username": 1 }, "username", true),
-                index(doc! { "display_lower": 1 }, "display_lower", false),
-            ])
-            .await
-            .map_err(failed)?;
-        let sessions = db.collection::<SessionRecord>("sessions");
-        sessions
-            .create_indexes([
-                index(doc! { "user_id": 1 }, "user_id", false),
-                index(doc! { "expires_at": 1 }, "expires_at", false),
-            ])
-            .await
-            .map_err(failed)?;
-        let keys = db.collection("signing_keys");
+        for (collection, indexes) in [
+            (
+                "users",
+                [
+                    index(doc! { "username": 1 }, "username", true),
+                    index(doc! { "display_lower": 1 }, "display_lower", false),
+                ],
+            ),
+            (
+                "sessions",
+                [
+                    index(doc! { "user_id": 1 }, "user_id", false),
+                    index(doc! { "expires_at": 1 }, "expires_at", false),
+                ],
+            ),
+        ] {
+            db.collection::<Document>(collection)
+                .create_indexes(indexes)
+                .await
+                .map_err(failed)?;
+        }
         Ok(Self {
+            users: db.collection("users"),
+            sessions: db.collection("sessions"),
+            keys: db.collection("signing_keys"),
             db,
-            users,
-            sessions,
-            keys,
         })
     }
 
-    async fn find_users(&self, filter: Document) -> Result<Vec<UserRecord>, StoreError> {
-        let docs: Vec<UserDoc> = self
-            .users
-            .find(filter)
+    /// The users `filter` matches; with `first`, only that many, by username.
+    async fn find_users(
+        &self,
+        filter: Document,
+        first: Option<usize>,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let mut find = self.users.find(filter);
+        if let Some(n) = first {
+            find = find
+                .sort(doc! { "username": 1 })
+                .limit(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<UserDoc> = find
             .await
             .map_err(failed)?
             .try_collect()
@@ -170,11 +192,7 @@ impl AccountStore for MongoStore {
     }
 
     async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
-        match self.users.insert_one(UserDoc::from(user)).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate(&e) => Ok(false),
-            Err(e) => Err(failed(e)),
-        }
+        inserted(self.users.insert_one(UserDoc::from(user)).await)
     }
 
     async fn user(&self, id: &UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -189,7 +207,7 @@ impl AccountStore for MongoStore {
 
     async fn users(&self, ids: &[UserId]) -> Result<Vec<UserRecord>, StoreError> {
         let ids: Vec<&str> = ids.iter().map(UserId::as_str).collect();
-        self.find_users(doc! { "_id": { "$in": ids }, "disabled": false })
+        self.find_users(doc! { "_id": { "$in": ids }, "disabled": false }, None)
             .await
     }
 
@@ -202,17 +220,7 @@ impl AccountStore for MongoStore {
             "disabled": false,
             "$or": [starts_with("username", prefix), starts_with("display_lower", prefix)],
         };
-        let docs: Vec<UserDoc> = self
-            .users
-            .find(filter)
-            .sort(doc! { "username": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(failed)?
-            .try_collect()
-            .await
-            .map_err(failed)?;
-        Ok(docs.into_iter().map(|d| d.user).collect())
+        self.find_users(filter, Some(limit)).await
     }
 
     async fn update_user(&self, id: &UserId, update: UserUpdate) -> Result<bool, StoreError> {
@@ -322,11 +330,7 @@ impl AccountStore for MongoStore {
     }
 
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool, StoreError> {
-        match self.keys.insert_one(key).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate(&e) => Ok(false),
-            Err(e) => Err(failed(e)),
-        }
+        inserted(self.keys.insert_one(key).await)
     }
 
     async fn delete_signing_key(&self, generation: u64) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@
 //! could otherwise reset the address count between guesses).
 //!
 //! With the log-in policy ([`Policies::default`]: 5 free, 1 s doubling to 60 s), one
-//! account sees at most about 65 failed log-ins an hour however they are spread (ASVS:
+//! account sees at most about 70 failed log-ins an hour however they are spread (ASVS:
 //! at most 100), and its owner is never locked out for longer than a minute.
 //!
 //! [`Throttle`] is the seam for sharing the counts between replicas (Redis, later);

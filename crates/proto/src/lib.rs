@@ -5,6 +5,9 @@
 //!
 //! - [`history`]: `chat.history.v1`, the history service.
 //! - [`presence`]: `chat.presence.v1`, the presence service.
+//! - [`accounts`]: `chat.accounts.v1`, the accounts service, with [`accounts::ErrorDetail`]
+//!   helpers to attach a refusal's reason to a status and to read it back, and a
+//!   redacted `Debug` for every message holding a password or token.
 //! - [`auth`]: the shared-secret token of the internal calls (`CHAT_INTERNAL_TOKEN`),
 //!   checked by the services and attached by their clients.
 //! - [`MessageConversionError`] and the `TryFrom` impls: the one place where wire data from
@@ -25,6 +28,14 @@ pub mod history {
 pub mod presence {
     tonic::include_proto!("chat.presence.v1");
 }
+
+/// `chat.accounts.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod accounts {
+    tonic::include_proto!("chat.accounts.v1");
+}
+
+mod accounts_ext;
 
 /// A `StoredMessage` from another service that does not hold valid model values.
 #[derive(Debug, thiserror::Error)]

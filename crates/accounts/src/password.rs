@@ -1,0 +1,424 @@
+//! Passwords: the policy for new ones, and argon2id hashing on a bounded pool.
+//!
+//! # Policy
+//!
+//! At least [`MIN_CHARS`] characters, at most [`MAX_BYTES`] bytes (far above the 64
+//! characters every password manager fits in), no composition rules; a password
+//! [zxcvbn] scores below [`MIN_SCORE`] (also counting the username and display name as
+//! known words) is refused with zxcvbn's warning and suggestions.
+//!
+//! # Hashing
+//!
+//! argon2id, OWASP's parameters (m = 19 MiB, t = 2, p = 1), stored as PHC strings, so a
+//! hash records its own parameters and a log-in re-hashes one made with other ones.
+//! Each hash costs tens of milliseconds of one core, so hashes run on tokio's blocking
+//! pool, at most `threads` at a time (≤ cores), with at most `queue` more waiting; a
+//! hash beyond that is refused at once with `Unavailable` and a retry-after, so a log-in
+//! storm costs a bounded amount of memory (19 MiB per running hash) and never stalls the
+//! async runtime. A log-in for an unknown user verifies against a dummy hash of the
+//! same parameters, so it costs the same as a wrong password.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
+};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Semaphore;
+
+use crate::error::AccountsError;
+use crate::metrics::AccountsMetrics;
+
+/// Shortest password, in characters.
+pub const MIN_CHARS: usize = 8;
+/// Longest password, in bytes.
+pub const MAX_BYTES: usize = 1024;
+/// Lowest zxcvbn score accepted: "safely unguessable: moderate protection from an
+/// offline slow-hash scenario".
+pub const MIN_SCORE: zxcvbn::Score = zxcvbn::Score::Three;
+/// zxcvbn looks at the first this many characters (its cost grows with the length, and
+/// a longer password is strong by its length anyway).
+const ESTIMATED_CHARS: usize = 100;
+/// What a client is told to wait when the hashing queue is full.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A password from a request. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// Whether `password` may be someone's new password. `known` are words an attacker
+/// would try first (the username, the display name).
+pub fn check_policy(password: &Password, known: &[&str]) -> Result<(), AccountsError> {
+    let password = password.expose();
+    if password.len() > MAX_BYTES {
+        return Err(AccountsError::BadRequest(format!(
+            "a password is at most {MAX_BYTES} bytes long"
+        )));
+    }
+    if password.chars().count() < MIN_CHARS {
+        return Err(AccountsError::WeakPassword(format!(
+            "use at least {MIN_CHARS} characters; a few unrelated words are easy to remember"
+        )));
+    }
+    let estimated: String = password.chars().take(ESTIMATED_CHARS).collect();
+    let entropy = zxcvbn::zxcvbn(&estimated, known);
+    if entropy.score() >= MIN_SCORE {
+        return Ok(());
+    }
+    let mut advice = vec!["This password is too easy to guess".to_owned()];
+    if let Some(feedback) = entropy.feedback() {
+        if let Some(warning) = feedback.warning() {
+            advice.push(warning.to_string());
+        }
+        advice.extend(feedback.suggestions().iter().map(ToString::to_string));
+    }
+    if advice.len() == 1 {
+        advice.push("Add another word or two; length beats symbols".into());
+    }
+    let sentences: Vec<&str> = advice.iter().map(|a| a.trim_end_matches('.')).collect();
+    Err(AccountsError::WeakPassword(format!(
+        "{}.",
+        sentences.join(". ")
+    )))
+}
+
+/// argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    /// Memory, KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl HashParams {
+    /// OWASP's first recommendation for argon2id: m = 19 MiB, t = 2, p = 1.
+    pub const OWASP: Self = Self {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        Self::OWASP
+    }
+}
+
+/// The outcome of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Wrong password (or no user).
+    Wrong,
+    /// Right; `rehash`: the stored hash was made with other parameters than the current
+    /// ones and should be replaced.
+    Right {
+        /// See above.
+        rehash: bool,
+    },
+}
+
+/// Counts a hash waiting for a pool thread while it exists (also when its caller gives
+/// up meanwhile).
+struct Waiting(Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// argon2id on a bounded pool (see the module documentation).
+pub struct PasswordHasher {
+    argon: Argon2<'static>,
+    params: HashParams,
+    /// Running + waiting hashes: `threads + queue` permits, taken without waiting.
+    admitted: Arc<Semaphore>,
+    /// Running hashes: `threads` permits.
+    running: Arc<Semaphore>,
+    /// A hash of a random password with the current parameters, verified for unknown
+    /// users.
+    dummy: String,
+    metrics: AccountsMetrics,
+}
+
+impl fmt::Debug for PasswordHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordHasher")
+            .field("params", &self.params)
+            .field("running", &self.running.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordHasher {
+    /// A pool of `threads` (at least 1) hashing threads with `queue` waiting places.
+    /// Computes the dummy hash, so it takes one hash's time.
+    pub fn new(
+        params: HashParams,
+        threads: usize,
+        queue: usize,
+        metrics: AccountsMetrics,
+    ) -> Result<Self, AccountsError> {
+        let argon_params = Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            None,
+        )
+        .map_err(|e| AccountsError::Internal(format!("argon2 parameters: {e}")))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
+        let random = crate::hex::encode(&crate::names::random_bytes::<16>()?);
+        let dummy = hash_with(&argon, &random)?;
+        let threads = threads.max(1);
+        Ok(Self {
+            argon,
+            params,
+            admitted: Arc::new(Semaphore::new(threads + queue)),
+            running: Arc::new(Semaphore::new(threads)),
+            dummy,
+            metrics,
+        })
+    }
+
+    /// The parameters new hashes are made with.
+    pub fn params(&self) -> HashParams {
+        self.params
+    }
+
+    /// Hashes a new password (PHC string).
+    pub async fn hash(&self, password: &Password) -> Result<String, AccountsError> {
+        let password = password.clone();
+        self.run("hash", move |argon| hash_with(argon, password.expose()))
+            .await?
+    }
+
+    /// Checks `password` against `stored`, or against the dummy hash when there is no
+    /// user (always [`Verified::Wrong`], in the same time).
+    pub async fn verify(
+        &self,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> Result<Verified, AccountsError> {
+        let password = password.clone();
+        let known = stored.is_some();
+        let stored = stored.unwrap_or(&self.dummy).to_owned();
+        let params = self.params;
+        let verified = self
+            .run("verify", move |argon| {
+                let Ok(hash) = PasswordHash::new(&stored) else {
+                    tracing::error!("a stored password hash is not a PHC string");
+                    return Verified::Wrong;
+                };
+                if argon
+                    .verify_password(password.expose().as_bytes(), &hash)
+                    .is_err()
+                {
+                    return Verified::Wrong;
+                }
+                Verified::Right {
+                    rehash: !made_with(&hash, params),
+                }
+            })
+            .await?;
+        Ok(if known { verified } else { Verified::Wrong })
+    }
+
+    /// Runs `job` on the pool, or refuses at once when the pool and its queue are full.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        job: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+    ) -> Result<T, AccountsError> {
+        let admitted = Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map_err(|_| AccountsError::Unavailable {
+                message: "too many log-ins at once; try again shortly".into(),
+                retry_after: BUSY_RETRY_AFTER,
+            })?;
+        let waiting = {
+            self.metrics.hash_queue_depth.inc();
+            Waiting(self.metrics.hash_queue_depth.clone())
+        };
+        let running = Arc::clone(&self.running)
+            .acquire_owned()
+            .await
+            .map_err(|_| AccountsError::Internal("hashing pool closed".into()))?;
+        drop(waiting);
+        let argon = self.argon.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, even if the caller gave up meanwhile.
+            let _permits = (admitted, running);
+            let start = Instant::now();
+            let out = job(&argon);
+            metrics.hashed(op, start.elapsed().as_secs_f64());
+            out
+        })
+        .await
+        .map_err(|e| AccountsError::Internal(format!("hashing task failed: {e}")))
+    }
+}
+
+fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, AccountsError> {
+    argon
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| AccountsError::Internal(format!("argon2: {e}")))
+}
+
+/// Whether `hash` is argon2id 1.3 with exactly `params`.
+fn made_with(hash: &PasswordHash, params: HashParams) -> bool {
+    let Ok(stored) = Params::try_from(hash) else {
+        return false;
+    };
+    hash.algorithm == Algorithm::Argon2id.ident()
+        && hash.version == Some(Version::V0x13.into())
+        && stored.m_cost() == params.memory_kib
+        && stored.t_cost() == params.iterations
+        && stored.p_cost() == params.parallelism
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHEAP: HashParams = HashParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn pw(s: &str) -> Password {
+        Password::new(s)
+    }
+
+    #[test]
+    fn policy() {
+        let strong = "correct horse battery staple";
+        check_policy(&pw(strong), &[]).expect("strong");
+        let random = crate::hex::encode(&crate::names::random_bytes::<512>().expect("random"));
+        check_policy(&pw(&random), &[]).expect("1024 bytes allowed");
+        let too_long = "x".repeat(MAX_BYTES + 1);
+        assert!(matches!(
+            check_policy(&pw(&too_long), &[]),
+            Err(AccountsError::BadRequest(_))
+        ));
+        for weak in [
+            "short1!",
+            "password",
+            "password123",
+            "qwertyuiop",
+            "aaaaaaaaaaaa",
+        ] {
+            let Err(AccountsError::WeakPassword(advice)) = check_policy(&pw(weak), &[]) else {
+                panic!("{weak} accepted");
+            };
+            assert!(advice.len() > 40 && !advice.contains(".."), "{advice}");
+        }
+        // The username is a known word.
+        assert!(check_policy(&pw("zanzibarqux"), &["zanzibarqux"]).is_err());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        assert_eq!(format!("{:?}", pw("hunter2")), "Password(<redacted>)");
+    }
+
+    #[tokio::test]
+    async fn hash_verify_and_rehash() {
+        let hasher = PasswordHasher::new(CHEAP, 1, 4, AccountsMetrics::default()).expect("pool");
+        let hash = hasher.hash(&pw("open sesame")).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        assert_eq!(
+            hasher
+                .verify(&pw("open sesame"), Some(&hash))
+                .await
+                .expect("verify"),
+            Verified::Right { rehash: false }
+        );
+        assert_eq!(
+            hasher
+                .verify(&pw("open sesame!"), Some(&hash))
+                .await
+                .expect("verify"),
+            Verified::Wrong
+        );
+        assert_eq!(
+            hasher
+                .verify(&pw("open sesame"), None)
+                .await
+                .expect("verify"),
+            Verified::Wrong
+        );
+        assert_eq!(
+            hasher
+                .verify(&pw("x"), Some("not a hash"))
+                .await
+                .expect("verify"),
+            Verified::Wrong
+        );
+        let stronger = HashParams {
+            iterations: 2,
+            ..CHEAP
+        };
+        let newer = PasswordHasher::new(stronger, 1, 4, AccountsMetrics::default()).expect("pool");
+        assert_eq!(
+            newer
+                .verify(&pw("open sesame"), Some(&hash))
+                .await
+                .expect("verify"),
+            Verified::Right { rehash: true }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let metrics = AccountsMetrics::default();
+        // One thread, one waiting place: of many hashes at once, most are refused.
+        let hasher =
+            Arc::new(PasswordHasher::new(HashParams::OWASP, 1, 1, metrics.clone()).expect("pool"));
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let hasher = Arc::clone(&hasher);
+                tokio::spawn(async move { hasher.hash(&pw("open sesame")).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for call in calls {
+            match call.await.expect("task") {
+                Ok(_) => {}
+                Err(AccountsError::Unavailable { retry_after, .. }) => {
+                    assert_eq!(retry_after, BUSY_RETRY_AFTER);
+                    busy += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!((1..=4).contains(&busy), "{busy} refused");
+        assert_eq!(metrics.hash_queue_depth.get(), 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! The gRPC server: Accounts plus the standard gRPC health service, served by the shared
+//! [`GrpcServer`], and the background housekeeping of the replica (purging expired
+//! sessions, re-reading the signing keys).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_metrics::Metrics;
+use chat_metrics::serve::{HealthCheck, health_check};
+use chat_proto::accounts::accounts_server::{AccountsServer as AccountsGrpc, SERVICE_NAME};
+use chat_proto::auth::InternalToken;
+use chat_runtime::grpc::GrpcServer;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::accounts::Accounts;
+use crate::metrics::AccountsMetrics;
+use crate::service::AccountsService;
+use crate::settings::Settings;
+use crate::store::AccountStore;
+use crate::throttle::Throttle;
+use crate::tokens::KEY_RELOAD_INTERVAL;
+
+/// A bound, not yet serving, accounts gRPC server.
+#[derive(Debug)]
+pub struct AccountsServer {
+    /// Listener, health, token check, call metrics and drain.
+    grpc: GrpcServer,
+    /// The logic every call goes to.
+    accounts: Arc<Accounts>,
+    /// How often expired sessions are purged.
+    purge_interval: Duration,
+}
+
+impl AccountsServer {
+    /// Loads (or creates) the signing keys, starts the hashing pool, binds `addr` (port
+    /// 0 picks a free port) and logs `grpc listening on <addr>`; registers the
+    /// `chat_accounts_*` families in `metrics`.
+    pub async fn bind(
+        settings: &Settings,
+        store: Arc<dyn AccountStore>,
+        throttle: Arc<dyn Throttle>,
+        metrics: &mut Metrics,
+    ) -> anyhow::Result<Self> {
+        let own =
+            AccountsMetrics::register(metrics.registry.sub_registry_with_prefix("chat_accounts"));
+        let accounts = Arc::new(Accounts::new(settings, store, throttle, own).await?);
+        let grpc = GrpcServer::bind(
+            settings.service.grpc_addr,
+            SERVICE_NAME,
+            store_health(accounts.store()),
+            metrics.grpc.clone(),
+        )
+        .await
+        .map_err(|e: io::Error| {
+            anyhow::anyhow!("cannot listen on {}: {e}", settings.service.grpc_addr)
+        })?
+        .with_internal_token(settings.service.internal_token.clone());
+        Ok(Self {
+            grpc,
+            accounts,
+            purge_interval: settings.purge_interval,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.grpc.local_addr()
+    }
+
+    /// The service's health: the store answers a ping.
+    pub fn health(&self) -> HealthCheck {
+        store_health(self.accounts.store())
+    }
+
+    /// The accounts logic (for tests and the operator commands of phase 2).
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
+    }
+
+    /// Requires `token` on every Accounts call (see [`GrpcServer::with_internal_token`]).
+    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> Self {
+        self.grpc = self.grpc.with_internal_token(token);
+        self
+    }
+
+    /// Serves Accounts and `grpc.health.v1.Health` until `shutdown` is cancelled, then
+    /// drains (see [`GrpcServer::serve`]); meanwhile purges expired sessions and
+    /// re-reads the signing keys in the background.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let housekeeping = tokio::spawn(housekeeping(
+            Arc::clone(&self.accounts),
+            self.purge_interval,
+            shutdown.clone(),
+        ));
+        let service = AccountsService::new(self.accounts);
+        let served = self
+            .grpc
+            .serve(
+                |auth| Routes::new(AccountsGrpc::with_interceptor(service, auth)),
+                shutdown,
+            )
+            .await;
+        if let Err(e) = housekeeping.await {
+            tracing::error!(error = %e, "accounts housekeeping task failed");
+        }
+        served
+    }
+}
+
+/// Purges expired sessions every `purge_interval` and re-reads the signing keys every
+/// [`KEY_RELOAD_INTERVAL`], until `stop`. Every replica runs one; the store makes that
+/// safe.
+async fn housekeeping(accounts: Arc<Accounts>, purge_interval: Duration, stop: CancellationToken) {
+    let mut purge = tokio::time::interval(purge_interval);
+    let mut reload = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    for tick in [&mut purge, &mut reload] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = purge.tick() => match accounts.purge_sessions().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired sessions purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+            },
+            _ = reload.tick() => if let Err(e) = accounts.reload_keys().await {
+                tracing::warn!(error = %e, "re-reading the signing keys failed");
+            },
+        }
+    }
+}
+
+/// A health check that pings `store`.
+fn store_health(store: &Arc<dyn AccountStore>) -> HealthCheck {
+    let store = Arc::clone(store);
+    health_check(move || {
+        let store = Arc::clone(&store);
+        async move { store.ping().await.map_err(|e| e.to_string()) }
+    })
+}

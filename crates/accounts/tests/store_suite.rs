@@ -88,7 +88,7 @@ fn names(users: &[UserRecord]) -> Vec<&str> {
 
 // ---- the behaviours ----
 
-async fn users_are_stored_and_found(fx: &Fixture) {
+async fn users_are_stored_and_found(fx: Fixture) {
     let store = &*fx.store;
     let alice = user("alice", "Alice Liddell");
     assert!(store.create_user(&alice).await.expect("create"));
@@ -116,7 +116,7 @@ async fn users_are_stored_and_found(fx: &Fixture) {
     assert_eq!(names(&found), ["alice", "bob"]);
 }
 
-async fn usernames_are_unique_also_when_disabled(fx: &Fixture) {
+async fn usernames_are_unique_also_when_disabled(fx: Fixture) {
     let store = &*fx.store;
     assert!(
         store
@@ -159,7 +159,7 @@ async fn usernames_are_unique_also_when_disabled(fx: &Fixture) {
     assert_eq!(store.user(&id("u_other")).await.expect("get"), None);
 }
 
-async fn concurrent_sign_ups_of_one_name_store_one(fx: &Fixture) {
+async fn concurrent_sign_ups_of_one_name_store_one(fx: Fixture) {
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let store = Arc::clone(&fx.store);
@@ -173,7 +173,7 @@ async fn concurrent_sign_ups_of_one_name_store_one(fx: &Fixture) {
     assert_eq!(winners(tasks).await, 1);
 }
 
-async fn updates_apply(fx: &Fixture) {
+async fn updates_apply(fx: Fixture) {
     let store = &*fx.store;
     store
         .create_user(&user("alice", "Alice"))
@@ -217,7 +217,7 @@ async fn updates_apply(fx: &Fixture) {
     );
 }
 
-async fn search_by_prefix(fx: &Fixture) {
+async fn search_by_prefix(fx: Fixture) {
     let store = &*fx.store;
     for (n, display) in [
         ("zed", "Anna Zed"),
@@ -256,7 +256,7 @@ async fn search_by_prefix(fx: &Fixture) {
     );
 }
 
-async fn sessions_rotate_by_compare_and_set(fx: &Fixture) {
+async fn sessions_rotate_by_compare_and_set(fx: Fixture) {
     let store = &*fx.store;
     let s = session("s_1", "u_alice", 1, 10_000);
     store.create_session(&s).await.expect("create");
@@ -302,7 +302,7 @@ async fn sessions_rotate_by_compare_and_set(fx: &Fixture) {
     );
 }
 
-async fn concurrent_rotations_with_one_token_let_one_win(fx: &Fixture) {
+async fn concurrent_rotations_with_one_token_let_one_win(fx: Fixture) {
     fx.store
         .create_session(&session("s_1", "u_alice", 1, 10_000))
         .await
@@ -328,7 +328,7 @@ async fn concurrent_rotations_with_one_token_let_one_win(fx: &Fixture) {
     assert_eq!(winners(tasks).await, 1);
 }
 
-async fn sessions_end_one_all_or_expired(fx: &Fixture) {
+async fn sessions_end_one_all_or_expired(fx: Fixture) {
     let store = &*fx.store;
     for (sid, owner, expires_at) in [
         ("s_a1", "u_alice", 10_000),
@@ -385,7 +385,7 @@ async fn sessions_end_one_all_or_expired(fx: &Fixture) {
     assert!(store.session("s_b2").await.expect("get").is_some());
 }
 
-async fn signing_key_generations_are_unique(fx: &Fixture) {
+async fn signing_key_generations_are_unique(fx: Fixture) {
     let store = &*fx.store;
     assert!(store.signing_keys().await.expect("keys").is_empty());
     let key = |generation: u64, kid: &str| SigningKeyRecord {
@@ -420,35 +420,18 @@ async fn signing_key_generations_are_unique(fx: &Fixture) {
     assert_eq!(store.signing_keys().await.expect("keys"), [key(2, "2-a")]);
 }
 
-async fn ping_answers(fx: &Fixture) {
+async fn ping_answers(fx: Fixture) {
     fx.store.ping().await.expect("ping");
 }
 
-/// One test per (backend, case); the shape of `crates/history/tests/store_suite.rs`'s.
-macro_rules! suite {
-    ($backend:ident, $open:path, [$($case:ident),+ $(,)?]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let fx = $open().await;
-                    super::$case(&fx).await;
-                }
-            )+
-        }
-    };
-}
-
-/// Every case on every backend.
-macro_rules! suites {
-    ([$($backend:ident => $open:path),+ $(,)?], $cases:tt) => {
-        $(suite!($backend, $open, $cases);)+
-    };
-}
-
-suites!(
-    [embedded => super::open_embedded, mongo => super::open_mongo],
-    [
+chat_testkit::backend_suite! {
+    backends: {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        embedded => open_embedded,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        mongo => open_mongo,
+    },
+    cases: [
         users_are_stored_and_found,
         usernames_are_unique_also_when_disabled,
         concurrent_sign_ups_of_one_name_store_one,
@@ -459,8 +442,8 @@ suites!(
         sessions_end_one_all_or_expired,
         signing_key_generations_are_unique,
         ping_answers,
-    ]
-);
+    ],
+}
 
 // ---- backend-specific behaviour ----
 

@@ -22,25 +22,7 @@ pub fn probe(args: &[&str]) -> anyhow::Result<bool> {
 
 /// A plain HTTP/1.0 GET; returns the status code.
 pub async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        let text = String::from_utf8_lossy(&reply);
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no HTTP status from {addr}{path}: {text}"))?;
-        anyhow::Ok(code)
-    };
-    tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("GET {addr}{path} timed out"))?
+    Ok(http_get(addr, path).await?.0)
 }
 
 /// Waits until `GET /readyz` of `addr` answers 200.
@@ -50,6 +32,7 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> anyhow::Result<(
     })
     .await
 }
+
 /// A plain HTTP/1.0 GET; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,12 +2,13 @@
 //! test's directory of configs and logs), the [`Service`] processes it starts and the
 //! [`Nginx`] in front of them.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use chat_testkit::process::{ChildGuard, free_port, wait_for_port};
+use chat_testkit::process::{ChildGuard, free_port, signal, wait_for_port};
 
 /// The repository root (deploy/, the nginx includes).
 pub fn repo_root() -> PathBuf {
@@ -60,6 +61,8 @@ pub fn nginx_binary() -> anyhow::Result<PathBuf> {
 #[derive(Debug)]
 pub struct Harness {
     dir: tempfile::TempDir,
+    /// The test's name, for messages.
+    test: String,
 }
 
 /// One running service process, killed on drop.
@@ -68,16 +71,60 @@ pub struct Service {
     pub name: String,
     pub addr: SocketAddr,
     child: ChildGuard,
-    /// How it was started, for [`Harness::restart`].
+    /// How it was started, for [`Service::restart`].
+    launch: Launch,
+}
+
+/// How a service process is started: its binary, environment and log file.
+#[derive(Debug)]
+struct Launch {
+    name: String,
     bin: PathBuf,
+    /// The variable that tells it where to listen.
     addr_var: String,
     envs: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    /// Spawns the process listening on `addr` and waits until it accepts connections.
+    async fn at(&self, addr: SocketAddr) -> anyhow::Result<ChildGuard> {
+        let (out, err) = append_to(&self.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.env(&self.addr_var, addr.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let mut child = ChildGuard::spawn(&self.name, &mut cmd)?;
+        wait_for_port(addr, Duration::from_secs(30), &mut child).await?;
+        Ok(child)
+    }
+}
+
+/// Standard output and error of a process, both appended to `log`.
+fn append_to(log: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok((log.try_clone()?.into(), log.into()))
 }
 
 impl Service {
     /// `http://<addr>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `ws://<addr>/v1/ws?user=<user>` (a gateway in dev auth).
+    pub fn ws_url(&self, user: &str) -> String {
+        format!("ws://{}/v1/ws?user={user}", self.addr)
     }
 
     /// Sends SIGTERM.
@@ -95,9 +142,57 @@ impl Service {
         self.child.kill();
     }
 
+    /// Freezes the process (SIGSTOP): its sockets stay open, nothing is answered.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?;
+        signal(pid, name)
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
         self.child.wait_exit(timeout).await
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit (status 0).
+    pub async fn stop(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.terminate()?;
+        let status = self
+            .wait_exit(timeout)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{} still running after SIGTERM", self.name))?;
+        anyhow::ensure!(status.success(), "{} exited with {status}", self.name);
+        Ok(())
+    }
+
+    /// Starts the process again (killing it first if it still runs) on the same address
+    /// and with the same environment, so its clients find it again, appending to its
+    /// log. Retries for a while in case the port is not free again yet.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill();
+        let mut last_err = None;
+        for _ in 0..20 {
+            match self.launch.at(self.addr).await {
+                Ok(child) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e) => last_err = Some(e),
+            }
+            // A back-off between attempts to bind, not a wait for something to happen.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} did not restart", self.name)))
     }
 }
 
@@ -132,109 +227,65 @@ impl Harness {
             dir.disable_cleanup(true);
             eprintln!("e2e: keeping logs in {}", dir.path().display());
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            test: test.to_owned(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    fn log_file(&self, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))?;
-        Ok((log.try_clone()?.into(), log.into()))
+    /// Runs `case` (a test's body, using this harness) for at most `timeout`; when it
+    /// fails or overruns, prints the end of every log of the test first.
+    pub async fn run(
+        &self,
+        timeout: Duration,
+        case: impl Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let result = tokio::time::timeout(timeout, case)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("{} took over {timeout:?}", self.test)));
+        if result.is_err() {
+            self.dump_logs();
+        }
+        result
     }
 
     /// Starts binary `bin` as `name` with `envs`, listening where `addr_var` says (a
-    /// free loopback port); retries on another port if it exits early (port taken).
+    /// free loopback port), its output in `<name>.log`; retries on another port if it
+    /// exits early (port taken).
     pub async fn spawn(
         &self,
         name: &str,
         bin: &str,
         addr_var: &str,
-        envs: &[(&str, String)],
+        envs: Vec<(String, String)>,
     ) -> anyhow::Result<Service> {
-        let path = binary(bin)?;
-        let envs: Vec<(String, String)> = envs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
+        let launch = Launch {
+            name: name.to_owned(),
+            bin: binary(bin)?,
+            addr_var: addr_var.to_owned(),
+            envs,
+            log: self.dir.path().join(format!("{name}.log")),
+        };
         let mut last_err = None;
         for _ in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            match self.start(name, &path, addr_var, &envs, addr).await {
+            match launch.at(addr).await {
                 Ok(child) => {
                     return Ok(Service {
                         name: name.to_owned(),
                         addr,
                         child,
-                        bin: path,
-                        addr_var: addr_var.to_owned(),
-                        envs,
+                        launch,
                     });
                 }
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{name} did not start")))
-    }
-
-    /// Starts `service` again, after it exited or was killed, on the same address and
-    /// with the same environment (so its clients find it again), appending to its log.
-    /// Retries for a while in case the port is not free again yet.
-    pub async fn restart(&self, service: &mut Service) -> anyhow::Result<()> {
-        service.child.kill();
-        let mut last_err = None;
-        for _ in 0..20 {
-            match self
-                .start(
-                    &service.name,
-                    &service.bin,
-                    &service.addr_var,
-                    &service.envs,
-                    service.addr,
-                )
-                .await
-            {
-                Ok(child) => {
-                    service.child = child;
-                    return Ok(());
-                }
-                Err(e) => last_err = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("{} did not restart", service.name)))
-    }
-
-    /// Spawns one process listening on `addr` and waits until it accepts connections.
-    async fn start(
-        &self,
-        name: &str,
-        path: &Path,
-        addr_var: &str,
-        envs: &[(String, String)],
-        addr: SocketAddr,
-    ) -> anyhow::Result<ChildGuard> {
-        let (out, err) = self.log_file(name)?;
-        let mut cmd = Command::new(path);
-        cmd.env(addr_var, addr.to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAT_E2E_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (key, value) in envs {
-            cmd.env(key, value);
-        }
-        let mut child = ChildGuard::spawn(name, &mut cmd)?;
-        wait_for_port(addr, Duration::from_secs(30), &mut child).await?;
-        Ok(child)
     }
 
     /// Starts nginx on a free port with the repo's shared settings
@@ -283,7 +334,7 @@ http {{
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf)?;
-            let (out, err) = self.log_file("nginx")?;
+            let (out, err) = append_to(&self.dir.path().join("nginx.log"))?;
             let mut child = ChildGuard::spawn(
                 "nginx",
                 Command::new(&bin)

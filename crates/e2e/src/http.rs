@@ -1,5 +1,6 @@
 //! Talking to running services from outside: plain HTTP GETs (status, body, a metric,
-//! stored history, presence), readiness, and the `chat-probe` health check.
+//! stored history, presence), readiness, the `chat-probe` health check, and the JWTs
+//! clients present.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -114,4 +115,16 @@ pub async fn presence(
             Ok(((*user).to_owned(), online))
         })
         .collect()
+}
+
+/// An HS256 token for `user` signed with `secret`, expiring `expires_in` seconds from
+/// now (negative: already expired).
+pub fn jwt(secret: &str, user: &str, expires_in: i64) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let exp = now.as_secs() as i64 + expires_in;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?,
+    )?)
 }

@@ -15,10 +15,13 @@
 //! - [`harness`]: finding the binaries and nginx; [`Harness`], one test's directory of
 //!   configs and logs, which starts [`Service`] processes and [`Nginx`].
 //! - [`http`]: plain HTTP requests to running services ([`http_get`], [`http_status`],
-//!   [`metric`], [`presence`], [`stored_messages`]), [`wait_ready`], and [`probe`]
-//!   (`chat-probe`).
+//!   [`metric`], [`presence`], [`stored_messages`]), [`wait_ready`], [`probe`]
+//!   (`chat-probe`), and [`jwt`], a client's token.
 //! - [`participant`]: the ledger client, [`Participant`], with its [`Ack`]s and live
 //!   [`Progress`].
+//! - [`topology`]: [`Topology`], the one way to declare and start a set of service
+//!   processes (gateways, history on a [`Store`], presence, [`Redis`], nginx) and get
+//!   each of them back ([`Running`]).
 //! - [`verdict`]: the checkers over the ledgers, [`check`] (giving a [`Verdict`]) and
 //!   [`bench_check`].
 //!
@@ -27,9 +30,11 @@
 pub mod harness;
 pub mod http;
 pub mod participant;
+pub mod topology;
 pub mod verdict;
 
 pub use harness::{Harness, Nginx, Service, bin_dir, binary, nginx_binary, repo_root};
-pub use http::{http_get, http_status, metric, presence, probe, stored_messages, wait_ready};
+pub use http::{http_get, http_status, jwt, metric, presence, probe, stored_messages, wait_ready};
 pub use participant::{Ack, InFlight, Participant, Progress};
+pub use topology::{Redis, Running, Store, Topology};
 pub use verdict::{Verdict, bench_check, check};

@@ -2,7 +2,6 @@
 //! test's directory of configs and logs), the [`Service`] processes it starts and the
 //! [`Nginx`] in front of them.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -61,8 +60,6 @@ pub fn nginx_binary() -> anyhow::Result<PathBuf> {
 #[derive(Debug)]
 pub struct Harness {
     dir: tempfile::TempDir,
-    /// The test's name, for messages.
-    test: String,
 }
 
 /// One running service process, killed on drop.
@@ -227,28 +224,26 @@ impl Harness {
             dir.disable_cleanup(true);
             eprintln!("e2e: keeping logs in {}", dir.path().display());
         }
-        Ok(Self {
-            dir,
-            test: test.to_owned(),
-        })
+        Ok(Self { dir })
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Runs `case` (a test's body, using this harness) for at most `timeout`; when it
+    /// Runs one test: `case` on a new harness for `test`, for at most `timeout`; when it
     /// fails or overruns, prints the end of every log of the test first.
     pub async fn run(
-        &self,
+        test: &str,
         timeout: Duration,
-        case: impl Future<Output = anyhow::Result<()>>,
+        case: impl AsyncFnOnce(&Harness) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let result = tokio::time::timeout(timeout, case)
+        let h = Self::new(test)?;
+        let result = tokio::time::timeout(timeout, case(&h))
             .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("{} took over {timeout:?}", self.test)));
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("{test} took over {timeout:?}")));
         if result.is_err() {
-            self.dump_logs();
+            h.dump_logs();
         }
         result
     }

@@ -67,61 +67,67 @@ const NOBODY: &str = "nobody";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_kill9_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("gateway-kill9")?;
-    h.run(CASE_TIMEOUT, gateway_kill9(&h)).await
+    chaos("gateway-kill9", gateway_kill9).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_kill9_with_sends_in_flight_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("gateway-kill9-in-flight")?;
-    h.run(CASE_TIMEOUT, gateway_kill9_in_flight(&h)).await
+    chaos("gateway-kill9-in-flight", gateway_kill9_in_flight).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("redis-restart")?;
-    h.run(CASE_TIMEOUT, redis_restart(&h)).await
+    chaos("redis-restart", redis_restart).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn presence_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("presence-kill9")?;
-    h.run(CASE_TIMEOUT, presence_restart(&h)).await
+    chaos("presence-kill9", presence_restart).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-kill9")?;
-    h.run(CASE_TIMEOUT, history_restart(&h, Stop::Kill)).await
+    chaos("history-kill9", async |h| {
+        history_restart(h, Stop::Kill).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_sigterm_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-sigterm")?;
-    h.run(CASE_TIMEOUT, history_restart(&h, Stop::Term)).await
+    chaos("history-sigterm", async |h| {
+        history_restart(h, Stop::Term).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_history_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-embedded-kill9")?;
-    h.run(CASE_TIMEOUT, embedded_history_kill9(&h)).await
+    chaos("history-embedded-kill9", embedded_history_kill9).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongo_paused_3s_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("mongo-pause")?;
-    h.run(
-        CASE_TIMEOUT,
-        mongo_pause(&h, Pause::For(Duration::from_secs(3))),
-    )
+    chaos("mongo-pause", async |h| {
+        mongo_pause(h, Pause::For(Duration::from_secs(3))).await
+    })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongo_paused_past_call_timeout_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("mongo-long-pause")?;
-    h.run(CASE_TIMEOUT, mongo_pause(&h, Pause::UntilUnavailable))
-        .await
+    chaos("mongo-long-pause", async |h| {
+        mongo_pause(h, Pause::UntilUnavailable).await
+    })
+    .await
+}
+
+/// Runs one case on its own harness with [`CASE_TIMEOUT`] ([`Harness::run`]).
+async fn chaos(
+    test: &str,
+    body: impl AsyncFnOnce(&Harness) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    Harness::run(test, CASE_TIMEOUT, body).await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -24,8 +24,7 @@ const SENDS_AFTER_MOVE: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_fan_out_over_a_redis_cluster() -> anyhow::Result<()> {
-    let h = Harness::new("redis-cluster")?;
-    h.run(Duration::from_secs(120), scenario(&h)).await
+    Harness::run("redis-cluster", Duration::from_secs(120), scenario).await
 }
 
 /// Room names whose channels cover every master of the cluster.

@@ -22,8 +22,7 @@ const GRACE_SECS: u64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateways_behind_nginx_scale_out_and_drain_without_loss() -> anyhow::Result<()> {
-    let h = Harness::new("scale-out")?;
-    h.run(Duration::from_secs(180), scenario(&h)).await
+    Harness::run("scale-out", Duration::from_secs(180), scenario).await
 }
 
 async fn scenario(h: &Harness) -> anyhow::Result<()> {

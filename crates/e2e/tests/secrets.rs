@@ -22,8 +22,7 @@ const REDIS_PASSWORD: &str = "redis-pw-SENTINEL-f19a7b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_a_log() -> anyhow::Result<()> {
-    let h = Harness::new("secrets")?;
-    h.run(Duration::from_secs(120), scenario(&h)).await
+    Harness::run("secrets", Duration::from_secs(120), scenario).await
 }
 
 async fn scenario(h: &Harness) -> anyhow::Result<()> {

@@ -32,8 +32,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_e2e::{
@@ -680,6 +680,8 @@ struct Load {
     /// The gateway each client was first connected to.
     first_gateways: Vec<String>,
     tasks: Vec<JoinHandle<anyhow::Result<Participant>>>,
+    /// Why each client that gave up did (its error names it).
+    stopped: Arc<Mutex<Vec<String>>>,
 }
 
 impl Load {
@@ -694,15 +696,17 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = participants.iter().map(Participant::progress).collect();
         let first_gateways = participants.iter().map(|p| p.gateway.clone()).collect();
+        let stopped = Arc::default();
         let tasks = participants
             .into_iter()
-            .map(|p| tokio::spawn(send_steadily(p, stop.clone())))
+            .map(|p| tokio::spawn(send_steadily(p, stop.clone(), Arc::clone(&stopped))))
             .collect();
         Ok(Self {
             stop,
             progress,
             first_gateways,
             tasks,
+            stopped,
         })
     }
 
@@ -741,7 +745,10 @@ impl Load {
         .await?;
         anyhow::ensure!(
             !self.tasks.iter().any(JoinHandle::is_finished),
-            "a client stopped while waiting for {what}"
+            "a client stopped while waiting for {what}: {:?}",
+            self.stopped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         );
         Ok(())
     }
@@ -786,7 +793,12 @@ impl Load {
 
 /// One client's loop: the next message every [`PACE`] (a message that takes longer to
 /// be acked delays the next, as in a real client with one send in flight).
-async fn send_steadily(mut p: Participant, stop: Arc<AtomicBool>) -> anyhow::Result<Participant> {
+/// A client that gives up says why in `stopped`.
+async fn send_steadily(
+    mut p: Participant,
+    stop: Arc<AtomicBool>,
+    stopped: Arc<Mutex<Vec<String>>>,
+) -> anyhow::Result<Participant> {
     let mut tick = tokio::time::interval(PACE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0usize;
@@ -794,8 +806,14 @@ async fn send_steadily(mut p: Participant, stop: Arc<AtomicBool>) -> anyhow::Res
         tick.tick().await;
         let room = ROOMS[n % ROOMS.len()];
         let client_id = format!("{}-{n}", p.user);
-        p.send(room, &client_id, &format!("message {n} of {}", p.user))
-            .await?;
+        let body = format!("message {n} of {}", p.user);
+        if let Err(e) = p.send(room, &client_id, &body).await {
+            let mut stopped = stopped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            stopped.push(format!("{e:#}"));
+            return Err(e);
+        }
         n += 1;
     }
     Ok(p)

@@ -31,19 +31,16 @@
 //! within the lease plus one heartbeat interval.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_e2e::{
-    Harness, Nginx, Participant, Progress, Service, bench_check, check, metric, presence,
-    stored_messages, wait_ready,
+    Harness, Nginx, Participant, Progress, Service, Store, Topology, bench_check, check, metric,
+    presence, stored_messages,
 };
-use chat_testkit::mongo::{MongoServer, unique_db_name};
 use chat_testkit::process::{eventually, signal};
-use chat_testkit::redis::RedisServer;
 use chat_testkit::ws::WsClient;
 use tokio::task::JoinHandle;
 
@@ -70,70 +67,67 @@ const NOBODY: &str = "nobody";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_kill9_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("gateway-kill9")?;
-    guarded(&h, gateway_kill9(&h)).await
+    chaos("gateway-kill9", gateway_kill9).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_kill9_with_sends_in_flight_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("gateway-kill9-in-flight")?;
-    guarded(&h, gateway_kill9_in_flight(&h)).await
+    chaos("gateway-kill9-in-flight", gateway_kill9_in_flight).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("redis-restart")?;
-    guarded(&h, redis_restart(&h)).await
+    chaos("redis-restart", redis_restart).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn presence_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("presence-kill9")?;
-    guarded(&h, presence_restart(&h)).await
+    chaos("presence-kill9", presence_restart).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-kill9")?;
-    guarded(&h, history_restart(&h, Stop::Kill)).await
+    chaos("history-kill9", async |h| {
+        history_restart(h, Stop::Kill).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_sigterm_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-sigterm")?;
-    guarded(&h, history_restart(&h, Stop::Term)).await
+    chaos("history-sigterm", async |h| {
+        history_restart(h, Stop::Term).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_history_kill9_and_restart_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("history-embedded-kill9")?;
-    guarded(&h, embedded_history_kill9(&h)).await
+    chaos("history-embedded-kill9", embedded_history_kill9).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongo_paused_3s_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("mongo-pause")?;
-    guarded(&h, mongo_pause(&h, Pause::For(Duration::from_secs(3)))).await
+    chaos("mongo-pause", async |h| {
+        mongo_pause(h, Pause::For(Duration::from_secs(3))).await
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mongo_paused_past_call_timeout_under_load() -> anyhow::Result<()> {
-    let h = Harness::new("mongo-long-pause")?;
-    guarded(&h, mongo_pause(&h, Pause::UntilUnavailable)).await
+    chaos("mongo-long-pause", async |h| {
+        mongo_pause(h, Pause::UntilUnavailable).await
+    })
+    .await
 }
 
-/// Runs one case with a deadline; prints the processes' logs when it fails.
-async fn guarded(
-    h: &Harness,
-    case: impl Future<Output = anyhow::Result<()>>,
+/// Runs one case on its own harness with [`CASE_TIMEOUT`] ([`Harness::run`]).
+async fn chaos(
+    test: &str,
+    body: impl AsyncFnOnce(&Harness) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let result = tokio::time::timeout(CASE_TIMEOUT, case)
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("case took over {CASE_TIMEOUT:?}")));
-    if result.is_err() {
-        h.dump_logs();
-    }
-    result
+    Harness::run(test, CASE_TIMEOUT, body).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -144,17 +138,12 @@ async fn guarded(
 /// resume with `since` and resend. (A send in flight at the kill is rare at this pace;
 /// [`gateway_kill9_in_flight`] makes one on purpose.)
 async fn gateway_kill9(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::mongo(3, 2)).await?;
-    let load = Load::start_over(&cluster.nginx, 3).await?;
+    let mut running = on_mongo(3, 2).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 3).await?;
 
     let victim_id = load.first_gateways[0].clone();
-    let victim = cluster
-        .gateways
-        .iter_mut()
-        .find(|g| g.name == victim_id)
-        .ok_or_else(|| anyhow::anyhow!("no gateway {victim_id}"))?;
     let fault = Fault::begin(format!("kill -9 {victim_id}"));
-    victim.kill();
+    running.gateway_mut(&victim_id)?.kill();
     let fault = fault.repaired();
     load.wait_each_after(ACKS_AFTER, "load after the kill")
         .await?;
@@ -182,7 +171,7 @@ async fn gateway_kill9(h: &Harness) -> anyhow::Result<()> {
             );
         }
     }
-    let survivor = cluster
+    let survivor = running
         .gateways
         .iter()
         .find(|g| g.name != victim_id)
@@ -217,16 +206,12 @@ const STUCK: Duration = Duration::from_secs(1);
 /// cancelled append closes its store connection, and nx-27017 then sometimes drops the
 /// insert it already received.)
 async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
-    let mongo = cluster
-        .mongo
-        .as_ref()
-        .and_then(MongoServer::pid)
-        .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
-    let victim_pid = cluster.gateways[0]
+    let mut running = on_mongo(2, 2).start(h).await?;
+    let mongo = running
+        .mongo()?
         .pid()
-        .ok_or_else(|| anyhow::anyhow!("gw-0 is not running"))?;
-    let load = Load::start(&cluster.nginx).await?;
+        .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
+    let load = Load::start(running.nginx()?).await?;
     let victims: Vec<usize> = (0..CLIENTS)
         .filter(|&i| load.first_gateways[i] == "gw-0")
         .collect();
@@ -244,7 +229,7 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
             })
         })
         .await;
-    let frozen = stuck.and_then(|()| signal(victim_pid, "STOP"));
+    let frozen = stuck.and_then(|()| running.gateways[0].pause());
     // Resume even when a step failed, so the logs and the teardown see a live server.
     signal(mongo, "CONT")?;
     frozen?;
@@ -252,7 +237,7 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
         .iter()
         .filter_map(|&i| load.progress[i].in_flight())
         .collect();
-    let witness = cluster.gateways[1].addr;
+    let witness = running.gateways[1].addr;
     eventually(WAIT, "a frozen gateway's append to be stored", || async {
         for f in &in_flight {
             let stored = stored_messages(witness, "auditor", &f.room).await.ok()?;
@@ -266,7 +251,7 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
         None
     })
     .await?;
-    cluster.gateways[0].kill();
+    running.gateways[0].kill();
     let fault = fault.repaired();
     load.wait_each_after(ACKS_AFTER, "load after the kill")
         .await?;
@@ -304,7 +289,7 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
         "gateway-kill9-in-flight",
         &fault,
         &participants,
-        cluster.gateways[1].addr,
+        running.gateways[1].addr,
         &format!("{} clients moved", victims.len()),
     )
     .await
@@ -323,20 +308,20 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
 /// told it went offline, which presence only knows if the membership was reported
 /// again).
 async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
-    let mut watcher = quiet_member(&cluster.gateways[0], "watcher").await?;
-    let leaver = quiet_member(&cluster.gateways[1], "leaver").await?;
-    let load = Load::start_over(&cluster.nginx, 2).await?;
+    let mut running = on_mongo(2, 2).presence_ttl(PRESENCE_TTL).start(h).await?;
+    let mut watcher = quiet_member(&running.gateways[0], "watcher").await?;
+    let leaver = quiet_member(&running.gateways[1], "leaver").await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
     let mut online = load.users();
     online.extend(["watcher".to_owned(), "leaver".to_owned()]);
-    presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
+    presence_converges(running.gateways[0].addr, &online, Instant::now()).await?;
 
     let fault = Fault::begin("Redis kill -9 and restart".to_owned());
-    cluster.redis.restart().await?;
+    running.redis_mut()?.restart().await?;
     let fault = fault.repaired();
-    let converged = presence_converges(cluster.gateways[0].addr, &online, fault.repaired).await?;
+    let converged = presence_converges(running.gateways[0].addr, &online, fault.repaired).await?;
     // Every gateway noticed and resubscribed...
-    for gateway in &cluster.gateways {
+    for gateway in &running.gateways {
         eventually(
             WAIT,
             &format!("{} to reconnect to Redis", gateway.name),
@@ -349,7 +334,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
     }
     let received_before: Vec<f64> = {
         let mut counts = Vec::new();
-        for gateway in &cluster.gateways {
+        for gateway in &running.gateways {
             counts.push(metric(gateway.addr, "chat_gateway_redis_received_total").await?);
         }
         counts
@@ -357,7 +342,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
     load.wait_each_after(ACKS_AFTER, "load after the restart")
         .await?;
     // ...and receives through pub/sub again (not only through gap fills).
-    for (gateway, before) in cluster.gateways.iter().zip(received_before) {
+    for (gateway, before) in running.gateways.iter().zip(received_before) {
         let now = metric(gateway.addr, "chat_gateway_redis_received_total").await?;
         anyhow::ensure!(
             now > before,
@@ -367,7 +352,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
     }
     // The users stayed registered (heartbeats renew them), and the room memberships were
     // reported again: a member leaving is announced.
-    still_online(cluster.gateways[1].addr, &online).await?;
+    still_online(running.gateways[1].addr, &online).await?;
     leaver.close().await;
     let left = Instant::now();
     wait_offline_event(&mut watcher, "leaver").await?;
@@ -379,7 +364,7 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
         "redis-restart",
         &fault,
         &participants,
-        cluster.gateways[0].addr,
+        running.gateways[0].addr,
         &format!(
             "gateways resubscribed; presence converged {converged:.1?} after the restart, \
              a leave in a room joined before it announced {announced:.1?} after the close"
@@ -395,13 +380,13 @@ async fn redis_restart(h: &Harness) -> anyhow::Result<()> {
 /// users again: a query reports every client online within the lease plus one
 /// heartbeat, and keeps doing so.
 async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::mongo(2, 2).presence_ttl(PRESENCE_TTL)).await?;
-    let load = Load::start_over(&cluster.nginx, 2).await?;
+    let mut running = on_mongo(2, 2).presence_ttl(PRESENCE_TTL).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
     let online = load.users();
-    presence_converges(cluster.gateways[0].addr, &online, Instant::now()).await?;
+    presence_converges(running.gateways[0].addr, &online, Instant::now()).await?;
 
     let fault = Fault::begin("presence kill -9 and restart".to_owned());
-    cluster.presence.kill();
+    running.presences[0].kill();
     let down = Instant::now();
     // Chat goes on without presence: the outage is the fault itself, and every client
     // must be acked meanwhile.
@@ -416,12 +401,12 @@ async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
     })
     .await?;
     let outage = down.elapsed();
-    h.restart(&mut cluster.presence).await?;
+    running.presences[0].restart().await?;
     let fault = fault.repaired();
-    let converged = presence_converges(cluster.gateways[1].addr, &online, fault.repaired).await?;
+    let converged = presence_converges(running.gateways[1].addr, &online, fault.repaired).await?;
     load.wait_each_after(ACKS_AFTER, "load after the restart")
         .await?;
-    still_online(cluster.gateways[0].addr, &online).await?;
+    still_online(running.gateways[0].addr, &online).await?;
 
     let participants = load.finish().await?;
     no_closes(&participants)?;
@@ -429,7 +414,7 @@ async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
         "presence-kill9",
         &fault,
         &participants,
-        cluster.gateways[0].addr,
+        running.gateways[0].addr,
         &format!("down {outage:.1?}; presence converged {converged:.1?} after the restart"),
     )
     .await
@@ -438,7 +423,7 @@ async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
 /// A client connected straight to `gateway` (not through nginx) that joined `quiet`, a
 /// room without load traffic.
 async fn quiet_member(gateway: &Service, user: &str) -> anyhow::Result<WsClient> {
-    let mut client = WsClient::connect(&format!("ws://{}/v1/ws?user={user}", gateway.addr)).await?;
+    let mut client = WsClient::connect(&gateway.ws_url(user)).await?;
     client.join("quiet", None).await?;
     Ok(client)
 }
@@ -526,8 +511,8 @@ async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
         Stop::Kill => "history-kill9",
         Stop::Term => "history-sigterm",
     };
-    let mut cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
-    let load = Load::start(&cluster.nginx).await?;
+    let mut running = on_mongo(2, 2).start(h).await?;
+    let load = Load::start(running.nginx()?).await?;
     anyhow::ensure!(
         load.gateways().contains("gw-0"),
         "no client on gw-0: {:?}",
@@ -535,21 +520,14 @@ async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
     );
     load.wait_each(ACKS_BEFORE, "load before the fault").await?;
 
-    let victim = &mut cluster.histories[0];
+    let victim = &mut running.histories[0];
     let fault = Fault::begin(match stop {
         Stop::Kill => format!("kill -9 {} and restart", victim.name),
         Stop::Term => format!("SIGTERM {} and restart", victim.name),
     });
     match stop {
         Stop::Kill => victim.kill(),
-        Stop::Term => {
-            victim.terminate()?;
-            let status = victim
-                .wait_exit(WAIT)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("{} still running after SIGTERM", victim.name))?;
-            anyhow::ensure!(status.success(), "{} exited with {status}", victim.name);
-        }
+        Stop::Term => victim.stop(WAIT).await?,
     }
     // The outage reached the clients (a send answered `unavailable` was resent) before
     // the replica comes back.
@@ -558,7 +536,7 @@ async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
         load.resends() > resends
     })
     .await?;
-    h.restart(victim).await?;
+    victim.restart().await?;
     let fault = fault.repaired();
     load.wait_each_after(ACKS_AFTER, "load after the restart")
         .await?;
@@ -569,7 +547,7 @@ async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
         case,
         &fault,
         &participants,
-        cluster.gateways[1].addr,
+        running.gateways[1].addr,
         "gw-0's clients waited on unavailable",
     )
     .await
@@ -580,11 +558,16 @@ async fn history_restart(h: &Harness, stop: Stop) -> anyhow::Result<()> {
 /// next appends would otherwise reuse its seqs, which the checker sees as one seq acked
 /// for two messages), and sends resume by themselves.
 async fn embedded_history_kill9(h: &Harness) -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(h, Layout::embedded(2)).await?;
-    let load = Load::start(&cluster.nginx).await?;
+    let mut running = Topology::new()
+        .gateways(2)
+        .history(1, Store::Embedded)
+        .nginx()
+        .start(h)
+        .await?;
+    let load = Load::start(running.nginx()?).await?;
     load.wait_each(ACKS_BEFORE, "load before the fault").await?;
 
-    let victim = &mut cluster.histories[0];
+    let victim = &mut running.histories[0];
     let fault = Fault::begin(format!(
         "kill -9 {} (embedded store) and restart",
         victim.name
@@ -595,7 +578,7 @@ async fn embedded_history_kill9(h: &Harness) -> anyhow::Result<()> {
         load.resends() > resends
     })
     .await?;
-    h.restart(victim).await?;
+    victim.restart().await?;
     let fault = fault.repaired();
     load.wait_each_after(ACKS_AFTER, "load after the restart")
         .await?;
@@ -606,7 +589,7 @@ async fn embedded_history_kill9(h: &Harness) -> anyhow::Result<()> {
         "history-embedded-kill9",
         &fault,
         &participants,
-        cluster.gateways[0].addr,
+        running.gateways[0].addr,
         "store reopened",
     )
     .await
@@ -627,13 +610,12 @@ enum Pause {
 /// The MongoDB-wire server is frozen with SIGSTOP (connections stay open, nothing is
 /// answered, as with a stalled primary or a long GC pause), then resumed with SIGCONT.
 async fn mongo_pause(h: &Harness, pause: Pause) -> anyhow::Result<()> {
-    let cluster = Cluster::start(h, Layout::mongo(2, 2)).await?;
-    let mongo = cluster
-        .mongo
-        .as_ref()
-        .and_then(MongoServer::pid)
+    let running = on_mongo(2, 2).start(h).await?;
+    let mongo = running
+        .mongo()?
+        .pid()
         .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
-    let load = Load::start(&cluster.nginx).await?;
+    let load = Load::start(running.nginx()?).await?;
     load.wait_each(ACKS_BEFORE, "load before the fault").await?;
 
     let resends = load.resends();
@@ -670,7 +652,7 @@ async fn mongo_pause(h: &Harness, pause: Pause) -> anyhow::Result<()> {
         case,
         &fault,
         &participants,
-        cluster.gateways[0].addr,
+        running.gateways[0].addr,
         &format!("paused {:?}", fault.repaired - fault.started),
     )
     .await
@@ -679,124 +661,13 @@ async fn mongo_pause(h: &Harness, pause: Pause) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Topology
 
-/// Which store history runs on, and how many of each service.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    gateways: usize,
-    histories: usize,
-    /// MongoDB-wire store (`nx-27017`), else the embedded store (one replica).
-    mongo: bool,
-    /// The presence lease, when not the service's default.
-    presence_ttl: Option<Duration>,
-}
-
-impl Layout {
-    fn mongo(gateways: usize, histories: usize) -> Self {
-        Self {
-            gateways,
-            histories,
-            mongo: true,
-            presence_ttl: None,
-        }
-    }
-
-    fn presence_ttl(self, ttl: Duration) -> Self {
-        Self {
-            presence_ttl: Some(ttl),
-            ..self
-        }
-    }
-
-    fn embedded(gateways: usize) -> Self {
-        Self {
-            gateways,
-            histories: 1,
-            mongo: false,
-            presence_ttl: None,
-        }
-    }
-}
-
-/// The running services; every process is killed when this is dropped.
-struct Cluster {
-    nginx: Nginx,
-    /// `gw-<i>`, using history replica `i % histories`.
-    gateways: Vec<Service>,
-    histories: Vec<Service>,
-    presence: Service,
-    redis: RedisServer,
-    mongo: Option<MongoServer>,
-}
-
-impl Cluster {
-    async fn start(h: &Harness, layout: Layout) -> anyhow::Result<Self> {
-        let redis = RedisServer::start().await?;
-        let mongo = if layout.mongo {
-            Some(MongoServer::start().await?)
-        } else {
-            None
-        };
-        let db = unique_db_name();
-        let mut histories = Vec::new();
-        for i in 0..layout.histories {
-            let mut env = vec![("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned())];
-            match &mongo {
-                Some(mongo) => {
-                    env.push(("CHAT_MONGODB_URL", mongo.url()));
-                    env.push(("CHAT_MONGODB_DB", db.clone()));
-                }
-                None => {
-                    let dir = h.dir().join(format!("history-{i}-data"));
-                    env.push(("CHAT_DATA_DIR", dir.display().to_string()));
-                }
-            }
-            let name = format!("history-{i}");
-            histories.push(
-                h.spawn(&name, "chat-history", "CHAT_GRPC_ADDR", &env)
-                    .await?,
-            );
-        }
-        let mut env = vec![
-            ("CHAT_REDIS_URL", redis.url()),
-            ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ];
-        if let Some(ttl) = layout.presence_ttl {
-            env.push(("CHAT_PRESENCE_TTL_MS", ttl.as_millis().to_string()));
-        }
-        let presence = h
-            .spawn("presence", "chat-presence", "CHAT_GRPC_ADDR", &env)
-            .await?;
-        let mut gateways = Vec::new();
-        for i in 0..layout.gateways {
-            let env = [
-                ("CHAT_HISTORY_URL", histories[i % histories.len()].url()),
-                ("CHAT_PRESENCE_URL", presence.url()),
-                ("CHAT_REDIS_URL", redis.url()),
-                ("CHAT_AUTH_MODE", "dev".to_owned()),
-                ("CHAT_GATEWAY_ID", format!("gw-{i}")),
-                ("CHAT_HTTP_WORKERS", "1".to_owned()),
-            ];
-            let name = format!("gw-{i}");
-            gateways.push(
-                h.spawn(&name, "chat-gateway", "CHAT_HTTP_ADDR", &env)
-                    .await?,
-            );
-        }
-        for gateway in &gateways {
-            wait_ready(gateway.addr, WAIT).await?;
-        }
-        let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-        let nginx = h.nginx(&addrs).await?;
-        wait_ready(nginx.addr, WAIT).await?;
-        Ok(Self {
-            nginx,
-            gateways,
-            histories,
-            presence,
-            redis,
-            mongo,
-        })
-    }
+/// `gateways` gateways behind nginx (`gw-<i>` uses history replica `i % histories`),
+/// `histories` history replicas on one MongoDB-wire store, one presence, one Redis.
+fn on_mongo(gateways: usize, histories: usize) -> Topology {
+    Topology::new()
+        .gateways(gateways)
+        .history(histories, Store::Mongo)
+        .nginx()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -809,6 +680,8 @@ struct Load {
     /// The gateway each client was first connected to.
     first_gateways: Vec<String>,
     tasks: Vec<JoinHandle<anyhow::Result<Participant>>>,
+    /// Why each client that gave up did (its error names it).
+    stopped: Arc<Mutex<Vec<String>>>,
 }
 
 impl Load {
@@ -823,15 +696,17 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = participants.iter().map(Participant::progress).collect();
         let first_gateways = participants.iter().map(|p| p.gateway.clone()).collect();
+        let stopped = Arc::default();
         let tasks = participants
             .into_iter()
-            .map(|p| tokio::spawn(send_steadily(p, stop.clone())))
+            .map(|p| tokio::spawn(send_steadily(p, stop.clone(), Arc::clone(&stopped))))
             .collect();
         Ok(Self {
             stop,
             progress,
             first_gateways,
             tasks,
+            stopped,
         })
     }
 
@@ -870,7 +745,10 @@ impl Load {
         .await?;
         anyhow::ensure!(
             !self.tasks.iter().any(JoinHandle::is_finished),
-            "a client stopped while waiting for {what}"
+            "a client stopped while waiting for {what}: {:?}",
+            self.stopped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
         );
         Ok(())
     }
@@ -915,7 +793,12 @@ impl Load {
 
 /// One client's loop: the next message every [`PACE`] (a message that takes longer to
 /// be acked delays the next, as in a real client with one send in flight).
-async fn send_steadily(mut p: Participant, stop: Arc<AtomicBool>) -> anyhow::Result<Participant> {
+/// A client that gives up says why in `stopped`.
+async fn send_steadily(
+    mut p: Participant,
+    stop: Arc<AtomicBool>,
+    stopped: Arc<Mutex<Vec<String>>>,
+) -> anyhow::Result<Participant> {
     let mut tick = tokio::time::interval(PACE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0usize;
@@ -923,8 +806,14 @@ async fn send_steadily(mut p: Participant, stop: Arc<AtomicBool>) -> anyhow::Res
         tick.tick().await;
         let room = ROOMS[n % ROOMS.len()];
         let client_id = format!("{}-{n}", p.user);
-        p.send(room, &client_id, &format!("message {n} of {}", p.user))
-            .await?;
+        let body = format!("message {n} of {}", p.user);
+        if let Err(e) = p.send(room, &client_id, &body).await {
+            let mut stopped = stopped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            stopped.push(format!("{e:#}"));
+            return Err(e);
+        }
         n += 1;
     }
     Ok(p)

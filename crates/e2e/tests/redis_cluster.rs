@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use chat_e2e::{Harness, Participant, check, wait_ready};
+use chat_e2e::{Harness, Participant, Redis, Store, Topology, check};
 use chat_testkit::process::eventually;
 use chat_testkit::redis_cluster::{RedisCluster, key_slot};
 
@@ -24,14 +24,7 @@ const SENDS_AFTER_MOVE: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_fan_out_over_a_redis_cluster() -> anyhow::Result<()> {
-    let harness = Harness::new("redis-cluster")?;
-    let outcome = tokio::time::timeout(Duration::from_secs(120), scenario(&harness)).await;
-    let result =
-        outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("redis cluster test took over 120 s")));
-    if result.is_err() {
-        harness.dump_logs();
-    }
-    result
+    Harness::run("redis-cluster", Duration::from_secs(120), scenario).await
 }
 
 /// Room names whose channels cover every master of the cluster.
@@ -52,69 +45,26 @@ async fn rooms_on_every_shard(cluster: &RedisCluster) -> anyhow::Result<Vec<Stri
 
 async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let started = Instant::now();
-    let cluster = RedisCluster::start(3).await?;
-    let rooms = rooms_on_every_shard(&cluster).await?;
+    // Gateway 0 gets the cluster's `redis-cluster://` URL, gateway 1 its plain URL and
+    // `CHAT_REDIS_CLUSTER=true`. Presence keeps its own keys: in-memory here (one
+    // replica); on a cluster deployment it uses a separate, non-cluster Redis
+    // (docs/deployment.md).
+    let running = Topology::new()
+        .gateways(2)
+        .gateway_env(1, "CHAT_REDIS_CLUSTER", "true")
+        .history(1, Store::Embedded)
+        .redis(Redis::Cluster)
+        .start(h)
+        .await?;
+    let (cluster, gateways) = (running.redis_cluster()?, &running.gateways);
+    let rooms = rooms_on_every_shard(cluster).await?;
     let room_refs: Vec<&str> = rooms.iter().map(String::as_str).collect();
-
-    let data = h.dir().join("history-data");
-    let history = h
-        .spawn(
-            "history",
-            "chat-history",
-            "CHAT_GRPC_ADDR",
-            &[
-                ("CHAT_DATA_DIR", data.display().to_string()),
-                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-            ],
-        )
-        .await?;
-    // Presence keeps its own keys: in-memory here (one replica); on a cluster deployment
-    // it uses a separate, non-cluster Redis (docs/deployment.md).
-    let presence = h
-        .spawn(
-            "presence",
-            "chat-presence",
-            "CHAT_GRPC_ADDR",
-            &[("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned())],
-        )
-        .await?;
-    let redis_settings = [
-        vec![("CHAT_REDIS_URL", cluster.url())],
-        vec![
-            ("CHAT_REDIS_URL", cluster.plain_url()),
-            ("CHAT_REDIS_CLUSTER", "true".to_owned()),
-        ],
-    ];
-    let mut gateways = Vec::new();
-    for (i, redis) in redis_settings.into_iter().enumerate() {
-        let mut env = vec![
-            ("CHAT_HISTORY_URL", history.url()),
-            ("CHAT_PRESENCE_URL", presence.url()),
-            ("CHAT_AUTH_MODE", "dev".to_owned()),
-            ("CHAT_GATEWAY_ID", format!("gw-{i}")),
-            ("CHAT_HTTP_WORKERS", "1".to_owned()),
-        ];
-        env.extend(redis);
-        gateways.push(
-            h.spawn(
-                &format!("gateway-{i}"),
-                "chat-gateway",
-                "CHAT_HTTP_ADDR",
-                &env,
-            )
-            .await?,
-        );
-    }
-    for gateway in &gateways {
-        wait_ready(gateway.addr, Duration::from_secs(30)).await?;
-    }
 
     let mut participants = Vec::new();
     for (g, gateway) in gateways.iter().enumerate() {
         for c in 0..CLIENTS_PER_GATEWAY {
             let user = format!("u{g}x{c}");
-            let url = format!("ws://{}/v1/ws?user={user}", gateway.addr);
-            let p = Participant::join(&user, &url, &room_refs).await?;
+            let p = Participant::join(&user, &gateway.ws_url(&user), &room_refs).await?;
             anyhow::ensure!(p.gateway == format!("gw-{g}"), "{user} on {}", p.gateway);
             participants.push(p);
         }

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use chat_e2e::{Harness, Participant, Service, check, probe, wait_ready};
-use chat_testkit::mongo::{MongoServer, unique_db_name};
-use chat_testkit::redis::RedisServer;
+use chat_e2e::{Harness, Participant, Store, Topology, check, probe};
 
 const ROOMS: [&str; 2] = ["lobby", "ops"];
 const CLIENTS: usize = 6;
@@ -24,91 +22,30 @@ const GRACE_SECS: u64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateways_behind_nginx_scale_out_and_drain_without_loss() -> anyhow::Result<()> {
-    let harness = Harness::new("scale-out")?;
-    let outcome = tokio::time::timeout(Duration::from_secs(180), scenario(&harness)).await;
-    let result = outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("scale-out test took over 180 s")));
-    if result.is_err() {
-        harness.dump_logs();
-    }
-    result
+    Harness::run("scale-out", Duration::from_secs(180), scenario).await
 }
 
 async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let started = Instant::now();
-    let redis = RedisServer::start().await?;
-    let mongo = MongoServer::start().await?;
-    let db = unique_db_name();
-
-    let mut histories = Vec::new();
-    for i in 0..2 {
-        let env = [
-            ("CHAT_MONGODB_URL", mongo.url()),
-            ("CHAT_MONGODB_DB", db.clone()),
-            ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ];
-        histories.push(
-            h.spawn(
-                &format!("history-{i}"),
-                "chat-history",
-                "CHAT_GRPC_ADDR",
-                &env,
-            )
-            .await?,
-        );
-    }
-    let mut presences = Vec::new();
-    for i in 0..2 {
-        let env = [
-            ("CHAT_REDIS_URL", redis.url()),
-            ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ];
-        presences.push(
-            h.spawn(
-                &format!("presence-{i}"),
-                "chat-presence",
-                "CHAT_GRPC_ADDR",
-                &env,
-            )
-            .await?,
-        );
-    }
-    let mut gateways: Vec<Service> = Vec::new();
-    for i in 0..3 {
-        // Gateways spread over the history and presence replicas.
-        let env = [
-            ("CHAT_HISTORY_URL", histories[i % 2].url()),
-            ("CHAT_PRESENCE_URL", presences[i % 2].url()),
-            ("CHAT_REDIS_URL", redis.url()),
-            ("CHAT_AUTH_MODE", "dev".to_owned()),
-            ("CHAT_GATEWAY_ID", format!("gw-{i}")),
-            ("CHAT_HTTP_WORKERS", "1".to_owned()),
-            ("CHAT_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string()),
-        ];
-        gateways.push(
-            h.spawn(
-                &format!("gateway-{i}"),
-                "chat-gateway",
-                "CHAT_HTTP_ADDR",
-                &env,
-            )
-            .await?,
-        );
-    }
-    for gateway in &gateways {
-        wait_ready(gateway.addr, Duration::from_secs(30)).await?;
-    }
-    let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-    let nginx = h.nginx(&addrs).await?;
-    wait_ready(nginx.addr, Duration::from_secs(10)).await?;
+    // Gateways spread over the history and presence replicas.
+    let mut running = Topology::new()
+        .gateways(3)
+        .gateways_env("CHAT_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
+        .history(2, Store::Mongo)
+        .presences(2)
+        .nginx()
+        .start(h)
+        .await?;
+    let nginx = running.nginx()?;
     let booted = started.elapsed();
 
     // The HEALTHCHECK probes of the images agree with the running services.
-    let gateway_health = format!("{}/healthz", gateways[0].url());
+    let gateway_health = format!("{}/healthz", running.gateways[0].url());
     anyhow::ensure!(
         probe(&[&gateway_health])?,
         "chat-probe {gateway_health} failed"
     );
-    for service in histories.iter().chain(&presences) {
+    for service in running.histories.iter().chain(&running.presences) {
         let url = format!("grpc://{}", service.addr);
         anyhow::ensure!(probe(&[&url])?, "chat-probe {url} failed");
     }
@@ -162,7 +99,7 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let victim = &mut gateways[victim_index];
+    let victim = &mut running.gateways[victim_index];
     victim.terminate()?;
     let terminated_at = Instant::now();
     let acked_at_kill = acked.load(Ordering::Relaxed);
@@ -176,7 +113,7 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
         "{victim_id} exited with {status} after SIGTERM"
     );
     anyhow::ensure!(
-        !probe(&[&format!("{}/healthz", gateways[victim_index].url())])?,
+        !probe(&[&format!("{}/healthz", running.gateways[victim_index].url())])?,
         "the drained gateway still answers its health probe"
     );
 
@@ -269,13 +206,8 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
 
     // History and presence drain on SIGTERM too: they stop within their grace period
     // with a clean exit, while the other replica keeps serving.
-    for service in [&mut histories[1], &mut presences[1]] {
-        service.terminate()?;
-        let status = service
-            .wait_exit(Duration::from_secs(15))
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("{} still running after SIGTERM", service.name))?;
-        anyhow::ensure!(status.success(), "{} exited with {status}", service.name);
+    for service in [&mut running.histories[1], &mut running.presences[1]] {
+        service.stop(Duration::from_secs(15)).await?;
     }
     for p in participants {
         p.leave().await;

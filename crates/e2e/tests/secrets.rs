@@ -9,10 +9,8 @@
 
 use std::time::Duration;
 
-use chat_e2e::{Harness, binary, wait_ready};
-use chat_testkit::mongo::{MongoServer, unique_db_name};
+use chat_e2e::{Harness, Store, Topology, binary, jwt};
 use chat_testkit::process::ChildGuard;
-use chat_testkit::redis::RedisServer;
 use chat_testkit::ws::WsClient;
 use serde_json::json;
 
@@ -24,81 +22,28 @@ const REDIS_PASSWORD: &str = "redis-pw-SENTINEL-f19a7b";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_a_log() -> anyhow::Result<()> {
-    let harness = Harness::new("secrets")?;
-    let result = tokio::time::timeout(Duration::from_secs(120), scenario(&harness))
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("secrets test took over 120 s")));
-    if result.is_err() {
-        harness.dump_logs();
-    }
-    result
+    Harness::run("secrets", Duration::from_secs(120), scenario).await
 }
 
 async fn scenario(h: &Harness) -> anyhow::Result<()> {
-    let redis = RedisServer::start().await?;
-    let mongo = MongoServer::start().await?;
     let debug = ("RUST_LOG", "debug".to_owned());
-    let internal = ("CHAT_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned());
-
-    let history = h
-        .spawn(
-            "history",
-            "chat-history",
-            "CHAT_GRPC_ADDR",
-            &[
-                debug.clone(),
-                internal.clone(),
-                ("CHAT_MONGODB_URL", mongo.url()),
-                ("CHAT_MONGODB_DB", unique_db_name()),
-                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-            ],
-        )
+    // Gateway 1 holds the wrong internal token: never ready, and not behind nginx.
+    let mut running = Topology::new()
+        .gateways(2)
+        .gateway_env(1, "CHAT_INTERNAL_TOKEN", WRONG_INTERNAL_TOKEN)
+        .outside(1)
+        .history(1, Store::Mongo)
+        .internal_token(INTERNAL_TOKEN)
+        .jwt_secret(JWT_SECRET)
+        .env(debug.0, debug.1.clone())
+        .nginx()
+        .start(h)
         .await?;
-    let presence = h
-        .spawn(
-            "presence",
-            "chat-presence",
-            "CHAT_GRPC_ADDR",
-            &[
-                debug.clone(),
-                internal.clone(),
-                ("CHAT_REDIS_URL", redis.url()),
-                ("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-            ],
-        )
-        .await?;
-    let gateway_env = |token: &str| {
-        vec![
-            debug.clone(),
-            ("CHAT_INTERNAL_TOKEN", token.to_owned()),
-            ("CHAT_AUTH_MODE", "jwt".to_owned()),
-            ("CHAT_JWT_SECRET", JWT_SECRET.to_owned()),
-            ("CHAT_HISTORY_URL", history.url()),
-            ("CHAT_PRESENCE_URL", presence.url()),
-            ("CHAT_REDIS_URL", redis.url()),
-        ]
-    };
-    let gateway = h
-        .spawn(
-            "gateway",
-            "chat-gateway",
-            "CHAT_HTTP_ADDR",
-            &gateway_env(INTERNAL_TOKEN),
-        )
-        .await?;
-    let impostor = h
-        .spawn(
-            "gateway-wrong-token",
-            "chat-gateway",
-            "CHAT_HTTP_ADDR",
-            &gateway_env(WRONG_INTERNAL_TOKEN),
-        )
-        .await?;
-    wait_ready(gateway.addr, Duration::from_secs(30)).await?;
-    let nginx = h.nginx(&[gateway.addr]).await?;
+    let (gateway, impostor) = (&running.gateways[0], &running.gateways[1]);
+    let nginx = running.nginx()?;
 
     // A real session through nginx, token in the query string.
-    let alice_token = token(JWT_SECRET, "alice", 3600)?;
+    let alice_token = jwt(JWT_SECRET, "alice", 3600)?;
     let url = format!("ws://{}/v1/ws?token={alice_token}", nginx.addr);
     let mut alice = WsClient::connect(&url).await?;
     alice.join("vault", None).await?;
@@ -107,8 +52,8 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     alice.close().await;
 
     // Refused tokens, through nginx and directly.
-    let forged = token("not-the-secret-0123456789abcdef", "mallory", 3600)?;
-    let expired = token(JWT_SECRET, "alice", -3600)?;
+    let forged = jwt("not-the-secret-0123456789abcdef", "mallory", 3600)?;
+    let expired = jwt(JWT_SECRET, "alice", -3600)?;
     for bad in [forged.as_str(), expired.as_str(), "not.a.jwt"] {
         for base in [nginx.addr, gateway.addr] {
             let status =
@@ -121,7 +66,7 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let url = format!(
         "ws://{}/v1/ws?token={}",
         impostor.addr,
-        token(JWT_SECRET, "bob", 3600)?
+        jwt(JWT_SECRET, "bob", 3600)?
     );
     if let Ok(mut bob) = WsClient::connect(&url).await {
         let _ = bob.join("vault", None).await;
@@ -134,13 +79,14 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     // Backends refusing credentials: the stand-in has no auth, so the driver's SCRAM
     // handshake fails; Redis has no password, so AUTH fails. Each service gets a few
     // seconds to log what it logs, then is stopped.
-    let mongo_with_password = mongo.url().replacen(
+    let mongo_with_password = running.mongo()?.url().replacen(
         "mongodb://",
         &format!("mongodb://chat:{MONGO_PASSWORD}@"),
         1,
     );
     let redis_with_password =
-        redis
+        running
+            .redis()?
             .url()
             .replacen("redis://", &format!("redis://:{REDIS_PASSWORD}@"), 1);
     let failing = [
@@ -175,7 +121,7 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     for (name, bin, env) in failing {
         run_briefly(h, name, bin, &env, Duration::from_secs(4)).await?;
     }
-    drop(nginx);
+    drop(running.nginx.take());
 
     // Every log of the run.
     let mut checked = 0;
@@ -208,18 +154,6 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     );
     anyhow::ensure!(leaks.is_empty(), "secrets in logs: {leaks:#?}");
     Ok(())
-}
-
-/// An HS256 token for `user` signed with `secret`, expiring `expires_in` seconds from
-/// now (negative: already expired).
-fn token(secret: &str, user: &str, expires_in: i64) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let exp = now.as_secs() as i64 + expires_in;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": user, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())?,
-    )?)
 }
 
 /// Runs `bin` for `how_long` with its output in `<name>.log` of the harness directory

@@ -1,0 +1,464 @@
+//! One way to start a topology of real processes for a test.
+//!
+//! [`Topology`] declares what runs: gateways (how many, environment per gateway),
+//! history replicas and their store (embedded, or a MongoDB-wire server), presence (how
+//! many, its lease), Redis (one `redis-server`, or a 3-master Redis Cluster), nginx in
+//! front or not, the internal token, the JWT secret, and extra environment.
+//! [`Topology::start`] starts the backends and the service binaries as processes
+//! through a [`Harness`] on free ports, waits until every gateway is ready, and gives
+//! back a [`Running`]: typed access to each process (kill -9, SIGTERM, restart on the
+//! same address, pause and resume: see [`Service`]) and to the addresses clients use.
+//!
+//! ```no_run
+//! # async fn doc() -> anyhow::Result<()> {
+//! use chat_e2e::{Harness, Store, Topology};
+//! let h = Harness::new("example")?;
+//! let mut running = Topology::new()
+//!     .gateways(3)
+//!     .history(2, Store::Mongo)
+//!     .nginx()
+//!     .start(&h)
+//!     .await?;
+//! let url = running.nginx()?.ws_url("alice");
+//! running.gateways[0].kill();
+//! running.histories[1].restart().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The services as tasks of the test process instead (port 0, no binaries):
+//! `crates/chat/tests/common/mod.rs`; docs/testing.md says which way suits what.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chat_testkit::mongo::{MongoServer, unique_db_name};
+use chat_testkit::redis::RedisServer;
+use chat_testkit::redis_cluster::RedisCluster;
+
+use crate::harness::{Harness, Nginx, Service};
+use crate::http::wait_ready;
+
+/// How long [`Topology::start`] waits for a gateway or nginx to be ready.
+const READY: Duration = Duration::from_secs(30);
+
+/// Masters of the Redis Cluster of [`Redis::Cluster`].
+const CLUSTER_MASTERS: usize = 3;
+
+/// Which message store history runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Its embedded store, in a directory of the harness (one replica only: the store is
+    /// one process's).
+    Embedded,
+    /// A MongoDB-wire server ([`MongoServer`]: `nx-27017`, or `CHAT_TEST_MONGODB_URL`),
+    /// one fresh database shared by every replica.
+    Mongo,
+}
+
+/// Which Redis the gateways fan out through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redis {
+    /// One `redis-server` ([`RedisServer`]), also presence's store.
+    Single,
+    /// A 3-master Redis Cluster ([`RedisCluster`], sharded pub/sub). Gateways get its
+    /// `redis-cluster://` URL, or its plain URL when their environment sets
+    /// `CHAT_REDIS_CLUSTER` (the other way to ask for a cluster). Presence keeps its keys
+    /// in memory (one replica only), as a cluster deployment gives it a separate Redis.
+    Cluster,
+}
+
+/// What to start; see the module doc. Every setter returns the topology, to chain them.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    gateways: usize,
+    /// `(gateway or every gateway, variable, value)`, in the order given.
+    gateway_env: Vec<(Option<usize>, String, String)>,
+    /// Gateways neither waited on for readiness nor behind nginx.
+    outside: BTreeSet<usize>,
+    histories: usize,
+    store: Store,
+    presences: usize,
+    presence_ttl: Option<Duration>,
+    /// A presence service that is not ours (no presence process is started).
+    presence_url: Option<String>,
+    redis: Redis,
+    nginx: bool,
+    internal_token: Option<String>,
+    jwt_secret: Option<String>,
+    /// For every service process.
+    env: Vec<(String, String)>,
+}
+
+impl Default for Topology {
+    /// One gateway (dev auth), one history on its embedded store, one presence, one
+    /// `redis-server`, no nginx, no internal token.
+    fn default() -> Self {
+        Self {
+            gateways: 1,
+            gateway_env: Vec::new(),
+            outside: BTreeSet::new(),
+            histories: 1,
+            store: Store::Embedded,
+            presences: 1,
+            presence_ttl: None,
+            presence_url: None,
+            redis: Redis::Single,
+            nginx: false,
+            internal_token: None,
+            jwt_secret: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Topology {
+    /// [`Topology::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `n` gateways, `gw-<i>` (`CHAT_GATEWAY_ID`; the [`Service`] has that name), gateway
+    /// `i` using history replica `i % replicas` and presence replica `i % replicas`, one
+    /// HTTP worker each.
+    pub fn gateways(self, n: usize) -> Self {
+        Self {
+            gateways: n,
+            ..self
+        }
+    }
+
+    /// Sets `key` for gateway `i` only (after everything else: it overrides).
+    pub fn gateway_env(mut self, i: usize, key: &str, value: impl Into<String>) -> Self {
+        self.gateway_env
+            .push((Some(i), key.to_owned(), value.into()));
+        self
+    }
+
+    /// Sets `key` for every gateway (overriding the topology's own settings).
+    pub fn gateways_env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.gateway_env.push((None, key.to_owned(), value.into()));
+        self
+    }
+
+    /// Gateway `i` is meant to be broken (a wrong internal token, say): [`start`] waits
+    /// only until it listens, not until it is ready, and nginx does not send clients to
+    /// it.
+    ///
+    /// [`start`]: Topology::start
+    pub fn outside(mut self, i: usize) -> Self {
+        self.outside.insert(i);
+        self
+    }
+
+    /// `replicas` history processes on `store`.
+    pub fn history(self, replicas: usize, store: Store) -> Self {
+        Self {
+            histories: replicas,
+            store,
+            ..self
+        }
+    }
+
+    /// `replicas` presence processes (on Redis with [`Redis::Single`]).
+    pub fn presences(self, replicas: usize) -> Self {
+        Self {
+            presences: replicas,
+            ..self
+        }
+    }
+
+    /// The presence lease (`CHAT_PRESENCE_TTL_MS`; gateways heartbeat every third of it).
+    pub fn presence_ttl(self, ttl: Duration) -> Self {
+        Self {
+            presence_ttl: Some(ttl),
+            ..self
+        }
+    }
+
+    /// No presence process: the gateways use the presence service at `url` (one the
+    /// test runs itself, e.g. a listener that never answers).
+    pub fn presence_at(self, url: impl Into<String>) -> Self {
+        Self {
+            presence_url: Some(url.into()),
+            ..self
+        }
+    }
+
+    /// Which Redis ([`Redis::Single`] unless set).
+    pub fn redis(self, redis: Redis) -> Self {
+        Self { redis, ..self }
+    }
+
+    /// Real nginx in front of the gateways, with the repo's proxy settings
+    /// ([`Harness::nginx`]).
+    pub fn nginx(self) -> Self {
+        Self {
+            nginx: true,
+            ..self
+        }
+    }
+
+    /// `CHAT_INTERNAL_TOKEN` of every service.
+    pub fn internal_token(self, token: impl Into<String>) -> Self {
+        Self {
+            internal_token: Some(token.into()),
+            ..self
+        }
+    }
+
+    /// Gateways in JWT mode with this secret (dev auth, `?user=`, without it).
+    pub fn jwt_secret(self, secret: impl Into<String>) -> Self {
+        Self {
+            jwt_secret: Some(secret.into()),
+            ..self
+        }
+    }
+
+    /// Sets `key` for every service process (`RUST_LOG`, say), over the topology's own
+    /// settings.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Starts the backends, then history, presence and the gateways as processes on free
+    /// ports (logs in `h`'s directory), waits until every gateway (but those
+    /// [`outside`](Topology::outside)) answers `/readyz`, then starts nginx if asked and
+    /// waits until it does too.
+    pub async fn start(&self, h: &Harness) -> anyhow::Result<Running> {
+        self.validate()?;
+        let (redis, redis_cluster) = match self.redis {
+            Redis::Single => (Some(RedisServer::start().await?), None),
+            Redis::Cluster => (None, Some(RedisCluster::start(CLUSTER_MASTERS).await?)),
+        };
+        let mongo = match self.store {
+            Store::Mongo => Some(MongoServer::start().await?),
+            Store::Embedded => None,
+        };
+        let db = unique_db_name();
+
+        let mut histories = Vec::new();
+        for i in 0..self.histories {
+            let store = match &mongo {
+                Some(mongo) => vars([
+                    ("CHAT_MONGODB_URL", mongo.url()),
+                    ("CHAT_MONGODB_DB", db.clone()),
+                ]),
+                None => {
+                    let dir = h.dir().join(format!("history-{i}-data"));
+                    vars([("CHAT_DATA_DIR", dir.display().to_string())])
+                }
+            };
+            histories.push(self.grpc_service(h, "history", i, store).await?);
+        }
+
+        let mut presences = Vec::new();
+        let replicas = match self.presence_url {
+            Some(_) => 0,
+            None => self.presences,
+        };
+        for i in 0..replicas {
+            let mut env = Vec::new();
+            if let Some(redis) = &redis {
+                env.extend(vars([("CHAT_REDIS_URL", redis.url())]));
+            }
+            if let Some(ttl) = self.presence_ttl {
+                let millis = ttl.as_millis().to_string();
+                env.extend(vars([("CHAT_PRESENCE_TTL_MS", millis)]));
+            }
+            presences.push(self.grpc_service(h, "presence", i, env).await?);
+        }
+
+        let mut gateways = Vec::new();
+        for i in 0..self.gateways {
+            let own: Vec<(String, String)> = self
+                .gateway_env
+                .iter()
+                .filter(|(at, _, _)| at.is_none_or(|at| at == i))
+                .map(|(_, key, value)| (key.clone(), value.clone()))
+                .collect();
+            let set = |key: &str| own.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
+            let redis_url = match (&redis, &redis_cluster) {
+                (Some(redis), _) => redis.url(),
+                (None, Some(cluster)) if set("CHAT_REDIS_CLUSTER").is_some() => cluster.plain_url(),
+                (None, Some(cluster)) => cluster.url(),
+                (None, None) => anyhow::bail!("no Redis started"),
+            };
+            let presence_url = match &self.presence_url {
+                Some(url) => url.clone(),
+                None => presences[i % presences.len()].url(),
+            };
+            let id = set("CHAT_GATEWAY_ID").cloned().unwrap_or(format!("gw-{i}"));
+            let mut env = vars([
+                ("CHAT_HISTORY_URL", histories[i % histories.len()].url()),
+                ("CHAT_PRESENCE_URL", presence_url),
+                ("CHAT_REDIS_URL", redis_url),
+                ("CHAT_GATEWAY_ID", id.clone()),
+                ("CHAT_HTTP_WORKERS", "1".to_owned()),
+            ]);
+            match &self.jwt_secret {
+                Some(secret) => env.extend(vars([
+                    ("CHAT_AUTH_MODE", "jwt".to_owned()),
+                    ("CHAT_JWT_SECRET", secret.clone()),
+                ])),
+                None => env.extend(vars([("CHAT_AUTH_MODE", "dev".to_owned())])),
+            }
+            let mut env = self.common(env);
+            env.extend(own);
+            gateways.push(h.spawn(&id, "chat-gateway", "CHAT_HTTP_ADDR", env).await?);
+        }
+        let inside: Vec<_> = gateways
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.outside.contains(i))
+            .map(|(_, g)| g.addr)
+            .collect();
+        for addr in &inside {
+            wait_ready(*addr, READY).await?;
+        }
+
+        let nginx = if self.nginx {
+            let nginx = h.nginx(&inside).await?;
+            wait_ready(nginx.addr, READY).await?;
+            Some(nginx)
+        } else {
+            None
+        };
+        Ok(Running {
+            nginx,
+            gateways,
+            histories,
+            presences,
+            redis,
+            redis_cluster,
+            mongo,
+        })
+    }
+
+    /// Refuses what cannot work, before anything starts.
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.gateways >= 1, "a topology needs a gateway");
+        anyhow::ensure!(self.histories >= 1, "a topology needs a history replica");
+        anyhow::ensure!(
+            self.store == Store::Mongo || self.histories == 1,
+            "the embedded store is one process's: {} history replicas need Store::Mongo",
+            self.histories
+        );
+        if self.presence_url.is_none() {
+            anyhow::ensure!(self.presences >= 1, "a topology needs presence");
+            anyhow::ensure!(
+                self.redis == Redis::Single || self.presences == 1,
+                "presence in memory (no single Redis) cannot have {} replicas",
+                self.presences
+            );
+        }
+        let named = self.gateway_env.iter().filter_map(|(at, _, _)| *at);
+        if let Some(i) = named.chain(self.outside.iter().copied()).max() {
+            anyhow::ensure!(
+                i < self.gateways,
+                "gateway {i} is configured, but there are {} gateways",
+                self.gateways
+            );
+        }
+        Ok(())
+    }
+
+    /// `chat-<kind>` as `<kind>-<i>`, with `own` environment and its metrics on a free
+    /// port.
+    async fn grpc_service(
+        &self,
+        h: &Harness,
+        kind: &str,
+        i: usize,
+        own: Vec<(String, String)>,
+    ) -> anyhow::Result<Service> {
+        let mut env = vars([("CHAT_METRICS_ADDR", "127.0.0.1:0".to_owned())]);
+        env.extend(own);
+        let (name, bin) = (format!("{kind}-{i}"), format!("chat-{kind}"));
+        h.spawn(&name, &bin, "CHAT_GRPC_ADDR", self.common(env))
+            .await
+    }
+
+    /// `own`, then the internal token and the topology's extra environment.
+    fn common(&self, mut own: Vec<(String, String)>) -> Vec<(String, String)> {
+        if let Some(token) = &self.internal_token {
+            own.extend(vars([("CHAT_INTERNAL_TOKEN", token.clone())]));
+        }
+        own.extend(self.env.iter().cloned());
+        own
+    }
+}
+
+fn vars<const N: usize>(pairs: [(&str, String); N]) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A started [`Topology`]: every process, each killed when this is dropped (nginx first,
+/// then the gateways, history and presence, then Redis and the store).
+#[derive(Debug)]
+pub struct Running {
+    /// nginx, when the topology has it ([`Running::nginx`] says so in an error).
+    pub nginx: Option<Nginx>,
+    /// In the order declared: `gw-<i>` unless given another `CHAT_GATEWAY_ID`.
+    pub gateways: Vec<Service>,
+    /// `history-<i>`.
+    pub histories: Vec<Service>,
+    /// `presence-<i>` (none with [`Topology::presence_at`]).
+    pub presences: Vec<Service>,
+    redis: Option<RedisServer>,
+    redis_cluster: Option<RedisCluster>,
+    mongo: Option<MongoServer>,
+}
+
+impl Running {
+    /// nginx, when the topology has it.
+    pub fn nginx(&self) -> anyhow::Result<&Nginx> {
+        self.nginx
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this topology has no nginx"))
+    }
+
+    /// The gateway whose id (`CHAT_GATEWAY_ID`, as in `hello`) is `id`.
+    pub fn gateway(&self, id: &str) -> anyhow::Result<&Service> {
+        self.gateways
+            .iter()
+            .find(|g| g.name == id)
+            .ok_or_else(|| anyhow::anyhow!("no gateway {id}"))
+    }
+
+    /// [`Running::gateway`], to kill or signal it.
+    pub fn gateway_mut(&mut self, id: &str) -> anyhow::Result<&mut Service> {
+        self.gateways
+            .iter_mut()
+            .find(|g| g.name == id)
+            .ok_or_else(|| anyhow::anyhow!("no gateway {id}"))
+    }
+
+    /// The `redis-server` of [`Redis::Single`].
+    pub fn redis(&self) -> anyhow::Result<&RedisServer> {
+        self.redis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this topology has no single Redis"))
+    }
+
+    /// [`Running::redis`], to restart it.
+    pub fn redis_mut(&mut self) -> anyhow::Result<&mut RedisServer> {
+        self.redis
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("this topology has no single Redis"))
+    }
+
+    /// The Redis Cluster of [`Redis::Cluster`].
+    pub fn redis_cluster(&self) -> anyhow::Result<&RedisCluster> {
+        self.redis_cluster
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this topology has no Redis Cluster"))
+    }
+
+    /// The MongoDB-wire server of [`Store::Mongo`].
+    pub fn mongo(&self) -> anyhow::Result<&MongoServer> {
+        self.mongo
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this topology has no MongoDB-wire server"))
+    }
+}

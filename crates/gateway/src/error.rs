@@ -81,11 +81,15 @@ impl GatewayError {
     pub fn from_status(backend: Backend, status: &tonic::Status) -> Self {
         use tonic::Code;
         match status.code() {
+            // `Unknown` is how tonic reports a connection that broke under a call (the
+            // backend was killed mid-call: "transport error"): the outcome is unknown, and
+            // a send is idempotent on its client_id, so the client should resend.
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::ResourceExhausted
             | Code::Aborted
-            | Code::Cancelled => Self::unavailable_backend(backend, status),
+            | Code::Cancelled
+            | Code::Unknown => Self::unavailable_backend(backend, status),
             // A configuration fault (CHAT_INTERNAL_TOKEN differs) that clients can only
             // wait out, e.g. on another gateway; `/readyz` reports it to the operator.
             Code::Unauthenticated => Self::Unavailable(format!(
@@ -141,6 +145,7 @@ mod tests {
                 Code::ResourceExhausted,
                 Code::Aborted,
                 Code::Cancelled,
+                Code::Unknown,
             ] {
                 let e = GatewayError::from_status(backend, &Status::new(code, "down"));
                 assert_eq!(e.code(), ErrorCode::Unavailable, "{code:?}");

@@ -248,14 +248,7 @@ mod tests {
     use super::{AuthMode, EnvError, Settings, auth_mode, redis_url};
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(
-            |k| {
-                vars.iter()
-                    .find(|(key, _)| *key == k)
-                    .map(|(_, v)| (*v).to_owned())
-            },
-            AuthMode::Dev,
-        )
+        Settings::from_lookup(chat_runtime::env::lookup(vars), AuthMode::Dev)
     }
 
     #[test]

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use chat_runtime::env::{Env, EnvError, ServiceSettings, process_env};
+use chat_runtime::env::{Env, EnvError, ServiceSettings, StoreSettings, process_env};
 
 use crate::store::MessageStore;
 use crate::store::embedded::EmbeddedStore;
@@ -29,12 +28,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            service: ServiceSettings::with_port(DEFAULT_GRPC_PORT),
-            mongodb_url: None,
-            mongodb_db: "chat".into(),
-            data_dir: PathBuf::from("./data"),
-        }
+        Self::new(
+            ServiceSettings::with_port(DEFAULT_GRPC_PORT),
+            StoreSettings::default(),
+        )
     }
 }
 
@@ -42,12 +39,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("service", &self.service)
-            .field(
-                "mongodb_url",
-                &self.mongodb_url.as_ref().map(|_| "<redacted>"),
-            )
-            .field("mongodb_db", &self.mongodb_db)
-            .field("data_dir", &self.data_dir)
+            .field("store", &self.store())
             .finish()
     }
 }
@@ -63,35 +55,52 @@ impl Settings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         let env = Env::new(&lookup);
         let defaults = Self::default();
-        Ok(Self {
-            service: defaults.service.read(&env)?,
-            mongodb_url: env.get("CHAT_MONGODB_URL"),
-            mongodb_db: env.string("CHAT_MONGODB_DB", &defaults.mongodb_db),
-            data_dir: env
-                .get("CHAT_DATA_DIR")
-                .map_or(defaults.data_dir, PathBuf::from),
-        })
+        let store = defaults.store().read(&env);
+        Ok(Self::new(defaults.service.read(&env)?, store))
+    }
+
+    fn new(service: ServiceSettings, store: StoreSettings) -> Self {
+        let StoreSettings {
+            mongodb_url,
+            mongodb_db,
+            data_dir,
+        } = store;
+        Self {
+            service,
+            mongodb_url,
+            mongodb_db,
+            data_dir,
+        }
+    }
+
+    /// The store part (`CHAT_MONGODB_URL`, `CHAT_MONGODB_DB`, `CHAT_DATA_DIR`).
+    pub fn store(&self) -> StoreSettings {
+        StoreSettings {
+            mongodb_url: self.mongodb_url.clone(),
+            mongodb_db: self.mongodb_db.clone(),
+            data_dir: self.data_dir.clone(),
+        }
     }
 }
 
 /// Opens the store the settings choose: MongoDB when `mongodb_url` is set, else the
 /// embedded store in `data_dir`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn MessageStore>> {
-    if let Some(url) = &settings.mongodb_url {
-        let store = MongoStore::connect(url, &settings.mongodb_db)
-            .await
-            .context("cannot use the MongoDB store")?;
-        tracing::info!(db = %settings.mongodb_db, "message store: MongoDB");
-        Ok(Arc::new(store))
-    } else {
-        let dir = settings.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir))
-            .await
-            .context("opening the embedded store panicked")?
-            .context("cannot open the embedded store")?;
-        tracing::info!(path = %store.path().display(), "message store: embedded");
-        Ok(Arc::new(store))
-    }
+    chat_runtime::store::open(
+        &settings.store(),
+        "message store",
+        async |url, db| {
+            let store: Arc<dyn MessageStore> = Arc::new(MongoStore::connect(&url, &db).await?);
+            Ok(store)
+        },
+        |dir| {
+            let store = EmbeddedStore::open(dir)?;
+            let path = store.path().to_owned();
+            let store: Arc<dyn MessageStore> = Arc::new(store);
+            Ok((store, path))
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -99,15 +108,12 @@ mod tests {
     use std::net::SocketAddr;
 
     use chat_proto::auth::InternalToken;
+    use chat_runtime::env::lookup;
 
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(|k| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
+        Settings::from_lookup(lookup(vars))
     }
 
     #[test]

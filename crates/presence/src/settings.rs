@@ -131,11 +131,7 @@ mod tests {
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(|k| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
+        Settings::from_lookup(chat_runtime::env::lookup(vars))
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -243,17 +244,70 @@ impl ServiceSettings {
     }
 }
 
+/// Where a service with a database keeps it: the part of the settings that history and
+/// accounts share. `Debug` never prints the MongoDB URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `CHAT_MONGODB_URL`: MongoDB connection string; unset or empty = embedded store.
+    pub mongodb_url: Option<String>,
+    /// `CHAT_MONGODB_DB`: database name (`chat`).
+    pub mongodb_db: String,
+    /// `CHAT_DATA_DIR`: the embedded store's directory (`./data`).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            mongodb_url: None,
+            mongodb_db: "chat".into(),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field(
+                "mongodb_url",
+                &self.mongodb_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("mongodb_db", &self.mongodb_db)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl StoreSettings {
+    /// `CHAT_MONGODB_URL`, `CHAT_MONGODB_DB` and `CHAT_DATA_DIR` over `self`.
+    pub fn read(self, env: &Env<'_>) -> Self {
+        Self {
+            mongodb_url: env.get("CHAT_MONGODB_URL").or(self.mongodb_url),
+            mongodb_db: env.string("CHAT_MONGODB_DB", &self.mongodb_db),
+            data_dir: env
+                .get("CHAT_DATA_DIR")
+                .map_or(self.data_dir, PathBuf::from),
+        }
+    }
+}
+
+/// A source of variables over a slice of pairs, for tests:
+/// `Settings::from_lookup(lookup(&[("CHAT_GRPC_ADDR", "127.0.0.1:0")]))`.
+pub fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| {
+        vars.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn with<R>(vars: &[(&str, &str)], f: impl FnOnce(Env<'_>) -> R) -> R {
-        let lookup = |k: &str| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        };
-        f(Env::new(&lookup))
+        f(Env::new(&lookup(vars)))
     }
 
     #[test]
@@ -346,6 +400,33 @@ mod tests {
                 assert!(!err.to_string().contains(bad), "{err}");
             });
         }
+    }
+
+    #[test]
+    fn store_settings_over_defaults_and_never_print_the_url() {
+        with(&[], |env| {
+            assert_eq!(
+                StoreSettings::default().read(&env),
+                StoreSettings::default()
+            );
+        });
+        with(
+            &[
+                ("CHAT_MONGODB_URL", "mongodb://u:secret@db:27017"),
+                ("CHAT_MONGODB_DB", "chat_test"),
+                ("CHAT_DATA_DIR", "/var/lib/chat"),
+            ],
+            |env| {
+                let s = StoreSettings::default().read(&env);
+                assert_eq!(
+                    s.mongodb_url.as_deref(),
+                    Some("mongodb://u:secret@db:27017")
+                );
+                assert_eq!(s.mongodb_db, "chat_test");
+                assert_eq!(s.data_dir, PathBuf::from("/var/lib/chat"));
+                assert!(!format!("{s:?}").contains("secret"));
+            },
+        );
     }
 
     #[test]

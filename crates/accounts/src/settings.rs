@@ -142,24 +142,13 @@ impl Settings {
     }
 }
 
-/// Opens the store the settings choose: MongoDB when `CHAT_MONGODB_URL` is set, else
-/// the embedded store in `CHAT_DATA_DIR`.
+/// Opens the account store: MongoDB when `CHAT_MONGODB_URL` is set, else the embedded
+/// store (`accounts.redb` in `CHAT_DATA_DIR`).
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn AccountStore>> {
-    chat_runtime::store::open(
-        &settings.store,
-        "account store",
-        async |url, db| {
-            let store: Arc<dyn AccountStore> = Arc::new(MongoStore::connect(&url, &db).await?);
-            Ok(store)
-        },
-        |dir| {
-            let store = EmbeddedStore::open(dir)?;
-            let path = store.path().to_owned();
-            let store: Arc<dyn AccountStore> = Arc::new(store);
-            Ok((store, path))
-        },
-    )
-    .await
+    let mongo =
+        async |url: String, db: String| Ok(Arc::new(MongoStore::connect(&url, &db).await?) as _);
+    let embedded = |dir| EmbeddedStore::open(dir).map(|s| (s.path().to_owned(), Arc::new(s) as _));
+    chat_runtime::store::open(&settings.store, "account store", mongo, embedded).await
 }
 
 #[cfg(test)]

@@ -86,28 +86,14 @@ impl Settings {
 /// Opens the store the settings choose: MongoDB when `mongodb_url` is set, else the
 /// embedded store in `data_dir`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn MessageStore>> {
-    chat_runtime::store::open(
-        &settings.store(),
-        "message store",
-        async |url, db| {
-            let store: Arc<dyn MessageStore> = Arc::new(MongoStore::connect(&url, &db).await?);
-            Ok(store)
-        },
-        |dir| {
-            let store = EmbeddedStore::open(dir)?;
-            let path = store.path().to_owned();
-            let store: Arc<dyn MessageStore> = Arc::new(store);
-            Ok((store, path))
-        },
-    )
-    .await
+    let mongo =
+        async |url: String, db: String| Ok(Arc::new(MongoStore::connect(&url, &db).await?) as _);
+    let embedded = |dir| EmbeddedStore::open(dir).map(|s| (s.path().to_owned(), Arc::new(s) as _));
+    chat_runtime::store::open(&settings.store(), "message store", mongo, embedded).await
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use chat_proto::auth::InternalToken;
     use chat_runtime::env::lookup;
 
     use super::*;
@@ -117,37 +103,14 @@ mod tests {
     }
 
     #[test]
-    fn internal_token_is_validated_and_never_printed() {
-        let token = "history-test-token-0123456789abcdef";
-        let s = from(&[("CHAT_INTERNAL_TOKEN", token)]).expect("valid");
-        assert_eq!(
-            s.service.internal_token,
-            Some(InternalToken::parse(token).expect("valid"))
-        );
-        assert!(!format!("{s:?}").contains(token));
-        for bad in ["too-short", "has a space in it, so no"] {
-            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
-            assert!(err.to_string().contains("CHAT_INTERNAL_TOKEN"), "{err}");
-            assert!(!err.to_string().contains(bad), "{err}");
-        }
-    }
-
-    #[test]
     fn defaults_and_overrides() {
         assert_eq!(from(&[]).expect("defaults"), Settings::default());
         let s = from(&[
-            ("CHAT_GRPC_ADDR", "127.0.0.1:0"),
             ("CHAT_MONGODB_URL", "mongodb://u:secret@db:27017"),
             ("CHAT_MONGODB_DB", "chat_test"),
             ("CHAT_DATA_DIR", "/var/lib/chat"),
-            ("CHAT_METRICS_ADDR", ""),
         ])
         .expect("valid");
-        assert_eq!(s.service.grpc_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
-        assert_eq!(
-            s.service.metrics_addr,
-            Settings::default().service.metrics_addr
-        );
         assert_eq!(s.mongodb_db, "chat_test");
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/chat"));
         assert!(!format!("{s:?}").contains("secret"));

@@ -452,5 +452,19 @@ mod tests {
             let e = ServiceSettings::with_port(1).read(&env).expect_err("bad");
             assert_eq!(e.var, "CHAT_METRICS_ADDR");
         });
+        let token = "service-test-token-0123456789abcdef";
+        with(&[("CHAT_INTERNAL_TOKEN", token)], |env| {
+            let s = ServiceSettings::with_port(1).read(&env).expect("valid");
+            assert_eq!(
+                s.internal_token,
+                Some(InternalToken::parse(token).expect("valid"))
+            );
+            assert!(!format!("{s:?}").contains(token));
+        });
+        with(&[("CHAT_INTERNAL_TOKEN", "too-short")], |env| {
+            let e = ServiceSettings::with_port(1).read(&env).expect_err("bad");
+            assert_eq!(e.var, "CHAT_INTERNAL_TOKEN");
+            assert!(!e.to_string().contains("too-short"), "{e}");
+        });
     }
 }

@@ -42,7 +42,7 @@ impl From<StoreError> for Status {
 
 /// Opens the store `settings` choose: MongoDB (through `mongo(url, db)`) when
 /// `mongodb_url` is set, else the embedded store in `data_dir` (through
-/// `embedded(dir)`, on a blocking thread, which returns the store and its file). Logs
+/// `embedded(dir)`, on a blocking thread, which returns the store's file and the store). Logs
 /// `<what>: MongoDB` or `<what>: embedded` (`what`: e.g. `message store`).
 pub async fn open<T, M, E>(
     settings: &StoreSettings,
@@ -53,7 +53,7 @@ pub async fn open<T, M, E>(
 where
     T: ?Sized + Send + Sync + 'static,
     M: Future<Output = Result<Arc<T>, StoreError>>,
-    E: FnOnce(PathBuf) -> Result<(Arc<T>, PathBuf), StoreError> + Send + 'static,
+    E: FnOnce(PathBuf) -> Result<(PathBuf, Arc<T>), StoreError> + Send + 'static,
 {
     if let Some(url) = &settings.mongodb_url {
         let store = mongo(url.clone(), settings.mongodb_db.clone())
@@ -63,7 +63,7 @@ where
         Ok(store)
     } else {
         let dir = settings.data_dir.clone();
-        let (store, path) = tokio::task::spawn_blocking(move || embedded(dir))
+        let (path, store) = tokio::task::spawn_blocking(move || embedded(dir))
             .await
             .context("opening the embedded store panicked")?
             .context("cannot open the embedded store")?;

@@ -1,6 +1,7 @@
 //! `chat-accounts`: the accounts service binary. Configuration: see
 //! [`chat_accounts::Settings`].
 
+use chat_runtime::env::FromEnv as _;
 use std::sync::Arc;
 
 use chat_accounts::throttle::{MemoryThrottle, Policies};

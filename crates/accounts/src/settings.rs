@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_runtime::env::{Env, EnvError, ServiceSettings, StoreSettings, process_env};
+use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings, StoreSettings};
 
 use crate::password::HashParams;
 use crate::store::AccountStore;
@@ -90,16 +90,8 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-impl Settings {
-    /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(process_env)
-    }
-
-    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let env = Env::new(&lookup);
-        let d = Self::default();
+impl FromEnv for Settings {
+    fn read(env: &Env<'_>, d: Self) -> Result<Self, EnvError> {
         let days = |var: &str, default: Duration| -> Result<Duration, EnvError> {
             let n = env.number_at_least(var, default.as_secs() / DAY.as_secs(), 1)?;
             Ok(DAY.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
@@ -121,8 +113,8 @@ impl Settings {
             ));
         }
         Ok(Self {
-            service: d.service.read(&env)?,
-            store: d.store.read(&env),
+            service: d.service.read(env)?,
+            store: d.store.read(env),
             access_token_ttl,
             session_idle,
             session_max,

@@ -15,6 +15,7 @@
 //! history and presence register their families; the gateway serves it on its
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
+use chat_runtime::env::FromEnv as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chat_runtime::env::{Env, EnvError, ServiceSettings, StoreSettings, process_env};
+use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings, StoreSettings};
 
 use crate::store::MessageStore;
 use crate::store::embedded::EmbeddedStore;
@@ -44,21 +44,14 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+impl FromEnv for Settings {
+    fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError> {
+        let store = defaults.store().read(env);
+        Ok(Self::new(defaults.service.read(env)?, store))
+    }
+}
+
 impl Settings {
-    /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(process_env)
-    }
-
-    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
-    /// Empty values count as unset, as `.env` files often leave them.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let env = Env::new(&lookup);
-        let defaults = Self::default();
-        let store = defaults.store().read(&env);
-        Ok(Self::new(defaults.service.read(&env)?, store))
-    }
-
     fn new(service: ServiceSettings, store: StoreSettings) -> Self {
         let StoreSettings {
             mongodb_url,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_runtime::env::{Env, EnvError, ServiceSettings, process_env};
+use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings};
 
 use crate::metrics::register_redis_connection;
 use crate::store::PresenceStore;
@@ -57,21 +57,12 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-impl Settings {
-    /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(process_env)
-    }
-
-    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
-    /// Empty values count as unset, as `.env` files often leave them.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let env = Env::new(&lookup);
-        let defaults = Self::default();
+impl FromEnv for Settings {
+    fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError> {
         Ok(Self {
-            service: defaults.service.read(&env)?,
+            service: defaults.service.read(env)?,
             redis_url: env.get("CHAT_REDIS_URL"),
-            ttl: ttl(&env)?.unwrap_or(defaults.ttl),
+            ttl: ttl(env)?.unwrap_or(defaults.ttl),
         })
     }
 }

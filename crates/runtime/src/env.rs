@@ -1,7 +1,8 @@
 //! Reading a service's settings from `CHAT_*` environment variables, one way for every
 //! service: each `Settings` has `Default` (the values when nothing is set) and
-//! `from_lookup`, which reads the variables through an [`Env`] over any source of
-//! variables (the process environment in `main`, a slice of pairs in tests). Every
+//! `from_lookup` (most through [`FromEnv`]), which reads the variables through an
+//! [`Env`] over any source of variables (the process environment in `main`, a slice of
+//! pairs in tests, [`lookup`]). Every
 //! variable is described in `.example_env`.
 //!
 //! Rules every service follows alike:
@@ -200,6 +201,24 @@ impl<'a> Env<'a> {
         self.get(TOKEN_VAR)
             .map(|v| InternalToken::parse(&v).map_err(|e| EnvError::new(TOKEN_VAR, e.to_string())))
             .transpose()
+    }
+}
+
+/// A service's `Settings`: its `Default` (the values when nothing is set) and how it
+/// reads its variables over them; `from_env` and `from_lookup` come with it.
+pub trait FromEnv: Default {
+    /// Reads the variables through `env` over `defaults`.
+    fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError>;
+
+    /// Reads the `CHAT_*` variables over the defaults.
+    fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(process_env)
+    }
+
+    /// Like [`FromEnv::from_env`] with any source of variables (tests, the all-in-one).
+    /// Empty values count as unset, as `.env` files often leave them.
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        Self::read(&Env::new(&lookup), Self::default())
     }
 }
 

@@ -1,12 +1,12 @@
 //! `chat-accounts`: the accounts service binary. Configuration: see
 //! [`chat_accounts::Settings`].
 
-use chat_runtime::env::FromEnv as _;
 use std::sync::Arc;
 
 use chat_accounts::throttle::{MemoryThrottle, Policies};
 use chat_accounts::{AccountsServer, Settings, open_store};
 use chat_metrics::Metrics;
+use chat_runtime::env::FromEnv as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -15,7 +15,6 @@
 //! history and presence register their families; the gateway serves it on its
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
-use chat_runtime::env::FromEnv as _;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -24,6 +23,7 @@ use chat_history::HistoryServer;
 use chat_metrics::Metrics;
 use chat_presence::PresenceServer;
 use chat_proto::auth::InternalToken;
+use chat_runtime::env::FromEnv as _;
 use tokio_util::sync::CancellationToken;
 
 /// The all-in-one, bound and ready to run.

@@ -408,7 +408,11 @@ mod tests {
             let parsed = env.internal_token().expect("valid").expect("set");
             assert!(!format!("{parsed:?}").contains(token));
         });
-        for bad in ["too-short", "has a space in it, so no"] {
+        for bad in [
+            "too-short",
+            "has a space in it, so no",
+            "non-ascii-token-ééééééé",
+        ] {
             with(&[("CHAT_INTERNAL_TOKEN", bad)], |env| {
                 let err = env.internal_token().expect_err(bad);
                 assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chat_accounts::throttle::{MemoryThrottle, Policies};
 use chat_accounts::{AccountsServer, Settings, open_store};
 use chat_metrics::Metrics;
+use chat_runtime::env::FromEnv as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -1,11 +1,9 @@
 //! Configuration from the environment, and choosing the store backend from it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use chat_runtime::env::{Env, EnvError, ServiceSettings, process_env};
+use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings, StoreSettings};
 
 use crate::password::HashParams;
 use crate::store::AccountStore;
@@ -25,12 +23,10 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 pub struct Settings {
     /// `CHAT_GRPC_ADDR` (`0.0.0.0:50053`), `CHAT_METRICS_ADDR`, `CHAT_INTERNAL_TOKEN`.
     pub service: ServiceSettings,
-    /// `CHAT_MONGODB_URL`: unset = embedded store. Never printed.
-    pub mongodb_url: Option<String>,
-    /// `CHAT_MONGODB_DB` (`chat`).
-    pub mongodb_db: String,
-    /// `CHAT_DATA_DIR`: the embedded store's directory (`./data`, file `accounts.redb`).
-    pub data_dir: PathBuf,
+    /// `CHAT_MONGODB_URL` (unset = embedded store; never printed), `CHAT_MONGODB_DB`
+    /// (`chat`), `CHAT_DATA_DIR` (the embedded store's directory, `./data`, file
+    /// `accounts.redb`).
+    pub store: StoreSettings,
     /// `CHAT_ACCESS_TOKEN_TTL_SECS`: access-token lifetime (600 s; 1 to 900).
     pub access_token_ttl: Duration,
     /// `CHAT_SESSION_IDLE_DAYS`: a session unused this long ends (30 days).
@@ -60,9 +56,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             service: ServiceSettings::with_port(DEFAULT_GRPC_PORT),
-            mongodb_url: None,
-            mongodb_db: "chat".into(),
-            data_dir: PathBuf::from("./data"),
+            store: StoreSettings::default(),
             access_token_ttl: Duration::from_secs(600),
             session_idle: 30 * DAY,
             session_max: 90 * DAY,
@@ -81,12 +75,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("service", &self.service)
-            .field(
-                "mongodb_url",
-                &self.mongodb_url.as_ref().map(|_| "<redacted>"),
-            )
-            .field("mongodb_db", &self.mongodb_db)
-            .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
             .field("access_token_ttl", &self.access_token_ttl)
             .field("session_idle", &self.session_idle)
             .field("session_max", &self.session_max)
@@ -101,16 +90,8 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-impl Settings {
-    /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(process_env)
-    }
-
-    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let env = Env::new(&lookup);
-        let d = Self::default();
+impl FromEnv for Settings {
+    fn read(env: &Env<'_>, d: Self) -> Result<Self, EnvError> {
         let days = |var: &str, default: Duration| -> Result<Duration, EnvError> {
             let n = env.number_at_least(var, default.as_secs() / DAY.as_secs(), 1)?;
             Ok(DAY.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
@@ -132,10 +113,8 @@ impl Settings {
             ));
         }
         Ok(Self {
-            service: d.service.read(&env)?,
-            mongodb_url: env.get("CHAT_MONGODB_URL"),
-            mongodb_db: env.string("CHAT_MONGODB_DB", &d.mongodb_db),
-            data_dir: env.get("CHAT_DATA_DIR").map_or(d.data_dir, PathBuf::from),
+            service: d.service.read(env)?,
+            store: d.store.read(env),
             access_token_ttl,
             session_idle,
             session_max,
@@ -155,24 +134,13 @@ impl Settings {
     }
 }
 
-/// Opens the store the settings choose: MongoDB when `mongodb_url` is set, else the
-/// embedded store in `data_dir`.
+/// Opens the account store: MongoDB when `CHAT_MONGODB_URL` is set, else the embedded
+/// store (`accounts.redb` in `CHAT_DATA_DIR`).
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn AccountStore>> {
-    if let Some(url) = &settings.mongodb_url {
-        let store = MongoStore::connect(url, &settings.mongodb_db)
-            .await
-            .context("cannot use the MongoDB store")?;
-        tracing::info!(db = %settings.mongodb_db, "account store: MongoDB");
-        Ok(Arc::new(store))
-    } else {
-        let dir = settings.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir))
-            .await
-            .context("opening the embedded store panicked")?
-            .context("cannot open the embedded store")?;
-        tracing::info!(path = %store.path().display(), "account store: embedded");
-        Ok(Arc::new(store))
-    }
+    let mongo =
+        async |url: String, db: String| Ok(Arc::new(MongoStore::connect(&url, &db).await?) as _);
+    let embedded = |dir| EmbeddedStore::open(dir).map(|s| (s.path().to_owned(), Arc::new(s) as _));
+    chat_runtime::store::open(&settings.store, "account store", mongo, embedded).await
 }
 
 #[cfg(test)]
@@ -180,11 +148,7 @@ mod tests {
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(|k| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
+        Settings::from_lookup(chat_runtime::env::lookup(vars))
     }
 
     #[test]

@@ -23,6 +23,7 @@ use chat_history::HistoryServer;
 use chat_metrics::Metrics;
 use chat_presence::PresenceServer;
 use chat_proto::auth::InternalToken;
+use chat_runtime::env::FromEnv as _;
 use tokio_util::sync::CancellationToken;
 
 /// The all-in-one, bound and ready to run.

@@ -248,14 +248,7 @@ mod tests {
     use super::{AuthMode, EnvError, Settings, auth_mode, redis_url};
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(
-            |k| {
-                vars.iter()
-                    .find(|(key, _)| *key == k)
-                    .map(|(_, v)| (*v).to_owned())
-            },
-            AuthMode::Dev,
-        )
+        Settings::from_lookup(chat_runtime::env::lookup(vars), AuthMode::Dev)
     }
 
     #[test]
@@ -309,19 +302,9 @@ mod tests {
             .internal_token;
         assert!(parsed.is_some());
         assert!(!format!("{parsed:?}").contains(token));
-        for bad in [
-            "too-short",
-            "has a space in it, so no",
-            "non-ascii-token-ééééééé",
-        ] {
-            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
-            assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");
-            assert!(
-                err.to_string().starts_with("CHAT_INTERNAL_TOKEN: "),
-                "{err}"
-            );
-            assert!(!err.to_string().contains(bad), "{err}");
-        }
+        // Which tokens are refused, and that errors never repeat them: chat_runtime::env.
+        let err = from(&[("CHAT_INTERNAL_TOKEN", "too-short")]).expect_err("too short");
+        assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   [`store::embedded`] (redb file, group commit; the single-machine default) and
 //!   [`store::mongo`] (MongoDB; several replicas). Both pass `tests/store_suite.rs`.
 //! - [`service`]: the generated gRPC `History` trait implemented on any store; request
-//!   validation and the one `StoreError` -> `tonic::Status` conversion.
+//!   validation (`StoreError` -> `tonic::Status` is `chat_runtime::store`'s).
 //! - [`server`]: [`HistoryServer`], which binds its listener first (port 0 works) and then
 //!   serves History plus gRPC health until a shutdown token is cancelled.
 //! - [`metrics`]: the `chat_history_*` families and [`metrics::MeteredStore`], which

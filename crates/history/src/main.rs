@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use chat_history::{HistoryServer, Settings, open_store};
 use chat_metrics::Metrics;
+use chat_runtime::env::FromEnv as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

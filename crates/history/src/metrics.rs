@@ -18,23 +18,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use chat_metrics::store::StoreCallMetrics;
 use chat_model::RoomId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use crate::store::{Appended, Listed, MessageStore, NewMessage, Page, StoreError};
 
-/// Labels of the operation latency.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    /// `append` or `list`.
-    pub op: &'static str,
-    /// `embedded` or `mongo`.
-    pub backend: &'static str,
-}
+pub use chat_metrics::store::{ErrorLabels, OperationLabels};
 
 /// Labels of the append outcomes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,30 +36,19 @@ pub struct AppendLabels {
     pub result: &'static str,
 }
 
-/// Labels of the store errors.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    /// `append` or `list`.
-    pub op: &'static str,
-    /// `unavailable` or `internal`.
-    pub kind: &'static str,
-}
-
 /// The history families; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
-    operations: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    calls: StoreCallMetrics,
     appends: Family<AppendLabels, Counter>,
-    errors: Family<ErrorLabels, Counter>,
 }
 
 impl Default for StoreMetrics {
     /// Families registered nowhere.
     fn default() -> Self {
         let metrics = Self {
-            operations: Family::new_with_constructor(chat_metrics::buckets::rpc_histogram),
+            calls: StoreCallMetrics::default(),
             appends: Family::default(),
-            errors: Family::default(),
         };
         // Every outcome is present from the start, so ratios and alerts have series.
         for result in ["stored", "duplicate", "error"] {
@@ -80,29 +62,24 @@ impl StoreMetrics {
     /// Registers the families in `registry` (give it the `chat_history` prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register_with_unit(
-            "store_operation_duration",
+        metrics.calls.register_duration(
+            registry,
             "Time of each message store call, by operation (append, list) and backend (embedded, mongo)",
-            Unit::Seconds,
-            metrics.operations.clone(),
         );
         registry.register(
             "appends",
             "Messages appended, by result: stored (new), duplicate (a resend answered with the original) or error",
             metrics.appends.clone(),
         );
-        registry.register(
-            "store_errors",
+        metrics.calls.register_errors(
+            registry,
             "Failed message store calls, by operation and kind (unavailable: retryable; internal)",
-            metrics.errors.clone(),
         );
         metrics
     }
 
     fn observe(&self, op: &'static str, backend: &'static str, start: Instant) {
-        self.operations
-            .get_or_create(&OperationLabels { op, backend })
-            .observe(start.elapsed().as_secs_f64());
+        self.calls.observe(op, backend, start);
     }
 
     fn error(&self, op: &'static str, error: &StoreError) {
@@ -110,7 +87,7 @@ impl StoreMetrics {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Internal(_) => "internal",
         };
-        self.errors.get_or_create(&ErrorLabels { op, kind }).inc();
+        self.calls.error(op, kind);
     }
 }
 

@@ -11,28 +11,12 @@ use chat_proto::history::history_server::History;
 use chat_proto::history::{AppendReply, AppendRequest, ListReply, ListRequest, StoredMessage};
 use tonic::{Request, Response, Status};
 
-use crate::store::{MessageStore, NewMessage, Page, StoreError};
+use crate::store::{MessageStore, NewMessage, Page};
 
 /// Largest `limit` a `List` request may ask for (the proto's contract). Larger values are
 /// refused with `INVALID_ARGUMENT` rather than clamped, so a caller never mistakes a short
 /// page for the end of a room.
 pub const MAX_LIST_LIMIT: u32 = 1000;
-
-/// The one place where store errors become gRPC statuses.
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(msg) => {
-                tracing::warn!(error = %msg, "store unavailable");
-                Status::unavailable(msg)
-            }
-            StoreError::Internal(msg) => {
-                tracing::error!(error = %msg, "store failure");
-                Status::internal(msg)
-            }
-        }
-    }
-}
 
 /// Implements the generated `History` trait on any [`MessageStore`].
 #[derive(Debug, Clone)]
@@ -182,17 +166,5 @@ mod tests {
             let err = new_message(bad).expect_err("invalid");
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
         }
-    }
-
-    #[test]
-    fn store_errors_map_to_statuses() {
-        assert_eq!(
-            Status::from(StoreError::Unavailable("down".into())).code(),
-            tonic::Code::Unavailable
-        );
-        assert_eq!(
-            Status::from(StoreError::Internal("bug".into())).code(),
-            tonic::Code::Internal
-        );
     }
 }

@@ -26,6 +26,8 @@
 //!   state of a service's Redis connections (gateway fan-out, presence store).
 //! - [`serve`]: encoding (the Prometheus text format) and the `/metrics` + `/healthz`
 //!   server of history and presence.
+//! - [`store`]: `<service>_store_operation_duration_seconds` and
+//!   `<service>_store_errors_total` (history, presence).
 //! - [`buckets`]: histogram bucket bounds.
 
 pub mod buckets;
@@ -34,6 +36,7 @@ pub mod http_metrics;
 pub mod process;
 pub mod redis;
 pub mod serve;
+pub mod store;
 pub mod ws;
 
 pub use prometheus_client;

@@ -25,13 +25,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_metrics::RedisConnectionMetrics;
+use chat_metrics::store::StoreCallMetrics;
 use chat_model::{RoomId, UserId};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceStore};
@@ -39,29 +37,12 @@ use crate::store::{ExitBatch, GatewayId, PresenceError, PresenceStats, PresenceS
 /// How often the online users and live gateways are sampled.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Labels of the operation latency.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    /// The store method.
-    pub op: &'static str,
-    /// `memory` or `redis`.
-    pub backend: &'static str,
-}
-
-/// Labels of the store errors.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    /// The store method.
-    pub op: &'static str,
-    /// `unavailable` or `internal`.
-    pub kind: &'static str,
-}
+pub use chat_metrics::store::{ErrorLabels, OperationLabels};
 
 /// The presence families; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PresenceMetrics {
-    operations: Family<OperationLabels, Histogram, fn() -> Histogram>,
-    errors: Family<ErrorLabels, Counter>,
+    calls: StoreCallMetrics,
     sweeps: Counter,
     expired_exits: Counter,
     online_users: Gauge,
@@ -72,8 +53,7 @@ impl Default for PresenceMetrics {
     /// Families registered nowhere.
     fn default() -> Self {
         Self {
-            operations: Family::new_with_constructor(chat_metrics::buckets::rpc_histogram),
-            errors: Family::default(),
+            calls: StoreCallMetrics::default(),
             sweeps: Counter::default(),
             expired_exits: Counter::default(),
             online_users: Gauge::default(),
@@ -86,16 +66,13 @@ impl PresenceMetrics {
     /// Registers the families in `registry` (give it the `chat_presence` prefix).
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        registry.register_with_unit(
-            "store_operation_duration",
+        metrics.calls.register_duration(
+            registry,
             "Time of each presence store call, by operation and backend (memory, redis)",
-            Unit::Seconds,
-            metrics.operations.clone(),
         );
-        registry.register(
-            "store_errors",
+        metrics.calls.register_errors(
+            registry,
             "Failed presence store calls, by operation and kind (unavailable: retryable; internal)",
-            metrics.errors.clone(),
         );
         registry.register(
             "sweeps",
@@ -121,9 +98,7 @@ impl PresenceMetrics {
     }
 
     fn observe(&self, op: &'static str, backend: &'static str, start: Instant) {
-        self.operations
-            .get_or_create(&OperationLabels { op, backend })
-            .observe(start.elapsed().as_secs_f64());
+        self.calls.observe(op, backend, start);
     }
 
     fn record<T>(
@@ -139,7 +114,7 @@ impl PresenceMetrics {
                 PresenceError::Unavailable(_) => "unavailable",
                 PresenceError::Internal(_) => "internal",
             };
-            self.errors.get_or_create(&ErrorLabels { op, kind }).inc();
+            self.calls.error(op, kind);
         }
         result
     }

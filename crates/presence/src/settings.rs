@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chat_runtime::env::{Env, EnvError, ServiceSettings, process_env};
+use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings};
 
 use crate::metrics::register_redis_connection;
 use crate::store::PresenceStore;
@@ -57,21 +57,12 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-impl Settings {
-    /// Reads the `CHAT_*` variables over the defaults.
-    pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_lookup(process_env)
-    }
-
-    /// Like [`Settings::from_env`] with any source of variables (tests, the all-in-one).
-    /// Empty values count as unset, as `.env` files often leave them.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
-        let env = Env::new(&lookup);
-        let defaults = Self::default();
+impl FromEnv for Settings {
+    fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError> {
         Ok(Self {
-            service: defaults.service.read(&env)?,
+            service: defaults.service.read(env)?,
             redis_url: env.get("CHAT_REDIS_URL"),
-            ttl: ttl(&env)?.unwrap_or(defaults.ttl),
+            ttl: ttl(env)?.unwrap_or(defaults.ttl),
         })
     }
 }
@@ -124,51 +115,21 @@ pub async fn open_store(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use chat_proto::auth::InternalToken;
 
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(|k| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        })
-    }
-
-    #[test]
-    fn internal_token_is_validated_and_never_printed() {
-        let token = "presence-test-token-0123456789abcdef";
-        let s = from(&[("CHAT_INTERNAL_TOKEN", token)]).expect("valid");
-        assert_eq!(
-            s.service.internal_token,
-            Some(InternalToken::parse(token).expect("valid"))
-        );
-        assert!(!format!("{s:?}").contains(token));
-        for bad in ["too-short", "has a space in it, so no"] {
-            let err = from(&[("CHAT_INTERNAL_TOKEN", bad)]).expect_err(bad);
-            assert!(err.to_string().contains("CHAT_INTERNAL_TOKEN"), "{err}");
-            assert!(!err.to_string().contains(bad), "{err}");
-        }
+        Settings::from_lookup(chat_runtime::env::lookup(vars))
     }
 
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(from(&[]).expect("defaults"), Settings::default());
         let s = from(&[
-            ("CHAT_GRPC_ADDR", "127.0.0.1:0"),
             ("CHAT_REDIS_URL", "redis://:secret@redis:6379"),
             ("CHAT_PRESENCE_TTL_SECS", "12"),
-            ("CHAT_METRICS_ADDR", ""),
         ])
         .expect("valid");
-        assert_eq!(s.service.grpc_addr, SocketAddr::from(([127, 0, 0, 1], 0)));
-        assert_eq!(
-            s.service.metrics_addr,
-            Settings::default().service.metrics_addr
-        );
         assert_eq!(s.ttl, Duration::from_secs(12));
         assert_eq!(s.redis_url.as_deref(), Some("redis://:secret@redis:6379"));
         assert!(!format!("{s:?}").contains("secret"));

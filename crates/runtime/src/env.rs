@@ -1,7 +1,8 @@
 //! Reading a service's settings from `CHAT_*` environment variables, one way for every
 //! service: each `Settings` has `Default` (the values when nothing is set) and
-//! `from_lookup`, which reads the variables through an [`Env`] over any source of
-//! variables (the process environment in `main`, a slice of pairs in tests). Every
+//! `from_lookup` (most through [`FromEnv`]), which reads the variables through an
+//! [`Env`] over any source of variables (the process environment in `main`, a slice of
+//! pairs in tests, [`lookup`]). Every
 //! variable is described in `.example_env`.
 //!
 //! Rules every service follows alike:
@@ -12,6 +13,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -202,6 +204,24 @@ impl<'a> Env<'a> {
     }
 }
 
+/// A service's `Settings`: its `Default` (the values when nothing is set) and how it
+/// reads its variables over them; `from_env` and `from_lookup` come with it.
+pub trait FromEnv: Default {
+    /// Reads the variables through `env` over `defaults`.
+    fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError>;
+
+    /// Reads the `CHAT_*` variables over the defaults.
+    fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(process_env)
+    }
+
+    /// Like [`FromEnv::from_env`] with any source of variables (tests, the all-in-one).
+    /// Empty values count as unset, as `.env` files often leave them.
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        Self::read(&Env::new(&lookup), Self::default())
+    }
+}
+
 /// Where a gRPC service listens and whom it serves: the part of the settings that
 /// history, presence (and every gRPC service after them) share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,17 +263,70 @@ impl ServiceSettings {
     }
 }
 
+/// Where a service with a database keeps it: the part of the settings that history and
+/// accounts share. `Debug` never prints the MongoDB URL (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `CHAT_MONGODB_URL`: MongoDB connection string; unset or empty = embedded store.
+    pub mongodb_url: Option<String>,
+    /// `CHAT_MONGODB_DB`: database name (`chat`).
+    pub mongodb_db: String,
+    /// `CHAT_DATA_DIR`: the embedded store's directory (`./data`).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            mongodb_url: None,
+            mongodb_db: "chat".into(),
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field(
+                "mongodb_url",
+                &self.mongodb_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("mongodb_db", &self.mongodb_db)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl StoreSettings {
+    /// `CHAT_MONGODB_URL`, `CHAT_MONGODB_DB` and `CHAT_DATA_DIR` over `self`.
+    pub fn read(self, env: &Env<'_>) -> Self {
+        Self {
+            mongodb_url: env.get("CHAT_MONGODB_URL").or(self.mongodb_url),
+            mongodb_db: env.string("CHAT_MONGODB_DB", &self.mongodb_db),
+            data_dir: env
+                .get("CHAT_DATA_DIR")
+                .map_or(self.data_dir, PathBuf::from),
+        }
+    }
+}
+
+/// A source of variables over a slice of pairs, for tests:
+/// `Settings::from_lookup(lookup(&[("CHAT_GRPC_ADDR", "127.0.0.1:0")]))`.
+pub fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| {
+        vars.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn with<R>(vars: &[(&str, &str)], f: impl FnOnce(Env<'_>) -> R) -> R {
-        let lookup = |k: &str| {
-            vars.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| (*v).to_owned())
-        };
-        f(Env::new(&lookup))
+        f(Env::new(&lookup(vars)))
     }
 
     #[test]
@@ -335,7 +408,11 @@ mod tests {
             let parsed = env.internal_token().expect("valid").expect("set");
             assert!(!format!("{parsed:?}").contains(token));
         });
-        for bad in ["too-short", "has a space in it, so no"] {
+        for bad in [
+            "too-short",
+            "has a space in it, so no",
+            "non-ascii-token-ééééééé",
+        ] {
             with(&[("CHAT_INTERNAL_TOKEN", bad)], |env| {
                 let err = env.internal_token().expect_err(bad);
                 assert_eq!(err.var, "CHAT_INTERNAL_TOKEN");
@@ -346,6 +423,33 @@ mod tests {
                 assert!(!err.to_string().contains(bad), "{err}");
             });
         }
+    }
+
+    #[test]
+    fn store_settings_over_defaults_and_never_print_the_url() {
+        with(&[], |env| {
+            assert_eq!(
+                StoreSettings::default().read(&env),
+                StoreSettings::default()
+            );
+        });
+        with(
+            &[
+                ("CHAT_MONGODB_URL", "mongodb://u:secret@db:27017"),
+                ("CHAT_MONGODB_DB", "chat_test"),
+                ("CHAT_DATA_DIR", "/var/lib/chat"),
+            ],
+            |env| {
+                let s = StoreSettings::default().read(&env);
+                assert_eq!(
+                    s.mongodb_url.as_deref(),
+                    Some("mongodb://u:secret@db:27017")
+                );
+                assert_eq!(s.mongodb_db, "chat_test");
+                assert_eq!(s.data_dir, PathBuf::from("/var/lib/chat"));
+                assert!(!format!("{s:?}").contains("secret"));
+            },
+        );
     }
 
     #[test]
@@ -370,6 +474,20 @@ mod tests {
         with(&[("CHAT_METRICS_ADDR", "nope")], |env| {
             let e = ServiceSettings::with_port(1).read(&env).expect_err("bad");
             assert_eq!(e.var, "CHAT_METRICS_ADDR");
+        });
+        let token = "service-test-token-0123456789abcdef";
+        with(&[("CHAT_INTERNAL_TOKEN", token)], |env| {
+            let s = ServiceSettings::with_port(1).read(&env).expect("valid");
+            assert_eq!(
+                s.internal_token,
+                Some(InternalToken::parse(token).expect("valid"))
+            );
+            assert!(!format!("{s:?}").contains(token));
+        });
+        with(&[("CHAT_INTERNAL_TOKEN", "too-short")], |env| {
+            let e = ServiceSettings::with_port(1).read(&env).expect_err("bad");
+            assert_eq!(e.var, "CHAT_INTERNAL_TOKEN");
+            assert!(!e.to_string().contains("too-short"), "{e}");
         });
     }
 }

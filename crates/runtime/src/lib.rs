@@ -12,6 +12,9 @@
 //! - [`grpc`]: [`grpc::GrpcServer`], bind + serve one gRPC service with health, token
 //!   check, metrics and the NOT_SERVING-then-drain shutdown.
 //! - [`health`]: the health reporter behind it, and the shutdown timings.
+//! - [`store`]: what the services with a database share: [`store::StoreError`] (and its
+//!   gRPC status), opening the backend [`env::StoreSettings`] choose, and behind the
+//!   features `mongodb` and `redb` connecting to MongoDB and creating the redb file.
 //!
 //! A new gRPC service is its service implementation, its `Settings` (an
 //! [`env::ServiceSettings`] plus its own variables) and a `main` of a few lines: bind a
@@ -20,6 +23,7 @@
 pub mod env;
 pub mod grpc;
 pub mod health;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -78,22 +78,16 @@ impl EmbeddedStore {
     /// Opens (or creates) `<dir>/accounts.redb`, creating `dir` if needed. Blocks on file
     /// I/O: call it at start-up or on a blocking thread.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
-        // Every table exists from the start, so readers never meet a missing one.
-        let txn = db.begin_write().map_err(failed)?;
-        txn.open_table(USERS).map_err(failed)?;
-        txn.open_table(USERNAMES).map_err(failed)?;
-        txn.open_table(DISPLAY_NAMES).map_err(failed)?;
-        txn.open_table(SESSIONS).map_err(failed)?;
-        txn.open_table(USER_SESSIONS).map_err(failed)?;
-        txn.open_table(SIGNING_KEYS).map_err(failed)?;
-        txn.commit().map_err(failed)?;
+        let (db, path) =
+            chat_runtime::store::embedded::open(dir.as_ref(), FILE_NAME, failed, |txn| {
+                txn.open_table(USERS)?;
+                txn.open_table(USERNAMES)?;
+                txn.open_table(DISPLAY_NAMES)?;
+                txn.open_table(SESSIONS)?;
+                txn.open_table(USER_SESSIONS)?;
+                txn.open_table(SIGNING_KEYS)?;
+                Ok(())
+            })?;
         Ok(Self {
             db: Arc::new(db),
             path,

@@ -18,14 +18,12 @@
 //! Writes use write concern `majority` with journaling: a session or user acknowledged
 //! is not rolled back by a failover.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use chat_model::UserId;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
+use mongodb::options::{Acknowledgment, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -101,19 +99,7 @@ impl MongoStore {
     /// Fails with [`StoreError::Unavailable`] when no server answers within the server
     /// selection timeout (5 s unless the URL sets `serverSelectionTimeoutMS`).
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(url).await.map_err(|e| {
-            // Only the kind: the URL may hold a password.
-            StoreError::Internal(format!("invalid MongoDB URL: {}", e.kind))
-        })?;
-        options
-            .app_name
-            .get_or_insert_with(|| "chat-accounts".into());
-        options
-            .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
-        options
-            .connect_timeout
-            .get_or_insert(Duration::from_secs(5));
+        let mut options = chat_runtime::store::mongo::client_options(url, "chat-accounts").await?;
         options.write_concern.get_or_insert(
             WriteConcern::builder()
                 .w(Acknowledgment::Majority)

@@ -100,19 +100,13 @@ impl EmbeddedStore {
     /// Opens (or creates) `<dir>/history.redb`, creating `dir` if needed, and starts the
     /// writer thread. Blocks on file I/O: call it at start-up or on a blocking thread.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
-        })?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
-        // Create the tables up front so that readers never meet a missing table.
-        let txn = db.begin_write().map_err(db_error)?;
-        txn.open_table(MESSAGES).map_err(db_error)?;
-        txn.open_table(IDEMPOTENCY).map_err(db_error)?;
-        txn.open_table(HEADS).map_err(db_error)?;
-        txn.commit().map_err(db_error)?;
+        let (db, path) =
+            chat_runtime::store::embedded::open(dir.as_ref(), FILE_NAME, db_error, |txn| {
+                txn.open_table(MESSAGES)?;
+                txn.open_table(IDEMPOTENCY)?;
+                txn.open_table(HEADS)?;
+                Ok(())
+            })?;
 
         let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);

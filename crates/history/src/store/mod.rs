@@ -55,16 +55,7 @@ pub struct Listed {
     pub last_seq: Seq,
 }
 
-/// Why the store could not serve a request.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The backend is unreachable or timed out; the caller may retry.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// Stored data could not be read back, or another unexpected failure.
-    #[error("store failure: {0}")]
-    Internal(String),
-}
+pub use chat_runtime::store::StoreError;
 
 /// The contract every backend keeps.
 #[async_trait]

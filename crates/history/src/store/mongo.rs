@@ -32,7 +32,6 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_model::{Message, RoomId, Seq, Timestamp};
@@ -41,7 +40,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, WriteConcern,
+    Acknowledgment, CollectionOptions, IndexOptions, ReadConcern, WriteConcern,
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -145,19 +144,7 @@ impl MongoStore {
     /// Fails with [`StoreError::Unavailable`] when no server answers within the server
     /// selection timeout (5 s unless the URL sets `serverSelectionTimeoutMS`).
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
-        let mut options = ClientOptions::parse(url).await.map_err(|e| {
-            // Only the kind: the URL may hold a password, and the kind says what is wrong.
-            StoreError::Internal(format!("invalid MongoDB URL: {}", e.kind))
-        })?;
-        options
-            .app_name
-            .get_or_insert_with(|| "chat-history".into());
-        options
-            .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
-        options
-            .connect_timeout
-            .get_or_insert(Duration::from_secs(5));
+        let options = chat_runtime::store::mongo::client_options(url, "chat-history").await?;
         let client = Client::with_options(options).map_err(map_error)?;
         let db = client.database(db_name);
         let durable = WriteConcern::builder()

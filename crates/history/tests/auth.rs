@@ -12,8 +12,8 @@ use chat_metrics::Metrics;
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
+use chat_testkit::grpc;
 use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -65,21 +65,15 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
         .await?
         .with_internal_token(Some(token(TOKEN)));
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let channel = served.channel().await;
 
     // Health without a token: probes (kubelet, chat-probe) carry none.
-    let mut open_health = HealthClient::new(channel.clone());
     eventually(Duration::from_secs(10), "SERVING without a token", || {
-        let mut health = open_health.clone();
-        async move {
-            let reply = health.check(health_check()).await.ok()?;
-            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
-        }
+        grpc::health_is(&channel, "", ServingStatus::Serving)
     })
     .await?;
+    let mut open_health = HealthClient::new(channel.clone());
     open_health.check(health_check()).await?;
 
     // No token, a wrong token: refused before the store is touched.
@@ -124,8 +118,7 @@ grpc_server_requests_total{service="chat.history.v1.History",method="Append",cod
     );
     assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await???;
+    served.stop().await;
     Ok(())
 }
 
@@ -140,11 +133,8 @@ async fn no_token_configured_means_no_check() -> anyhow::Result<()> {
         &mut chat_metrics::Metrics::new("test"),
     )
     .await?;
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(server.run(shutdown));
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let channel = served.channel().await;
     HistoryClient::new(channel.clone())
         .append(append("c1"))
         .await?;

@@ -10,22 +10,19 @@ use chat_proto::presence::presence_client::PresenceClient;
 use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, TakeExitsRequest, UserRequest,
 };
-use chat_testkit::process::eventually;
-use tokio_util::sync::CancellationToken;
+use chat_testkit::grpc::{self, Served};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The lease of the test server.
 const TTL: Duration = Duration::from_millis(600);
 
-/// A running server; cancelled and awaited by [`Running::stop`].
+/// The service name the server registers with the health service.
+const SERVICE: &str = "chat.presence.v1.Presence";
+
+/// A running server over a memory store.
 struct Running {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 impl Running {
@@ -38,32 +35,17 @@ impl Running {
         )
         .await
         .expect("bind");
-        let addr = server.local_addr();
-        assert_ne!(addr.port(), 0);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
-            url: format!("http://{addr}"),
-            shutdown,
-            task,
+            served: grpc::serve(server.local_addr(), |shutdown| server.run(shutdown)),
         }
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .expect("valid url")
-            .connect()
-            .await
-            .expect("connect")
+        self.served.channel().await
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("server stops within the grace period")
-            .expect("server task")
-            .expect("server ran cleanly");
+        self.served.stop().await;
     }
 }
 
@@ -280,31 +262,7 @@ async fn invalid_requests_are_invalid_argument() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = Running::start().await;
-    let mut health = HealthClient::new(server.channel().await);
-    for service in ["chat.presence.v1.Presence", ""] {
-        eventually(Duration::from_secs(10), "health SERVING", || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: service.into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == ServingStatus::Serving as i32).then_some(())
-            }
-        })
-        .await
-        .expect("serving");
-    }
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "nope".into(),
-        })
-        .await
-        .expect_err("unknown service");
-    assert_eq!(unknown.code(), Code::NotFound);
+    grpc::assert_health_serving(&server.channel().await, SERVICE).await;
     server.stop().await;
 }
 
@@ -323,49 +281,8 @@ async fn health_follows_redis() {
     )
     .await
     .expect("bind");
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect");
-    let health = HealthClient::new(channel);
-    let status_is = |want: ServingStatus| {
-        let health = health.clone();
-        move || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: "chat.presence.v1.Presence".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == want as i32).then_some(())
-            }
-        }
-    };
-    eventually(
-        Duration::from_secs(10),
-        "SERVING",
-        status_is(ServingStatus::Serving),
-    )
-    .await
-    .expect("serving while Redis is up");
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
     // Pings fail (after the 5 s command timeout at most) once Redis is gone.
-    drop(redis);
-    eventually(
-        Duration::from_secs(20),
-        "NOT_SERVING",
-        status_is(ServingStatus::NotServing),
-    )
-    .await
-    .expect("not serving while Redis is down");
-    shutdown.cancel();
-    task.await
-        .expect("server task")
-        .expect("server ran cleanly");
+    grpc::assert_health_follows(&served.channel().await, SERVICE, redis, "Redis").await;
+    served.join().await;
 }

@@ -2,35 +2,21 @@
 //! gateway, with the eight compatibility metrics (docs/observability.md) exactly, history's, presence's and the gateway's
 //! families, no family twice, and values that chat traffic moves.
 
-use chat_gateway::AuthMode;
 use chat_metrics::missing_lines;
 use chat_testkit::process::eventually;
 use chat_testkit::ws::WsClient;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let history = chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    };
-    let gateway = chat_gateway::Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        auth_mode: AuthMode::Dev,
-        workers: 1,
-        shutdown_grace_secs: 1,
-        ..Default::default()
-    };
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let chat = chat::AllInOne::build(
-        history,
-        chat_presence::Settings::default(),
-        gateway,
-        shutdown.clone(),
-    )
-    .await?;
+    let chat =
+        chat::AllInOne::build_embedded(dir.path(), common::all_in_one_gateway(), shutdown.clone())
+            .await?;
     let addr = chat.http_addr()?;
     tokio::spawn(chat.run());
     let http = reqwest::Client::new();

@@ -11,39 +11,6 @@ use chat_history::store::embedded::EmbeddedStore;
 use chat_history::store::mongo::MongoStore;
 use chat_history::{Listed, MessageStore, NewMessage, Page};
 use chat_model::{ClientMsgId, RoomId, Seq, Timestamp, UserId};
-use chat_testkit::mongo::{MongoServer, unique_db_name};
-
-/// A store plus whatever must outlive it.
-struct Fixture {
-    store: Arc<dyn MessageStore>,
-    /// The data directory of an embedded store.
-    dir: Option<tempfile::TempDir>,
-    /// The server and database of a Mongo store.
-    mongo: Option<(MongoServer, String)>,
-}
-
-async fn open_embedded() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path().join("data")).expect("open embedded store");
-    Fixture {
-        store: Arc::new(store),
-        dir: Some(dir),
-        mongo: None,
-    }
-}
-
-async fn open_mongo() -> Fixture {
-    let server = MongoServer::start().await.expect("start MongoDB server");
-    let db = unique_db_name();
-    let store = MongoStore::connect(&server.url(), &db)
-        .await
-        .expect("connect mongo store");
-    Fixture {
-        store: Arc::new(store),
-        dir: None,
-        mongo: Some((server, db)),
-    }
-}
 
 fn room(s: &str) -> RoomId {
     RoomId::parse(s).expect("valid room")
@@ -327,13 +294,10 @@ async fn ping_answers(fx: Fixture) {
     fx.store.ping().await.expect("ping");
 }
 
-chat_testkit::backend_suite! {
-    backends: {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        embedded => open_embedded,
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        mongo => open_mongo,
-    },
+chat_testkit::store_suite! {
+    store: MessageStore,
+    embedded: EmbeddedStore::open,
+    mongo: MongoStore::connect,
     cases: [
         append_assigns_1_to_n,
         resend_is_idempotent,

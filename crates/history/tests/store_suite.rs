@@ -39,6 +39,11 @@ async fn append_ok(store: &dyn MessageStore, m: NewMessage) -> chat_model::Messa
     appended.message
 }
 
+/// The seq `m` is stored under (a new message).
+async fn append_seq(store: &dyn MessageStore, m: NewMessage) -> Seq {
+    append_ok(store, m).await.seq
+}
+
 // ---- the behaviours ----
 
 async fn append_assigns_1_to_n(fx: Fixture) {
@@ -89,15 +94,11 @@ async fn resend_is_idempotent(fx: Fixture) {
     assert_eq!(next.seq, 3);
     // The key is (room, sender, client_id): same client_id elsewhere is a new message.
     assert_eq!(
-        append_ok(store, msg("general", "bob", "c1", "bob's c1"))
-            .await
-            .seq,
+        append_seq(store, msg("general", "bob", "c1", "bob's c1")).await,
         4
     );
     assert_eq!(
-        append_ok(store, msg("random", "alice", "c1", "other room"))
-            .await
-            .seq,
+        append_seq(store, msg("random", "alice", "c1", "other room")).await,
         1
     );
 
@@ -231,22 +232,16 @@ async fn rooms_are_independent(fx: Fixture) {
         append_ok(store, msg("room-a", "alice", &format!("c{i}"), "a")).await;
     }
     assert_eq!(
-        append_ok(store, msg("dm:alice:bob", "alice", "c1", "b"))
-            .await
-            .seq,
+        append_seq(store, msg("dm:alice:bob", "alice", "c1", "b")).await,
         1
     );
     assert_eq!(
-        append_ok(store, msg("dm:alice:bob", "bob", "c1", "b"))
-            .await
-            .seq,
+        append_seq(store, msg("dm:alice:bob", "bob", "c1", "b")).await,
         2
     );
     // A room whose name extends another's must not see its messages.
     assert_eq!(
-        append_ok(store, msg("room-a2", "alice", "c1", "c"))
-            .await
-            .seq,
+        append_seq(store, msg("room-a2", "alice", "c1", "c")).await,
         1
     );
 
@@ -396,12 +391,7 @@ async fn mongo_new_replica_continues_the_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_is_durable_across_reopen() {
     let fx = open_embedded().await;
-    let data = fx
-        .dir
-        .as_ref()
-        .expect("embedded fixture")
-        .path()
-        .join("data");
+    let data = fx.data_path();
     let mut originals = Vec::new();
     for i in 1..=3 {
         originals.push(
@@ -431,15 +421,10 @@ async fn embedded_is_durable_across_reopen() {
     assert!(again.duplicate);
     assert_eq!(again.message, originals[1]);
     assert_eq!(
-        append_ok(&store, msg("general", "alice", "c4", "m4"))
-            .await
-            .seq,
+        append_seq(&store, msg("general", "alice", "c4", "m4")).await,
         4
     );
-    assert_eq!(
-        append_ok(&store, msg("other", "bob", "c2", "o")).await.seq,
-        2
-    );
+    assert_eq!(append_seq(&store, msg("other", "bob", "c2", "o")).await, 2);
     drop(store);
     drop(dir);
 }
@@ -448,12 +433,7 @@ async fn embedded_is_durable_across_reopen() {
 #[tokio::test]
 async fn embedded_refuses_a_second_open() {
     let fx = open_embedded().await;
-    let data = fx
-        .dir
-        .as_ref()
-        .expect("embedded fixture")
-        .path()
-        .join("data");
+    let data = fx.data_path();
     let err = EmbeddedStore::open(&data).expect_err("second open must fail");
     assert!(
         matches!(err, chat_history::StoreError::Internal(_)),

@@ -111,6 +111,12 @@ impl<S: ?Sized> StoreFixture<S> {
         }
     }
 
+    /// Where an embedded store keeps its data (to reopen it).
+    pub fn data_path(&self) -> std::path::PathBuf {
+        let dir = self.dir.as_ref().expect("embedded fixture");
+        dir.path().join("data")
+    }
+
     /// A Mongo store connected by `connect(url, db)` to a fresh database of a fresh
     /// MongoDB-wire server.
     pub async fn mongo<F, Fut>(connect: F) -> Self

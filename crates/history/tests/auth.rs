@@ -14,10 +14,8 @@ use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
 use chat_testkit::grpc;
 use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
-use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -42,19 +40,9 @@ fn append(client_id: &str) -> AppendRequest {
     }
 }
 
-fn health_check() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: String::new(),
-    }
-}
-
 /// Fails unless `result` is `UNAUTHENTICATED` saying `what` (without any token in it).
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
-    let status = result.expect_err(what);
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().starts_with(what), "{}", status.message());
-    assert!(status.message().contains("CHAT_INTERNAL_TOKEN"));
-    assert!(!status.message().contains(TOKEN) && !status.message().contains(WRONG));
+    grpc::assert_unauthenticated(result, what, &[TOKEN, WRONG]);
 }
 
 #[tokio::test]
@@ -74,7 +62,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     })
     .await?;
     let mut open_health = HealthClient::new(channel.clone());
-    open_health.check(health_check()).await?;
+    open_health.check(grpc::health_check("")).await?;
 
     // No token, a wrong token: refused before the store is touched.
     let mut anonymous = HistoryClient::new(channel.clone());
@@ -93,7 +81,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     // Health refuses a wrong token (the gateway's readiness check relies on it).
     assert_refused(
         HealthClient::new(with_token(&channel, Some(WRONG)))
-            .check(health_check())
+            .check(grpc::health_check(""))
             .await,
         "wrong",
     );
@@ -104,7 +92,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     assert!(!reply.duplicate, "the refused appends stored nothing");
     assert_eq!(reply.message.map(|m| m.seq), Some(1));
     HealthClient::new(with_token(&channel, Some(TOKEN)))
-        .check(health_check())
+        .check(grpc::health_check(""))
         .await?;
 
     // Refusals are counted by the gRPC server metrics, under the real method names.
@@ -179,7 +167,7 @@ async fn the_binary_never_logs_a_token() -> anyhow::Result<()> {
         "wrong",
     );
     HealthClient::new(with_token(&channel, Some(TOKEN)))
-        .check(health_check())
+        .check(grpc::health_check(""))
         .await?;
     child.terminate()?;
     child.wait_exit(Duration::from_secs(20)).await?;

@@ -13,10 +13,8 @@ use chat_proto::presence::presence_client::PresenceClient;
 use chat_proto::presence::{QueryRequest, UserRequest};
 use chat_testkit::grpc;
 use chat_testkit::process::eventually;
-use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -36,18 +34,9 @@ fn attach(user: &str) -> UserRequest {
     }
 }
 
-fn health_check() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: String::new(),
-    }
-}
-
 /// Fails unless `result` is `UNAUTHENTICATED` saying `what` (without any token in it).
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
-    let status = result.expect_err(what);
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().starts_with(what), "{}", status.message());
-    assert!(!status.message().contains(TOKEN) && !status.message().contains(WRONG));
+    grpc::assert_unauthenticated(result, what, &[TOKEN, WRONG]);
 }
 
 #[tokio::test]
@@ -67,7 +56,7 @@ async fn presence_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     .await?;
     assert_refused(
         HealthClient::new(with_token(&channel, Some(WRONG)))
-            .check(health_check())
+            .check(grpc::health_check(""))
             .await,
         "wrong",
     );

@@ -150,3 +150,25 @@ pub async fn assert_health_follows<B>(channel: &Channel, service: &str, backend:
         }
     }
 }
+
+/// Fails unless `result` is UNAUTHENTICATED with a message that starts with `what` and
+/// names `CHAT_INTERNAL_TOKEN`, and holds none of `tokens` (a refusal never echoes one).
+pub fn assert_unauthenticated<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    what: &str,
+    tokens: &[&str],
+) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let message = status.message();
+    assert!(message.starts_with(what), "{message}");
+    assert!(message.contains("CHAT_INTERNAL_TOKEN"), "{message}");
+    assert!(tokens.iter().all(|t| !message.contains(t)), "{message}");
+}
+
+/// A health check of `service` ("" for the server as a whole).
+pub fn health_check(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.into(),
+    }
+}

@@ -9,7 +9,6 @@ use chat_history::store::embedded::EmbeddedStore;
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
 use chat_testkit::grpc::{self, Served};
-use chat_testkit::process::eventually;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -227,24 +226,15 @@ async fn health_follows_the_store() {
 async fn shutdown_reports_not_serving_before_it_stops_serving() {
     let server = Running::start().await;
     let channel = server.channel().await;
-    let channel = &channel;
-    let status_is = |want| move || grpc::health_is(channel, SERVICE, want);
-    eventually(
-        Duration::from_secs(10),
-        "health SERVING",
-        status_is(ServingStatus::Serving),
-    )
-    .await
-    .expect("serving");
+    let health = |want, within| grpc::wait_health(&channel, SERVICE, want, within);
+    health(ServingStatus::Serving, Duration::from_secs(10))
+        .await
+        .expect("serving");
 
     server.served.cancel();
-    eventually(
-        Duration::from_secs(5),
-        "health NOT_SERVING",
-        status_is(ServingStatus::NotServing),
-    )
-    .await
-    .expect("NOT_SERVING reported while still answering");
+    health(ServingStatus::NotServing, Duration::from_secs(5))
+        .await
+        .expect("NOT_SERVING reported while still answering");
     // Still serving calls during the lead time.
     let mut client = HistoryClient::new(channel.clone());
     let reply = client

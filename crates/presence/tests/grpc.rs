@@ -71,6 +71,16 @@ fn heartbeat(gateway: &str, users: &[&str]) -> HeartbeatRequest {
     }
 }
 
+/// Who of `users` is online, by a Query that must succeed (else fails saying `what`).
+async fn who_is_online(
+    client: &mut PresenceClient<Channel>,
+    users: &[&str],
+    what: &str,
+) -> Vec<bool> {
+    let reply = client.query(query(users)).await.expect(what);
+    reply.into_inner().online
+}
+
 fn query(users: &[&str]) -> QueryRequest {
     QueryRequest {
         users: users.iter().map(|u| (*u).to_owned()).collect(),
@@ -88,12 +98,7 @@ async fn transitions_queries_and_expiry() {
     assert!(changed(client.attach(user_req("gw1", "alice")).await));
     assert!(!changed(client.attach(user_req("gw2", "alice")).await));
     assert!(changed(client.attach(user_req("gw2", "bob")).await));
-    let online = client
-        .query(query(&["alice", "bob", "carol"]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &["alice", "bob", "carol"], "query").await;
     assert_eq!(online, vec![true, true, false]);
 
     let room_changed = |r: Result<
@@ -156,12 +161,7 @@ async fn transitions_queries_and_expiry() {
         .expect("ack")
         .into_inner();
     assert!(after.exits.is_empty(), "acknowledged: handed out once");
-    let online = client
-        .query(query(&["alice", "bob"]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &["alice", "bob"], "query").await;
     assert_eq!(online, vec![false, true]);
     let gone = client
         .detach(user_req("gw2", "bob"))
@@ -186,12 +186,7 @@ async fn heartbeat_chunk_of_5000_long_ids() {
         .heartbeat(heartbeat("gw1", &refs))
         .await
         .expect("one chunk");
-    let online = client
-        .query(query(&refs[..500]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &refs[..500], "query").await;
     assert!(online.iter().all(|o| *o));
     server.stop().await;
 }
@@ -245,12 +240,7 @@ async fn invalid_requests_are_invalid_argument() {
     // 500 users is the limit; 501 is refused, not truncated.
     let names: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let online = client
-        .query(query(&refs[..500]))
-        .await
-        .expect("500 users")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &refs[..500], "500 users").await;
     assert_eq!(online.len(), 500);
     let status = client.query(query(&refs)).await.expect_err("501 users");
     assert_eq!(status.code(), Code::InvalidArgument);

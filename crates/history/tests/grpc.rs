@@ -4,14 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_history::HistoryServer;
 use chat_history::store::embedded::EmbeddedStore;
+use chat_history::{HistoryServer, MessageStore};
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
 use chat_testkit::grpc::{self, Served};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
+
+/// A `HistoryServer` over `store` on port 0, served until dropped.
+async fn serve(store: Arc<dyn MessageStore>) -> Served {
+    let mut metrics = chat_metrics::Metrics::new("test");
+    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+        .await
+        .expect("bind");
+    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+}
 
 /// The service name the server registers with the health service.
 const SERVICE: &str = "chat.history.v1.History";
@@ -26,15 +35,8 @@ impl Running {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
-        let server = HistoryServer::bind(
-            ([127, 0, 0, 1], 0).into(),
-            store,
-            &mut chat_metrics::Metrics::new("test"),
-        )
-        .await
-        .expect("bind");
         Self {
-            served: grpc::serve(server.local_addr(), |shutdown| server.run(shutdown)),
+            served: serve(store).await,
             _dir: dir,
         }
     }
@@ -206,14 +208,7 @@ async fn health_follows_the_store() {
     let store = chat_history::store::mongo::MongoStore::connect(&mongo.url(), &db)
         .await
         .expect("connect");
-    let server = HistoryServer::bind(
-        ([127, 0, 0, 1], 0).into(),
-        Arc::new(store),
-        &mut chat_metrics::Metrics::new("test"),
-    )
-    .await
-    .expect("bind");
-    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let served = serve(Arc::new(store)).await;
     // Killing the database makes pings fail (within the 5 s server selection timeout).
     grpc::assert_health_follows(&served.channel().await, SERVICE, mongo, "MongoDB").await;
     served.join().await;

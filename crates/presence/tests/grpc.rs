@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_presence::PresenceServer;
 use chat_presence::store::memory::MemoryPresence;
+use chat_presence::{PresenceServer, PresenceStore};
 use chat_proto::presence::presence_client::PresenceClient;
 use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, TakeExitsRequest, UserRequest,
@@ -17,6 +17,15 @@ use tonic::transport::Channel;
 /// The lease of the test server.
 const TTL: Duration = Duration::from_millis(600);
 
+/// A `PresenceServer` over `store` on port 0, served until dropped.
+async fn serve(store: Arc<dyn PresenceStore>) -> Served {
+    let mut metrics = chat_metrics::Metrics::new("test");
+    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+        .await
+        .expect("bind");
+    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+}
+
 /// The service name the server registers with the health service.
 const SERVICE: &str = "chat.presence.v1.Presence";
 
@@ -27,16 +36,8 @@ struct Running {
 
 impl Running {
     async fn start() -> Self {
-        let store = Arc::new(MemoryPresence::new(TTL));
-        let server = PresenceServer::bind(
-            ([127, 0, 0, 1], 0).into(),
-            store,
-            &mut chat_metrics::Metrics::new("test"),
-        )
-        .await
-        .expect("bind");
         Self {
-            served: grpc::serve(server.local_addr(), |shutdown| server.run(shutdown)),
+            served: serve(Arc::new(MemoryPresence::new(TTL))).await,
         }
     }
 
@@ -264,14 +265,7 @@ async fn health_follows_redis() {
     let store = chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL)
         .await
         .expect("connect");
-    let server = PresenceServer::bind(
-        ([127, 0, 0, 1], 0).into(),
-        Arc::new(store),
-        &mut chat_metrics::Metrics::new("test"),
-    )
-    .await
-    .expect("bind");
-    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let served = serve(Arc::new(store)).await;
     // Pings fail (after the 5 s command timeout at most) once Redis is gone.
     grpc::assert_health_follows(&served.channel().await, SERVICE, redis, "Redis").await;
     served.join().await;

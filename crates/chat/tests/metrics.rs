@@ -51,11 +51,8 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
     assert_eq!(all, types.len(), "a family is exposed twice:\n{text}");
 
     // Traffic: two users in a room, a few messages, a resend, a 404.
-    let url = |user: &str| format!("ws://{addr}/v1/ws?user={user}");
-    let mut alice = WsClient::connect(&url("alice")).await?;
-    let mut bob = WsClient::connect(&url("bob")).await?;
-    alice.join("general", None).await?;
-    bob.join("general", None).await?;
+    let mut alice = WsClient::join_as(addr, "alice", "general").await?;
+    let mut bob = WsClient::join_as(addr, "bob", "general").await?;
     for i in 0..3 {
         let ack = alice
             .send_message("general", &format!("hello {i}"), &format!("c{i}"))

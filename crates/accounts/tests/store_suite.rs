@@ -11,39 +11,6 @@ use chat_accounts::store::{
     AccountStore, Rotation, SessionRecord, SigningKeyRecord, UserRecord, UserUpdate,
 };
 use chat_model::UserId;
-use chat_testkit::mongo::{MongoServer, unique_db_name};
-
-/// A store plus whatever must outlive it.
-struct Fixture {
-    store: Arc<dyn AccountStore>,
-    /// The data directory of an embedded store.
-    _dir: Option<tempfile::TempDir>,
-    /// The server and database of a Mongo store.
-    mongo: Option<(MongoServer, String)>,
-}
-
-async fn open_embedded() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path().join("data")).expect("open embedded store");
-    Fixture {
-        store: Arc::new(store),
-        _dir: Some(dir),
-        mongo: None,
-    }
-}
-
-async fn open_mongo() -> Fixture {
-    let server = MongoServer::start().await.expect("start MongoDB server");
-    let db = unique_db_name();
-    let store = MongoStore::connect(&server.url(), &db)
-        .await
-        .expect("connect mongo store");
-    Fixture {
-        store: Arc::new(store),
-        _dir: None,
-        mongo: Some((server, db)),
-    }
-}
 
 fn id(s: &str) -> UserId {
     UserId::parse(s).expect("valid id")
@@ -424,13 +391,10 @@ async fn ping_answers(fx: Fixture) {
     fx.store.ping().await.expect("ping");
 }
 
-chat_testkit::backend_suite! {
-    backends: {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        embedded => open_embedded,
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        mongo => open_mongo,
-    },
+chat_testkit::store_suite! {
+    store: AccountStore,
+    embedded: EmbeddedStore::open,
+    mongo: MongoStore::connect,
     cases: [
         users_are_stored_and_found,
         usernames_are_unique_also_when_disabled,

@@ -3,21 +3,9 @@
 
 use std::hint::black_box;
 
+use chat_bench::wire::sample_message as message;
 use chat_model::frame::{ServerFrame, parse_client_frame};
-use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-fn message() -> Message {
-    Message {
-        room: RoomId::parse("bench-room-7").expect("valid room"),
-        seq: 123_456,
-        id: "019ad2c4-8b7e-7c3a-9f1e-2b3c4d5e6f70".into(),
-        from: UserId::parse("bench-u42").expect("valid user"),
-        body: chat_bench::wire::body(42, 1000, 1_796_009_028_123_456, 64),
-        ts: Timestamp(1_796_009_028_123),
-        client_id: ClientMsgId::parse("42-1000").expect("valid client id"),
-    }
-}
 
 fn parse(c: &mut Criterion) {
     let body = chat_bench::wire::body(42, 1000, 1_796_009_028_123_456, 64);

@@ -9,7 +9,23 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
+
 use crate::plan::{Auth, Plan, Protocol};
+
+/// The message the benches measure: a 64-byte body (see [`body`]) in a room with a
+/// realistic name, seq and id.
+pub fn sample_message() -> Message {
+    Message {
+        room: RoomId::parse("bench-room-7").expect("valid room"),
+        seq: 123_456,
+        id: "019ad2c4-8b7e-7c3a-9f1e-2b3c4d5e6f70".into(),
+        from: UserId::parse("bench-u42").expect("valid user"),
+        body: body(42, 1000, 1_796_009_028_123_456, 64),
+        ts: Timestamp(1_796_009_028_123),
+        client_id: ClientMsgId::parse("42-1000").expect("valid client id"),
+    }
+}
 
 /// The URL connection `conn` opens; `room` is its only room (used by the raw protocol,
 /// whose room is the path).

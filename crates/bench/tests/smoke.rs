@@ -12,10 +12,6 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_all_in_one_loses_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let history = chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    };
     // Start from the environment's defaults, then pin what this test relies on.
     let mut gateway = chat_gateway::Settings::from_env(AuthMode::Dev)?;
     gateway.http_addr = (Ipv4Addr::LOCALHOST, 0).into();
@@ -24,13 +20,7 @@ async fn healthy_all_in_one_loses_nothing() -> anyhow::Result<()> {
     gateway.workers = 2;
     gateway.shutdown_grace_secs = 1;
     let shutdown = CancellationToken::new();
-    let chat = chat::AllInOne::build(
-        history,
-        chat_presence::Settings::default(),
-        gateway,
-        shutdown.clone(),
-    )
-    .await?;
+    let chat = chat::AllInOne::build_embedded(dir.path(), gateway, shutdown.clone()).await?;
     let addr = chat.http_addr()?;
     let server = tokio::spawn(chat.run());
 

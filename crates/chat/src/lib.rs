@@ -52,6 +52,27 @@ impl AllInOne {
         .await
     }
 
+    /// Binds both services over an embedded store in `data_dir` (presence on its default
+    /// settings) and the gateway from `gateway_settings`, as [`AllInOne::build`] does.
+    pub async fn build_embedded(
+        data_dir: &std::path::Path,
+        gateway_settings: chat_gateway::Settings,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let history_settings = chat_history::Settings {
+            data_dir: data_dir.to_owned(),
+            ..Default::default()
+        };
+        let presence_settings = chat_presence::Settings::default();
+        Self::build(
+            history_settings,
+            presence_settings,
+            gateway_settings,
+            shutdown,
+        )
+        .await
+    }
+
     /// Binds history and presence on private loopback ports and points the gateway at
     /// them. The gateway settings' `internal_token` (or, when `None`, a random one)
     /// protects both services; that of the history and presence settings is not used.

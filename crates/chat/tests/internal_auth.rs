@@ -13,7 +13,6 @@ use chat_proto::presence::presence_client::PresenceClient;
 use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
 use chat_testkit::ws::WsClient;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// The addresses logged as `grpc listening on <addr>`, in order (history, then presence).
 fn grpc_addrs(log: &str) -> Vec<SocketAddr> {
@@ -58,9 +57,7 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
     .await?;
 
     // Another local process, without the token: refused by both services.
-    let history = Channel::from_shared(format!("http://{}", addrs[0]))?
-        .connect()
-        .await?;
+    let history = chat_testkit::grpc::connect(addrs[0]).await;
     let refused = HistoryClient::new(history)
         .append(AppendRequest {
             room: "general".into(),
@@ -71,9 +68,7 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
         .await
         .expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
-    let presence = Channel::from_shared(format!("http://{}", addrs[1]))?
-        .connect()
-        .await?;
+    let presence = chat_testkit::grpc::connect(addrs[1]).await;
     let refused = PresenceClient::new(presence)
         .attach(UserRequest {
             gateway: "fake".into(),

@@ -2,35 +2,21 @@
 //! gateway, with the eight compatibility metrics (docs/observability.md) exactly, history's, presence's and the gateway's
 //! families, no family twice, and values that chat traffic moves.
 
-use chat_gateway::AuthMode;
 use chat_metrics::missing_lines;
 use chat_testkit::process::eventually;
 use chat_testkit::ws::WsClient;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let history = chat_history::Settings {
-        data_dir: dir.path().to_owned(),
-        ..Default::default()
-    };
-    let gateway = chat_gateway::Settings {
-        http_addr: ([127, 0, 0, 1], 0).into(),
-        auth_mode: AuthMode::Dev,
-        workers: 1,
-        shutdown_grace_secs: 1,
-        ..Default::default()
-    };
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let chat = chat::AllInOne::build(
-        history,
-        chat_presence::Settings::default(),
-        gateway,
-        shutdown.clone(),
-    )
-    .await?;
+    let chat =
+        chat::AllInOne::build_embedded(dir.path(), common::all_in_one_gateway(), shutdown.clone())
+            .await?;
     let addr = chat.http_addr()?;
     tokio::spawn(chat.run());
     let http = reqwest::Client::new();
@@ -65,11 +51,8 @@ async fn all_in_one_serves_one_registry() -> anyhow::Result<()> {
     assert_eq!(all, types.len(), "a family is exposed twice:\n{text}");
 
     // Traffic: two users in a room, a few messages, a resend, a 404.
-    let url = |user: &str| format!("ws://{addr}/v1/ws?user={user}");
-    let mut alice = WsClient::connect(&url("alice")).await?;
-    let mut bob = WsClient::connect(&url("bob")).await?;
-    alice.join("general", None).await?;
-    bob.join("general", None).await?;
+    let mut alice = WsClient::join_as(addr, "alice", "general").await?;
+    let mut bob = WsClient::join_as(addr, "bob", "general").await?;
     for i in 0..3 {
         let ack = alice
             .send_message("general", &format!("hello {i}"), &format!("c{i}"))

@@ -42,6 +42,55 @@ impl Ledger {
     }
 }
 
+/// What gateway 1 reaches through the proxy.
+enum Link {
+    Redis,
+    History,
+}
+
+/// A cluster whose gateway 1 reaches Redis or history through a `FaultProxy` (gateway 0
+/// directly), with alice on gateway 1 and bob on gateway 0 in `ROOM`, and their ledgers.
+struct Partitioned {
+    cluster: Cluster,
+    proxy: FaultProxy,
+    alice: WsClient,
+    bob: WsClient,
+    alice_seen: Ledger,
+    bob_seen: Ledger,
+}
+
+impl Partitioned {
+    async fn start(link: Link) -> anyhow::Result<Self> {
+        let mut cluster = Cluster::start(Store::Embedded, 1).await?;
+        let mut settings = cluster.gateway_settings();
+        let proxy = match link {
+            Link::Redis => {
+                let proxy = FaultProxy::start(cluster.redis.addr()).await?;
+                settings.redis_url = Some(format!("redis://{}", proxy.addr()));
+                proxy
+            }
+            Link::History => {
+                let proxy = FaultProxy::start(cluster.history_addr).await?;
+                settings.history_url = format!("http://{}", proxy.addr());
+                proxy
+            }
+        };
+        cluster.add_gateway_with(&settings).await?;
+        let mut alice = cluster.client(1, "alice").await?; // behind the proxy
+        let mut bob = cluster.client(0, "bob").await?;
+        alice.join(ROOM, None).await?;
+        bob.join(ROOM, None).await?;
+        Ok(Self {
+            cluster,
+            proxy,
+            alice,
+            bob,
+            alice_seen: Ledger::default(),
+            bob_seen: Ledger::default(),
+        })
+    }
+}
+
 async fn gauge(cluster: &Cluster, gw: usize, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("{}/metrics", cluster.http_url(gw)))
         .await?
@@ -65,17 +114,14 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
     // gw 0 talks to Redis directly, gw 1 through the proxy.
-    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
-    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
-    let mut settings = cluster.gateway_settings();
-    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
-    cluster.add_gateway_with(&settings).await?;
-
-    let mut alice = cluster.client(1, "alice").await?; // behind the proxy
-    let mut bob = cluster.client(0, "bob").await?;
-    alice.join(ROOM, None).await?;
-    bob.join(ROOM, None).await?;
-    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+    let Partitioned {
+        cluster,
+        mut proxy,
+        mut alice,
+        mut bob,
+        mut alice_seen,
+        mut bob_seen,
+    } = Partitioned::start(Link::Redis).await?;
 
     // Normal service first.
     for i in 0..3 {
@@ -200,16 +246,14 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
-    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
-    let mut settings = cluster.gateway_settings();
-    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
-    cluster.add_gateway_with(&settings).await?;
-    let mut alice = cluster.client(1, "alice").await?;
-    let mut bob = cluster.client(0, "bob").await?;
-    alice.join(ROOM, None).await?;
-    bob.join(ROOM, None).await?;
-    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+    let Partitioned {
+        cluster,
+        mut proxy,
+        mut alice,
+        mut bob,
+        mut alice_seen,
+        mut bob_seen,
+    } = Partitioned::start(Link::Redis).await?;
 
     let before = proxy.connections_accepted();
     proxy.flap(
@@ -250,16 +294,14 @@ async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
-    let mut proxy = FaultProxy::start(cluster.redis.addr()).await?;
-    let mut settings = cluster.gateway_settings();
-    settings.redis_url = Some(format!("redis://{}", proxy.addr()));
-    cluster.add_gateway_with(&settings).await?;
-    let mut alice = cluster.client(1, "alice").await?;
-    let mut bob = cluster.client(0, "bob").await?;
-    alice.join(ROOM, None).await?;
-    bob.join(ROOM, None).await?;
-    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+    let Partitioned {
+        cluster,
+        mut proxy,
+        mut alice,
+        mut bob,
+        mut alice_seen,
+        mut bob_seen,
+    } = Partitioned::start(Link::Redis).await?;
 
     // 200 ms each way between gateway 1 and Redis, for longer than the liveness timeout.
     proxy.set(Fault::Latency(Duration::from_millis(200)));
@@ -292,16 +334,14 @@ async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Store::Embedded, 1).await?;
-    let mut proxy = FaultProxy::start(cluster.history_addr).await?;
-    let mut settings = cluster.gateway_settings();
-    settings.history_url = format!("http://{}", proxy.addr());
-    cluster.add_gateway_with(&settings).await?;
-    let mut alice = cluster.client(1, "alice").await?; // history behind the proxy
-    let mut bob = cluster.client(0, "bob").await?;
-    alice.join(ROOM, None).await?;
-    bob.join(ROOM, None).await?;
-    let (mut alice_seen, mut bob_seen) = (Ledger::default(), Ledger::default());
+    let Partitioned {
+        cluster,
+        mut proxy,
+        mut alice,
+        mut bob,
+        mut alice_seen,
+        mut bob_seen,
+    } = Partitioned::start(Link::History).await?;
     alice.send_message(ROOM, "before", "a-before").await?;
     alice_seen.next(&mut alice, "alice").await?;
     bob_seen.next(&mut bob, "bob").await?;

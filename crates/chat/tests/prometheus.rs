@@ -269,11 +269,8 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
     prometheus.wait_targets_up(targets.len(), DEADLINE).await?;
 
     // Chat traffic: two users, a room, messages both ways, a history page over HTTP.
-    let url = |user: &str| format!("ws://{gateway_addr}/v1/ws?user={user}");
-    let mut alice = WsClient::connect(&url("alice")).await?;
-    let mut bob = WsClient::connect(&url("bob")).await?;
-    alice.join("general", None).await?;
-    bob.join("general", None).await?;
+    let mut alice = WsClient::join_as(gateway_addr, "alice", "general").await?;
+    let mut bob = WsClient::join_as(gateway_addr, "bob", "general").await?;
     for i in 0..5 {
         let (from, to) = if i % 2 == 0 {
             (&mut alice, &mut bob)

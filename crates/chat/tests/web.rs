@@ -2,11 +2,12 @@
 //! `/assets/`, with their types, caching and security headers, and `If-None-Match`
 //! revalidation. (Its behaviour in a real browser: `tests/browser/`.)
 
-use chat_gateway::AuthMode;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 /// An all-in-one on port 0 with its store in a temporary directory; stops when dropped.
 struct Running {
@@ -19,24 +20,10 @@ struct Running {
 impl Running {
     async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let history = chat_history::Settings {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let gateway = chat_gateway::Settings {
-            http_addr: ([127, 0, 0, 1], 0).into(),
-            auth_mode: AuthMode::Dev,
-            workers: 1,
-            shutdown_grace_secs: 1,
-            // history_url and presence_url are filled in by `AllInOne::build` with its
-            // private loopback ports.
-            ..Default::default()
-        };
         let shutdown = CancellationToken::new();
-        let chat = chat::AllInOne::build(
-            history,
-            chat_presence::Settings::default(),
-            gateway,
+        let chat = chat::AllInOne::build_embedded(
+            dir.path(),
+            common::all_in_one_gateway(),
             shutdown.clone(),
         )
         .await?;

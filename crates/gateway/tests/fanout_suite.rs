@@ -69,6 +69,24 @@ fn room(name: &str) -> RoomId {
     RoomId::parse(name).expect("valid room")
 }
 
+/// Round `i` of a subscribe-is-live test: on a fresh connection to `url` and a fresh
+/// room, a message published right after `subscribe` returns is delivered.
+async fn assert_live_when_subscribed(url: &str, i: usize) {
+    let (a, mut rx) = RedisFanOut::connect(url, RedisFanOutMetrics::default())
+        .await
+        .expect("connects");
+    let r = room(&format!("fresh{i}"));
+    a.subscribe(&r).await.expect("subscribe");
+    a.publish(&r, ByteString::from("first"))
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(2), next_event(&mut rx)).await;
+    assert!(
+        got.is_ok(),
+        "event published right after subscribe was lost (round {i})"
+    );
+}
+
 /// The next event, skipping resync hints.
 async fn next_event(rx: &mut mpsc::Receiver<Signal>) -> (String, String) {
     loop {
@@ -243,19 +261,7 @@ async fn redis_reconnects_resubscribes_and_signals_resync() {
 async fn redis_subscribe_is_live_when_it_returns() {
     for i in 0..40 {
         let server = RedisServer::start().await.expect("redis-server starts");
-        let (a, mut rx) = RedisFanOut::connect(&server.url(), RedisFanOutMetrics::default())
-            .await
-            .expect("connects");
-        let r = room(&format!("fresh{i}"));
-        a.subscribe(&r).await.expect("subscribe");
-        a.publish(&r, ByteString::from("first"))
-            .await
-            .expect("publish");
-        let got = tokio::time::timeout(Duration::from_secs(2), next_event(&mut rx)).await;
-        assert!(
-            got.is_ok(),
-            "event published right after subscribe was lost (round {i})"
-        );
+        assert_live_when_subscribed(&server.url(), i).await;
     }
 }
 
@@ -430,19 +436,7 @@ async fn redis_cluster_fans_out_across_shards() {
 async fn redis_cluster_subscribe_is_live_when_it_returns() {
     let cluster = RedisCluster::start(3).await.expect("redis cluster starts");
     for i in 0..40 {
-        let (a, mut rx) = RedisFanOut::connect(&cluster.url(), RedisFanOutMetrics::default())
-            .await
-            .expect("connects");
-        let r = room(&format!("fresh{i}"));
-        a.subscribe(&r).await.expect("subscribe");
-        a.publish(&r, ByteString::from("first"))
-            .await
-            .expect("publish");
-        let got = tokio::time::timeout(Duration::from_secs(2), next_event(&mut rx)).await;
-        assert!(
-            got.is_ok(),
-            "event published right after subscribe was lost (round {i})"
-        );
+        assert_live_when_subscribed(&cluster.url(), i).await;
     }
 }
 

@@ -12,12 +12,10 @@ use chat_metrics::Metrics;
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
+use chat_testkit::grpc;
 use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
-use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -42,19 +40,9 @@ fn append(client_id: &str) -> AppendRequest {
     }
 }
 
-fn health_check() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: String::new(),
-    }
-}
-
 /// Fails unless `result` is `UNAUTHENTICATED` saying `what` (without any token in it).
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
-    let status = result.expect_err(what);
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().starts_with(what), "{}", status.message());
-    assert!(status.message().contains("CHAT_INTERNAL_TOKEN"));
-    assert!(!status.message().contains(TOKEN) && !status.message().contains(WRONG));
+    grpc::assert_unauthenticated(result, what, &[TOKEN, WRONG]);
 }
 
 #[tokio::test]
@@ -65,22 +53,16 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
         .await?
         .with_internal_token(Some(token(TOKEN)));
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let channel = served.channel().await;
 
     // Health without a token: probes (kubelet, chat-probe) carry none.
-    let mut open_health = HealthClient::new(channel.clone());
     eventually(Duration::from_secs(10), "SERVING without a token", || {
-        let mut health = open_health.clone();
-        async move {
-            let reply = health.check(health_check()).await.ok()?;
-            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
-        }
+        grpc::health_is(&channel, "", ServingStatus::Serving)
     })
     .await?;
-    open_health.check(health_check()).await?;
+    let mut open_health = HealthClient::new(channel.clone());
+    open_health.check(grpc::health_check("")).await?;
 
     // No token, a wrong token: refused before the store is touched.
     let mut anonymous = HistoryClient::new(channel.clone());
@@ -99,7 +81,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     // Health refuses a wrong token (the gateway's readiness check relies on it).
     assert_refused(
         HealthClient::new(with_token(&channel, Some(WRONG)))
-            .check(health_check())
+            .check(grpc::health_check(""))
             .await,
         "wrong",
     );
@@ -110,7 +92,7 @@ async fn history_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     assert!(!reply.duplicate, "the refused appends stored nothing");
     assert_eq!(reply.message.map(|m| m.seq), Some(1));
     HealthClient::new(with_token(&channel, Some(TOKEN)))
-        .check(health_check())
+        .check(grpc::health_check(""))
         .await?;
 
     // Refusals are counted by the gRPC server metrics, under the real method names.
@@ -124,8 +106,7 @@ grpc_server_requests_total{service="chat.history.v1.History",method="Append",cod
     );
     assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await???;
+    served.stop().await;
     Ok(())
 }
 
@@ -140,11 +121,8 @@ async fn no_token_configured_means_no_check() -> anyhow::Result<()> {
         &mut chat_metrics::Metrics::new("test"),
     )
     .await?;
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    tokio::spawn(server.run(shutdown));
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let channel = served.channel().await;
     HistoryClient::new(channel.clone())
         .append(append("c1"))
         .await?;
@@ -189,7 +167,7 @@ async fn the_binary_never_logs_a_token() -> anyhow::Result<()> {
         "wrong",
     );
     HealthClient::new(with_token(&channel, Some(TOKEN)))
-        .check(health_check())
+        .check(grpc::health_check(""))
         .await?;
     child.terminate()?;
     child.wait_exit(Duration::from_secs(20)).await?;

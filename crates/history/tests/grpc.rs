@@ -4,23 +4,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_history::HistoryServer;
 use chat_history::store::embedded::EmbeddedStore;
+use chat_history::{HistoryServer, MessageStore};
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
-use chat_testkit::process::eventually;
-use tokio_util::sync::CancellationToken;
+use chat_testkit::grpc::{self, Served};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-/// A running server; cancelled and awaited by [`Running::stop`].
+/// A `HistoryServer` over `store` on port 0, served until dropped.
+async fn serve(store: Arc<dyn MessageStore>) -> Served {
+    let mut metrics = chat_metrics::Metrics::new("test");
+    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+        .await
+        .expect("bind");
+    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+}
+
+/// The service name the server registers with the health service.
+const SERVICE: &str = "chat.history.v1.History";
+
+/// A running server over a store in a temp dir.
 struct Running {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -28,40 +35,18 @@ impl Running {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
-        let server = HistoryServer::bind(
-            ([127, 0, 0, 1], 0).into(),
-            store,
-            &mut chat_metrics::Metrics::new("test"),
-        )
-        .await
-        .expect("bind");
-        let addr = server.local_addr();
-        assert_ne!(addr.port(), 0);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
-            url: format!("http://{addr}"),
-            shutdown,
-            task,
+            served: serve(store).await,
             _dir: dir,
         }
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .expect("valid url")
-            .connect()
-            .await
-            .expect("connect")
+        self.served.channel().await
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("server stops within the grace period")
-            .expect("server task")
-            .expect("server ran cleanly");
+        self.served.stop().await;
     }
 }
 
@@ -206,31 +191,7 @@ async fn invalid_requests_are_invalid_argument() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = Running::start().await;
-    let mut health = HealthClient::new(server.channel().await);
-    for service in ["chat.history.v1.History", ""] {
-        eventually(Duration::from_secs(10), "health SERVING", || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: service.into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == ServingStatus::Serving as i32).then_some(())
-            }
-        })
-        .await
-        .expect("serving");
-    }
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "nope".into(),
-        })
-        .await
-        .expect_err("unknown service");
-    assert_eq!(unknown.code(), Code::NotFound);
+    grpc::assert_health_serving(&server.channel().await, SERVICE).await;
     server.stop().await;
 }
 
@@ -247,58 +208,10 @@ async fn health_follows_the_store() {
     let store = chat_history::store::mongo::MongoStore::connect(&mongo.url(), &db)
         .await
         .expect("connect");
-    let server = HistoryServer::bind(
-        ([127, 0, 0, 1], 0).into(),
-        Arc::new(store),
-        &mut chat_metrics::Metrics::new("test"),
-    )
-    .await
-    .expect("bind");
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect");
-    let health = HealthClient::new(channel);
-    let status_is = |want: ServingStatus| {
-        let health = health.clone();
-        move || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: "chat.history.v1.History".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == want as i32).then_some(())
-            }
-        }
-    };
-    eventually(
-        Duration::from_secs(10),
-        "SERVING",
-        status_is(ServingStatus::Serving),
-    )
-    .await
-    .expect("serving while MongoDB is up");
+    let served = serve(Arc::new(store)).await;
     // Killing the database makes pings fail (within the 5 s server selection timeout).
-    drop(mongo);
-    eventually(
-        Duration::from_secs(20),
-        "NOT_SERVING",
-        status_is(ServingStatus::NotServing),
-    )
-    .await
-    .expect("not serving while MongoDB is down");
-    shutdown.cancel();
-    task.await
-        .expect("server task")
-        .expect("server ran cleanly");
+    grpc::assert_health_follows(&served.channel().await, SERVICE, mongo, "MongoDB").await;
+    served.join().await;
 }
 
 /// Guarantee 8 (docs/architecture.md) for history: on shutdown it reports NOT_SERVING
@@ -308,34 +221,17 @@ async fn health_follows_the_store() {
 async fn shutdown_reports_not_serving_before_it_stops_serving() {
     let server = Running::start().await;
     let channel = server.channel().await;
-    let health = HealthClient::new(channel.clone());
-    let status = || {
-        let mut health = health.clone();
-        async move {
-            let reply = health
-                .check(HealthCheckRequest {
-                    service: "chat.history.v1.History".into(),
-                })
-                .await
-                .ok()?
-                .into_inner();
-            Some(reply.status)
-        }
-    };
-    eventually(Duration::from_secs(10), "health SERVING", || async {
-        (status().await? == ServingStatus::Serving as i32).then_some(())
-    })
-    .await
-    .expect("serving");
+    let health = |want, within| grpc::wait_health(&channel, SERVICE, want, within);
+    health(ServingStatus::Serving, Duration::from_secs(10))
+        .await
+        .expect("serving");
 
-    server.shutdown.cancel();
-    eventually(Duration::from_secs(5), "health NOT_SERVING", || async {
-        (status().await? == ServingStatus::NotServing as i32).then_some(())
-    })
-    .await
-    .expect("NOT_SERVING reported while still answering");
+    server.served.cancel();
+    health(ServingStatus::NotServing, Duration::from_secs(5))
+        .await
+        .expect("NOT_SERVING reported while still answering");
     // Still serving calls during the lead time.
-    let mut client = HistoryClient::new(channel);
+    let mut client = HistoryClient::new(channel.clone());
     let reply = client
         .append(append("drain", "alice", "c1", "still stored"))
         .await

@@ -11,39 +11,6 @@ use chat_history::store::embedded::EmbeddedStore;
 use chat_history::store::mongo::MongoStore;
 use chat_history::{Listed, MessageStore, NewMessage, Page};
 use chat_model::{ClientMsgId, RoomId, Seq, Timestamp, UserId};
-use chat_testkit::mongo::{MongoServer, unique_db_name};
-
-/// A store plus whatever must outlive it.
-struct Fixture {
-    store: Arc<dyn MessageStore>,
-    /// The data directory of an embedded store.
-    dir: Option<tempfile::TempDir>,
-    /// The server and database of a Mongo store.
-    mongo: Option<(MongoServer, String)>,
-}
-
-async fn open_embedded() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path().join("data")).expect("open embedded store");
-    Fixture {
-        store: Arc::new(store),
-        dir: Some(dir),
-        mongo: None,
-    }
-}
-
-async fn open_mongo() -> Fixture {
-    let server = MongoServer::start().await.expect("start MongoDB server");
-    let db = unique_db_name();
-    let store = MongoStore::connect(&server.url(), &db)
-        .await
-        .expect("connect mongo store");
-    Fixture {
-        store: Arc::new(store),
-        dir: None,
-        mongo: Some((server, db)),
-    }
-}
 
 fn room(s: &str) -> RoomId {
     RoomId::parse(s).expect("valid room")
@@ -70,6 +37,11 @@ async fn append_ok(store: &dyn MessageStore, m: NewMessage) -> chat_model::Messa
         appended.message
     );
     appended.message
+}
+
+/// The seq `m` is stored under (a new message).
+async fn append_seq(store: &dyn MessageStore, m: NewMessage) -> Seq {
+    append_ok(store, m).await.seq
 }
 
 // ---- the behaviours ----
@@ -122,15 +94,11 @@ async fn resend_is_idempotent(fx: Fixture) {
     assert_eq!(next.seq, 3);
     // The key is (room, sender, client_id): same client_id elsewhere is a new message.
     assert_eq!(
-        append_ok(store, msg("general", "bob", "c1", "bob's c1"))
-            .await
-            .seq,
+        append_seq(store, msg("general", "bob", "c1", "bob's c1")).await,
         4
     );
     assert_eq!(
-        append_ok(store, msg("random", "alice", "c1", "other room"))
-            .await
-            .seq,
+        append_seq(store, msg("random", "alice", "c1", "other room")).await,
         1
     );
 
@@ -264,22 +232,16 @@ async fn rooms_are_independent(fx: Fixture) {
         append_ok(store, msg("room-a", "alice", &format!("c{i}"), "a")).await;
     }
     assert_eq!(
-        append_ok(store, msg("dm:alice:bob", "alice", "c1", "b"))
-            .await
-            .seq,
+        append_seq(store, msg("dm:alice:bob", "alice", "c1", "b")).await,
         1
     );
     assert_eq!(
-        append_ok(store, msg("dm:alice:bob", "bob", "c1", "b"))
-            .await
-            .seq,
+        append_seq(store, msg("dm:alice:bob", "bob", "c1", "b")).await,
         2
     );
     // A room whose name extends another's must not see its messages.
     assert_eq!(
-        append_ok(store, msg("room-a2", "alice", "c1", "c"))
-            .await
-            .seq,
+        append_seq(store, msg("room-a2", "alice", "c1", "c")).await,
         1
     );
 
@@ -327,13 +289,10 @@ async fn ping_answers(fx: Fixture) {
     fx.store.ping().await.expect("ping");
 }
 
-chat_testkit::backend_suite! {
-    backends: {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        embedded => open_embedded,
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        mongo => open_mongo,
-    },
+chat_testkit::store_suite! {
+    store: MessageStore,
+    embedded: EmbeddedStore::open,
+    mongo: MongoStore::connect,
     cases: [
         append_assigns_1_to_n,
         resend_is_idempotent,
@@ -432,12 +391,7 @@ async fn mongo_new_replica_continues_the_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_is_durable_across_reopen() {
     let fx = open_embedded().await;
-    let data = fx
-        .dir
-        .as_ref()
-        .expect("embedded fixture")
-        .path()
-        .join("data");
+    let data = fx.data_path();
     let mut originals = Vec::new();
     for i in 1..=3 {
         originals.push(
@@ -467,15 +421,10 @@ async fn embedded_is_durable_across_reopen() {
     assert!(again.duplicate);
     assert_eq!(again.message, originals[1]);
     assert_eq!(
-        append_ok(&store, msg("general", "alice", "c4", "m4"))
-            .await
-            .seq,
+        append_seq(&store, msg("general", "alice", "c4", "m4")).await,
         4
     );
-    assert_eq!(
-        append_ok(&store, msg("other", "bob", "c2", "o")).await.seq,
-        2
-    );
+    assert_eq!(append_seq(&store, msg("other", "bob", "c2", "o")).await, 2);
     drop(store);
     drop(dir);
 }
@@ -484,12 +433,7 @@ async fn embedded_is_durable_across_reopen() {
 #[tokio::test]
 async fn embedded_refuses_a_second_open() {
     let fx = open_embedded().await;
-    let data = fx
-        .dir
-        .as_ref()
-        .expect("embedded fixture")
-        .path()
-        .join("data");
+    let data = fx.data_path();
     let err = EmbeddedStore::open(&data).expect_err("second open must fail");
     assert!(
         matches!(err, chat_history::StoreError::Internal(_)),

@@ -11,12 +11,10 @@ use chat_presence::store::memory::MemoryPresence;
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::presence::presence_client::PresenceClient;
 use chat_proto::presence::{QueryRequest, UserRequest};
+use chat_testkit::grpc;
 use chat_testkit::process::eventually;
-use tokio_util::sync::CancellationToken;
-use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -36,18 +34,9 @@ fn attach(user: &str) -> UserRequest {
     }
 }
 
-fn health_check() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: String::new(),
-    }
-}
-
 /// Fails unless `result` is `UNAUTHENTICATED` saying `what` (without any token in it).
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
-    let status = result.expect_err(what);
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().starts_with(what), "{}", status.message());
-    assert!(!status.message().contains(TOKEN) && !status.message().contains(WRONG));
+    grpc::assert_unauthenticated(result, what, &[TOKEN, WRONG]);
 }
 
 #[tokio::test]
@@ -57,24 +46,17 @@ async fn presence_calls_need_the_token_health_does_not() -> anyhow::Result<()> {
     let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
         .await?
         .with_internal_token(Some(InternalToken::parse(TOKEN)?));
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let served = grpc::serve(server.local_addr(), |shutdown| server.run(shutdown));
+    let channel = served.channel().await;
 
     // Health without a token: probes (kubelet, chat-probe) carry none.
-    let open_health = HealthClient::new(channel.clone());
     eventually(Duration::from_secs(10), "SERVING without a token", || {
-        let mut health = open_health.clone();
-        async move {
-            let reply = health.check(health_check()).await.ok()?;
-            (reply.into_inner().status == ServingStatus::Serving as i32).then_some(())
-        }
+        grpc::health_is(&channel, "", ServingStatus::Serving)
     })
     .await?;
     assert_refused(
         HealthClient::new(with_token(&channel, Some(WRONG)))
-            .check(health_check())
+            .check(grpc::health_check(""))
             .await,
         "wrong",
     );
@@ -114,7 +96,6 @@ grpc_server_requests_total{service="chat.presence.v1.Presence",method="Attach",c
     );
     assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), task).await???;
+    served.stop().await;
     Ok(())
 }

@@ -4,66 +4,49 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_presence::PresenceServer;
 use chat_presence::store::memory::MemoryPresence;
+use chat_presence::{PresenceServer, PresenceStore};
 use chat_proto::presence::presence_client::PresenceClient;
 use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, TakeExitsRequest, UserRequest,
 };
-use chat_testkit::process::eventually;
-use tokio_util::sync::CancellationToken;
+use chat_testkit::grpc::{self, Served};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// The lease of the test server.
 const TTL: Duration = Duration::from_millis(600);
 
-/// A running server; cancelled and awaited by [`Running::stop`].
+/// A `PresenceServer` over `store` on port 0, served until dropped.
+async fn serve(store: Arc<dyn PresenceStore>) -> Served {
+    let mut metrics = chat_metrics::Metrics::new("test");
+    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+        .await
+        .expect("bind");
+    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+}
+
+/// The service name the server registers with the health service.
+const SERVICE: &str = "chat.presence.v1.Presence";
+
+/// A running server over a memory store.
 struct Running {
-    url: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 impl Running {
     async fn start() -> Self {
-        let store = Arc::new(MemoryPresence::new(TTL));
-        let server = PresenceServer::bind(
-            ([127, 0, 0, 1], 0).into(),
-            store,
-            &mut chat_metrics::Metrics::new("test"),
-        )
-        .await
-        .expect("bind");
-        let addr = server.local_addr();
-        assert_ne!(addr.port(), 0);
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
-            url: format!("http://{addr}"),
-            shutdown,
-            task,
+            served: serve(Arc::new(MemoryPresence::new(TTL))).await,
         }
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .expect("valid url")
-            .connect()
-            .await
-            .expect("connect")
+        self.served.channel().await
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("server stops within the grace period")
-            .expect("server task")
-            .expect("server ran cleanly");
+        self.served.stop().await;
     }
 }
 
@@ -89,6 +72,16 @@ fn heartbeat(gateway: &str, users: &[&str]) -> HeartbeatRequest {
     }
 }
 
+/// Who of `users` is online, by a Query that must succeed (else fails saying `what`).
+async fn who_is_online(
+    client: &mut PresenceClient<Channel>,
+    users: &[&str],
+    what: &str,
+) -> Vec<bool> {
+    let reply = client.query(query(users)).await.expect(what);
+    reply.into_inner().online
+}
+
 fn query(users: &[&str]) -> QueryRequest {
     QueryRequest {
         users: users.iter().map(|u| (*u).to_owned()).collect(),
@@ -106,12 +99,7 @@ async fn transitions_queries_and_expiry() {
     assert!(changed(client.attach(user_req("gw1", "alice")).await));
     assert!(!changed(client.attach(user_req("gw2", "alice")).await));
     assert!(changed(client.attach(user_req("gw2", "bob")).await));
-    let online = client
-        .query(query(&["alice", "bob", "carol"]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &["alice", "bob", "carol"], "query").await;
     assert_eq!(online, vec![true, true, false]);
 
     let room_changed = |r: Result<
@@ -174,12 +162,7 @@ async fn transitions_queries_and_expiry() {
         .expect("ack")
         .into_inner();
     assert!(after.exits.is_empty(), "acknowledged: handed out once");
-    let online = client
-        .query(query(&["alice", "bob"]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &["alice", "bob"], "query").await;
     assert_eq!(online, vec![false, true]);
     let gone = client
         .detach(user_req("gw2", "bob"))
@@ -204,12 +187,7 @@ async fn heartbeat_chunk_of_5000_long_ids() {
         .heartbeat(heartbeat("gw1", &refs))
         .await
         .expect("one chunk");
-    let online = client
-        .query(query(&refs[..500]))
-        .await
-        .expect("query")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &refs[..500], "query").await;
     assert!(online.iter().all(|o| *o));
     server.stop().await;
 }
@@ -263,12 +241,7 @@ async fn invalid_requests_are_invalid_argument() {
     // 500 users is the limit; 501 is refused, not truncated.
     let names: Vec<String> = (0..501).map(|i| format!("u{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let online = client
-        .query(query(&refs[..500]))
-        .await
-        .expect("500 users")
-        .into_inner()
-        .online;
+    let online = who_is_online(&mut client, &refs[..500], "500 users").await;
     assert_eq!(online.len(), 500);
     let status = client.query(query(&refs)).await.expect_err("501 users");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -280,31 +253,7 @@ async fn invalid_requests_are_invalid_argument() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = Running::start().await;
-    let mut health = HealthClient::new(server.channel().await);
-    for service in ["chat.presence.v1.Presence", ""] {
-        eventually(Duration::from_secs(10), "health SERVING", || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: service.into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == ServingStatus::Serving as i32).then_some(())
-            }
-        })
-        .await
-        .expect("serving");
-    }
-    let unknown = health
-        .check(HealthCheckRequest {
-            service: "nope".into(),
-        })
-        .await
-        .expect_err("unknown service");
-    assert_eq!(unknown.code(), Code::NotFound);
+    grpc::assert_health_serving(&server.channel().await, SERVICE).await;
     server.stop().await;
 }
 
@@ -316,56 +265,8 @@ async fn health_follows_redis() {
     let store = chat_presence::store::redis::RedisPresence::connect(&redis.url(), TTL)
         .await
         .expect("connect");
-    let server = PresenceServer::bind(
-        ([127, 0, 0, 1], 0).into(),
-        Arc::new(store),
-        &mut chat_metrics::Metrics::new("test"),
-    )
-    .await
-    .expect("bind");
-    let url = format!("http://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    let channel = Channel::from_shared(url)
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect");
-    let health = HealthClient::new(channel);
-    let status_is = |want: ServingStatus| {
-        let health = health.clone();
-        move || {
-            let mut health = health.clone();
-            async move {
-                let reply = health
-                    .check(HealthCheckRequest {
-                        service: "chat.presence.v1.Presence".into(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (reply.status == want as i32).then_some(())
-            }
-        }
-    };
-    eventually(
-        Duration::from_secs(10),
-        "SERVING",
-        status_is(ServingStatus::Serving),
-    )
-    .await
-    .expect("serving while Redis is up");
+    let served = serve(Arc::new(store)).await;
     // Pings fail (after the 5 s command timeout at most) once Redis is gone.
-    drop(redis);
-    eventually(
-        Duration::from_secs(20),
-        "NOT_SERVING",
-        status_is(ServingStatus::NotServing),
-    )
-    .await
-    .expect("not serving while Redis is down");
-    shutdown.cancel();
-    task.await
-        .expect("server task")
-        .expect("server ran cleanly");
+    grpc::assert_health_follows(&served.channel().await, SERVICE, redis, "Redis").await;
+    served.join().await;
 }

@@ -12,12 +12,15 @@
 //! - [`ws::WsClient`]: a protocol-v1 WebSocket client for driving gateways.
 //! - [`fault_proxy::FaultProxy`]: a TCP proxy that blackholes, resets, delays or
 //!   flaps the link it sits on (this kernel has no `netem`).
+//! - [`grpc::serve`]: a bound gRPC server of the workspace served until dropped, a
+//!   connected channel to it, and its health status.
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
 //!
 //! And [`backend_suite!`]: the one way a behaviour suite runs the same cases against
 //! every backend of a trait (see [`suite`]).
 
 pub mod fault_proxy;
+pub mod grpc;
 pub mod mongo;
 pub mod process;
 pub mod prometheus;

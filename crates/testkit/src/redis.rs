@@ -74,16 +74,25 @@ async fn spawn_on(addr: SocketAddr) -> anyhow::Result<ChildGuard> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    wait_for_port(addr, Duration::from_secs(10), &mut child).await?;
-    // Another test's server may already own the port (the "free" port was taken between
-    // our check and redis binding it; our server then exits): make sure it is ours.
+    wait_until_ours(addr, &mut child).await?;
+    Ok(child)
+}
+
+/// Waits until `child`, a redis-server spawned to listen on `addr`, accepts connections.
+/// Another test's server may already own the port (the "free" port was taken between
+/// our check and redis binding it; our server then exits): fails unless it is ours.
+pub(crate) async fn wait_until_ours(
+    addr: SocketAddr,
+    child: &mut ChildGuard,
+) -> anyhow::Result<()> {
+    wait_for_port(addr, Duration::from_secs(10), child).await?;
     let pid = server_pid(addr).await?;
     anyhow::ensure!(
         Some(pid) == child.id(),
         "port {} belongs to another redis-server (pid {pid})",
         addr.port()
     );
-    Ok(child)
+    Ok(())
 }
 
 /// The `process_id` a Redis server reports.

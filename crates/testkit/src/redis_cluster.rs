@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{ChildGuard, eventually, free_port, wait_for_port};
-use crate::redis::server_pid;
+use crate::process::{ChildGuard, eventually, free_port};
+use crate::redis::wait_until_ours;
 
 /// Hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -316,13 +316,7 @@ async fn spawn_node(dir: &Path, addr: SocketAddr, bus_port: u16) -> anyhow::Resu
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    wait_for_port(addr, Duration::from_secs(10), &mut child).await?;
-    let pid = server_pid(addr).await?;
-    anyhow::ensure!(
-        Some(pid) == child.id(),
-        "port {} belongs to another redis-server (pid {pid})",
-        addr.port()
-    );
+    wait_until_ours(addr, &mut child).await?;
     Ok(child)
 }
 

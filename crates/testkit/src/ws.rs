@@ -86,6 +86,17 @@ impl WsClient {
             })
     }
 
+    /// Connects to the gateway at `addr` as `user` with dev auth and joins `room`.
+    pub async fn join_as(
+        addr: std::net::SocketAddr,
+        user: &str,
+        room: &str,
+    ) -> anyhow::Result<Self> {
+        let mut client = Self::connect(&format!("ws://{addr}/v1/ws?user={user}")).await?;
+        client.join(room, None).await?;
+        Ok(client)
+    }
+
     /// Connects with extra request headers (`Origin`, ...). `Err(Refused)` inside
     /// the `Ok` when the server answered the upgrade with an HTTP error.
     pub async fn connect_with_headers(

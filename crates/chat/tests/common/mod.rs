@@ -192,6 +192,19 @@ impl Drop for Cluster {
     }
 }
 
+/// Settings of an all-in-one's gateway: port 0 on loopback, dev auth, one worker, a
+/// one-second shutdown grace (history_url and presence_url are filled in by
+/// `AllInOne::build` with its private loopback ports).
+pub fn all_in_one_gateway() -> GatewaySettings {
+    GatewaySettings {
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        auth_mode: chat_gateway::AuthMode::Dev,
+        workers: 1,
+        shutdown_grace_secs: 1,
+        ..Default::default()
+    }
+}
+
 /// A token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
     token_with(

@@ -193,51 +193,43 @@ impl Accounts {
         display_name: &str,
         client: Option<ClientAddr>,
     ) -> Result<Issued, AccountsError> {
-        let result = self
-            .sign_up_inner(username, password, display_name, client)
-            .await;
+        let result: Result<Issued, AccountsError> = async {
+            let throttled: Vec<ThrottleKey> =
+                client.map(ThrottleKey::SignUpAddr).into_iter().collect();
+            let wait = longest_wait(&*self.throttle, &throttled).await?;
+            if !wait.is_zero() {
+                return Err(AccountsError::RateLimited(wait));
+            }
+            let username = names::username(username)?;
+            let display_name = if display_name.trim().is_empty() {
+                username.clone()
+            } else {
+                names::display_name(display_name)?
+            };
+            password::check_policy(password, &[&username, &display_name])?;
+            for key in &throttled {
+                self.throttle.record(key).await?;
+            }
+            if self.store.user_by_username(&username).await?.is_some() {
+                return Err(AccountsError::UsernameTaken);
+            }
+            let user = UserRecord {
+                id: names::new_user_id()?,
+                username,
+                display_name,
+                password_hash: self.hasher.hash(password).await?,
+                created_at: now(),
+                disabled: false,
+            };
+            if !self.store.create_user(&user).await? {
+                return Err(AccountsError::UsernameTaken);
+            }
+            tracing::info!(user = %user.id, "signed up");
+            self.open_session(user).await
+        }
+        .await;
         self.metrics.signup(outcome(&result, "rejected"));
         result
-    }
-
-    async fn sign_up_inner(
-        &self,
-        username: &str,
-        password: &Password,
-        display_name: &str,
-        client: Option<ClientAddr>,
-    ) -> Result<Issued, AccountsError> {
-        let throttled: Vec<ThrottleKey> = client.map(ThrottleKey::SignUpAddr).into_iter().collect();
-        let wait = longest_wait(&*self.throttle, &throttled).await?;
-        if !wait.is_zero() {
-            return Err(AccountsError::RateLimited(wait));
-        }
-        let username = names::username(username)?;
-        let display_name = if display_name.trim().is_empty() {
-            username.clone()
-        } else {
-            names::display_name(display_name)?
-        };
-        password::check_policy(password, &[&username, &display_name])?;
-        for key in &throttled {
-            self.throttle.record(key).await?;
-        }
-        if self.store.user_by_username(&username).await?.is_some() {
-            return Err(AccountsError::UsernameTaken);
-        }
-        let user = UserRecord {
-            id: names::new_user_id()?,
-            username,
-            display_name,
-            password_hash: self.hasher.hash(password).await?,
-            created_at: now(),
-            disabled: false,
-        };
-        if !self.store.create_user(&user).await? {
-            return Err(AccountsError::UsernameTaken);
-        }
-        tracing::info!(user = %user.id, "signed up");
-        self.open_session(user).await
     }
 
     /// Checks a username and password and opens a session.

@@ -3,14 +3,12 @@
 //! sessions, re-reading the signing keys).
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::{HealthCheck, health_check};
 use chat_proto::accounts::accounts_server::{AccountsServer as AccountsGrpc, SERVICE_NAME};
-use chat_proto::auth::InternalToken;
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -65,25 +63,11 @@ impl AccountsServer {
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.grpc.local_addr()
-    }
-
-    /// The service's health: the store answers a ping.
-    pub fn health(&self) -> HealthCheck {
-        store_health(self.accounts.store())
-    }
+    chat_runtime::grpc_server_methods!();
 
     /// The accounts logic (for tests and the operator commands of phase 2).
     pub fn accounts(&self) -> &Arc<Accounts> {
         &self.accounts
-    }
-
-    /// Requires `token` on every Accounts call (see [`GrpcServer::with_internal_token`]).
-    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> Self {
-        self.grpc = self.grpc.with_internal_token(token);
-        self
     }
 
     /// Serves Accounts and `grpc.health.v1.Health` until `shutdown` is cancelled, then

@@ -38,18 +38,12 @@ pub struct AllInOne {
 impl AllInOne {
     /// Opens the store and binds both services, from the environment.
     pub async fn from_env(shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let history_settings = chat_history::Settings::from_env()?;
-        let presence_settings = chat_presence::Settings::from_env()?;
-        let gateway_settings = chat_gateway::Settings::from_env(AuthMode::Dev)?;
+        let history = chat_history::Settings::from_env()?;
+        let presence = chat_presence::Settings::from_env()?;
+        let gateway = chat_gateway::Settings::from_env(AuthMode::Dev)?;
         // Its WebSockets need file descriptors like a standalone gateway's.
-        chat_gateway::open_files::raise_open_file_limit(gateway_settings.limits.max_connections);
-        Self::build(
-            history_settings,
-            presence_settings,
-            gateway_settings,
-            shutdown,
-        )
-        .await
+        chat_gateway::open_files::raise_open_file_limit(gateway.limits.max_connections);
+        Self::build(history, presence, gateway, shutdown).await
     }
 
     /// Binds both services over an embedded store in `data_dir` (presence on its default
@@ -59,18 +53,12 @@ impl AllInOne {
         gateway_settings: chat_gateway::Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let history_settings = chat_history::Settings {
+        let history = chat_history::Settings {
             data_dir: data_dir.to_owned(),
             ..Default::default()
         };
-        let presence_settings = chat_presence::Settings::default();
-        Self::build(
-            history_settings,
-            presence_settings,
-            gateway_settings,
-            shutdown,
-        )
-        .await
+        let presence = chat_presence::Settings::default();
+        Self::build(history, presence, gateway_settings, shutdown).await
     }
 
     /// Binds history and presence on private loopback ports and points the gateway at

@@ -114,24 +114,25 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
     // gw 0 talks to Redis directly, gw 1 through the proxy.
+    let mut parts = Partitioned::start(Link::Redis).await?;
     let Partitioned {
         cluster,
-        mut proxy,
-        mut alice,
-        mut bob,
-        mut alice_seen,
-        mut bob_seen,
-    } = Partitioned::start(Link::Redis).await?;
+        proxy,
+        alice,
+        bob,
+        alice_seen,
+        bob_seen,
+    } = &mut parts;
 
     // Normal service first.
     for i in 0..3 {
         bob.send_message(ROOM, "before", &format!("b-before-{i}"))
             .await?;
-        alice_seen.next(&mut alice, "alice").await?;
-        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
     }
     assert_eq!(
-        gauge(&cluster, 1, "chat_gateway_redis_degraded").await?,
+        gauge(cluster, 1, "chat_gateway_redis_degraded").await?,
         0.0
     );
 
@@ -139,11 +140,11 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
     proxy.set(Fault::Blackhole);
     let cut = Instant::now();
     eventually(Duration::from_secs(10), "the cut detected", || async {
-        let degraded = gauge(&cluster, 1, "chat_gateway_redis_degraded")
+        let degraded = gauge(cluster, 1, "chat_gateway_redis_degraded")
             .await
             .ok()?
             == 1.0;
-        let (status, body) = ready(&cluster, 1).await.ok()?;
+        let (status, body) = ready(cluster, 1).await.ok()?;
         (degraded && status == 503 && body.contains("fan-out")).then_some(())
     })
     .await?;
@@ -154,7 +155,7 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
         "detected after {detected:?}"
     );
     assert_eq!(
-        ready(&cluster, 0).await?.0,
+        ready(cluster, 0).await?.0,
         200,
         "the other gateway stays ready"
     );
@@ -167,8 +168,8 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
             .send_message(ROOM, "during", &format!("b-during-{i}"))
             .await?;
         assert_eq!(ack["type"], "ack", "{ack}");
-        bob_seen.next(&mut bob, "bob").await?;
-        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
         latencies.push(sent.elapsed());
     }
     let during_p99 = p99(latencies.clone());
@@ -190,17 +191,17 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
             "ack took {:?}",
             sent.elapsed()
         );
-        alice_seen.next(&mut alice, "alice").await?;
+        alice_seen.next(alice, "alice").await?;
     }
 
     // Heal: back to pub/sub within a few seconds, and bob gets alice's messages.
     proxy.set(Fault::Pass);
     let healed = Instant::now();
     eventually(Duration::from_secs(10), "the heal seen", || async {
-        let degraded = gauge(&cluster, 1, "chat_gateway_redis_degraded")
+        let degraded = gauge(cluster, 1, "chat_gateway_redis_degraded")
             .await
             .ok()?;
-        let (status, _) = ready(&cluster, 1).await.ok()?;
+        let (status, _) = ready(cluster, 1).await.ok()?;
         (degraded == 0.0 && status == 200).then_some(())
     })
     .await?;
@@ -210,7 +211,7 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
         "recovered after {recovered:?}"
     );
     for _ in 0..3 {
-        let m = bob_seen.next(&mut bob, "bob").await?;
+        let m = bob_seen.next(bob, "bob").await?;
         assert_eq!(m["from"], "alice", "{m}");
     }
     let caught_up = healed.elapsed();
@@ -221,14 +222,14 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
         let sent = Instant::now();
         bob.send_message(ROOM, "after", &format!("b-after-{i}"))
             .await?;
-        bob_seen.next(&mut bob, "bob").await?;
-        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
         after.push(sent.elapsed());
         alice
             .send_message(ROOM, "after", &format!("a-after-{i}"))
             .await?;
-        alice_seen.next(&mut alice, "alice").await?;
-        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
     }
     let after_max = after.iter().max().copied().unwrap_or_default();
     assert!(
@@ -246,14 +247,15 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
+    let mut parts = Partitioned::start(Link::Redis).await?;
     let Partitioned {
         cluster,
-        mut proxy,
-        mut alice,
-        mut bob,
-        mut alice_seen,
-        mut bob_seen,
-    } = Partitioned::start(Link::Redis).await?;
+        proxy,
+        alice,
+        bob,
+        alice_seen,
+        bob_seen,
+    } = &mut parts;
 
     let before = proxy.connections_accepted();
     proxy.flap(
@@ -266,14 +268,14 @@ async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
     while start.elapsed() < Duration::from_secs(12) {
         bob.send_message(ROOM, "flap", &format!("b-flap-{i}"))
             .await?;
-        bob_seen.next(&mut bob, "bob").await?;
-        alice_seen.next(&mut alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
         i += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     proxy.set(Fault::Pass);
     eventually(Duration::from_secs(10), "flapping over", || async {
-        (gauge(&cluster, 1, "chat_gateway_redis_degraded")
+        (gauge(cluster, 1, "chat_gateway_redis_degraded")
             .await
             .ok()?
             == 0.0)
@@ -284,24 +286,25 @@ async fn flapping_link_neither_storms_nor_loses() -> anyhow::Result<()> {
     // connections than the flaps could justify (fred backs off up to 2 s).
     let opened = proxy.connections_accepted() - before;
     assert!(opened <= 30, "{opened} connections in 12 s of flapping");
-    let reconnects = gauge(&cluster, 1, "chat_gateway_redis_reconnects_total").await?;
+    let reconnects = gauge(cluster, 1, "chat_gateway_redis_reconnects_total").await?;
     bob.send_message(ROOM, "steady", "b-steady").await?;
-    bob_seen.next(&mut bob, "bob").await?;
-    alice_seen.next(&mut alice, "alice").await?;
+    bob_seen.next(bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
     println!("flapping: {i} messages, {opened} new connections, {reconnects} reconnects");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
+    let mut parts = Partitioned::start(Link::Redis).await?;
     let Partitioned {
         cluster,
-        mut proxy,
-        mut alice,
-        mut bob,
-        mut alice_seen,
-        mut bob_seen,
-    } = Partitioned::start(Link::Redis).await?;
+        proxy,
+        alice,
+        bob,
+        alice_seen,
+        bob_seen,
+    } = &mut parts;
 
     // 200 ms each way between gateway 1 and Redis, for longer than the liveness timeout.
     proxy.set(Fault::Latency(Duration::from_millis(200)));
@@ -314,17 +317,17 @@ async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
             .send_message(ROOM, "slow", &format!("a-slow-{i}"))
             .await?;
         assert_eq!(ack["type"], "ack", "{ack}");
-        alice_seen.next(&mut alice, "alice").await?;
-        bob_seen.next(&mut bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
+        bob_seen.next(bob, "bob").await?;
         latencies.push(sent.elapsed());
         assert_eq!(
-            gauge(&cluster, 1, "chat_gateway_redis_degraded").await?,
+            gauge(cluster, 1, "chat_gateway_redis_degraded").await?,
             0.0,
             "a slow link was taken for a dead one"
         );
         i += 1;
     }
-    assert_eq!(ready(&cluster, 1).await?.0, 200);
+    assert_eq!(ready(cluster, 1).await?.0, 200);
     let slowest = latencies.iter().max().copied().unwrap_or_default();
     // The publish crosses the slow link once each way: ~400 ms, far from any timeout.
     assert!(slowest < Duration::from_secs(2), "{latencies:?}");
@@ -334,17 +337,18 @@ async fn slow_link_is_not_a_partition() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyhow::Result<()> {
+    let mut parts = Partitioned::start(Link::History).await?;
     let Partitioned {
         cluster,
-        mut proxy,
-        mut alice,
-        mut bob,
-        mut alice_seen,
-        mut bob_seen,
-    } = Partitioned::start(Link::History).await?;
+        proxy,
+        alice,
+        bob,
+        alice_seen,
+        bob_seen,
+    } = &mut parts;
     alice.send_message(ROOM, "before", "a-before").await?;
-    alice_seen.next(&mut alice, "alice").await?;
-    bob_seen.next(&mut bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    bob_seen.next(bob, "bob").await?;
 
     proxy.set(Fault::Blackhole);
     let cut = Instant::now();
@@ -358,7 +362,7 @@ async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyh
         "answered after {answered:?}"
     );
     eventually(Duration::from_secs(10), "gateway 1 unready", || async {
-        (ready(&cluster, 1).await.ok()?.0 == 503).then_some(())
+        (ready(cluster, 1).await.ok()?.0 == 503).then_some(())
     })
     .await?;
     let unready = cut.elapsed();
@@ -383,17 +387,17 @@ async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyh
         acked <= Duration::from_secs(5),
         "acked {acked:?} after the heal"
     );
-    alice_seen.next(&mut alice, "alice").await?;
-    let m = bob_seen.next(&mut bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    let m = bob_seen.next(bob, "bob").await?;
     assert_eq!(m["client_id"], "a-cut", "{m}");
     eventually(Duration::from_secs(10), "gateway 1 ready", || async {
-        (ready(&cluster, 1).await.ok()?.0 == 200).then_some(())
+        (ready(cluster, 1).await.ok()?.0 == 200).then_some(())
     })
     .await?;
     // Nothing stored twice: the next message follows at once.
     alice.send_message(ROOM, "after", "a-after").await?;
-    alice_seen.next(&mut alice, "alice").await?;
-    bob_seen.next(&mut bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    bob_seen.next(bob, "bob").await?;
     println!(
         "history cut: unavailable after {answered:?}, unready after {unready:?}; \
          acked {acked:?} after the heal (duplicate: {})",

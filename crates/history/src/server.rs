@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::{HealthCheck, health_check};
-use chat_proto::auth::InternalToken;
 use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -52,21 +51,7 @@ impl HistoryServer {
         Ok(Self { grpc, store })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.grpc.local_addr()
-    }
-
-    /// The service's health: the store answers a ping (gRPC health and `/healthz`).
-    pub fn health(&self) -> HealthCheck {
-        store_health(&self.store)
-    }
-
-    /// Requires `token` on every History call (see [`GrpcServer::with_internal_token`]).
-    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> Self {
-        self.grpc = self.grpc.with_internal_token(token);
-        self
-    }
+    chat_runtime::grpc_server_methods!();
 
     /// Serves History and `grpc.health.v1.Health` until `shutdown` is cancelled, then
     /// drains (see [`GrpcServer::serve`]). Health is SERVING while the store answers

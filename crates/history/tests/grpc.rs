@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chat_history::store::embedded::EmbeddedStore;
 use chat_history::{HistoryServer, MessageStore};
+use chat_metrics::Metrics;
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::{AppendRequest, ListRequest};
 use chat_testkit::grpc::{self, Served};
@@ -15,11 +16,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A `HistoryServer` over `store` on port 0, served until dropped.
 async fn serve(store: Arc<dyn MessageStore>) -> Served {
-    let mut metrics = chat_metrics::Metrics::new("test");
-    let server = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+    let (addr, metrics) = (([127, 0, 0, 1], 0).into(), &mut Metrics::new("test"));
+    let server = HistoryServer::bind(addr, store, metrics)
         .await
         .expect("bind");
-    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+    grpc::serve(server.local_addr(), |stop| server.run(stop))
 }
 
 /// The service name the server registers with the health service.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::{HealthCheck, health_check};
-use chat_proto::auth::InternalToken;
 use chat_proto::presence::presence_server::{PresenceServer as PresenceGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -94,21 +93,7 @@ impl PresenceServer {
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.grpc.local_addr()
-    }
-
-    /// The service's health: the store answers a ping (gRPC health and `/healthz`).
-    pub fn health(&self) -> HealthCheck {
-        store_health(&self.store)
-    }
-
-    /// Requires `token` on every Presence call (see [`GrpcServer::with_internal_token`]).
-    pub fn with_internal_token(mut self, token: Option<InternalToken>) -> Self {
-        self.grpc = self.grpc.with_internal_token(token);
-        self
-    }
+    chat_runtime::grpc_server_methods!();
 
     /// Serves Presence and `grpc.health.v1.Health` until `shutdown` is cancelled, then
     /// drains (see [`GrpcServer::serve`]). Health is SERVING while the store answers

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_metrics::Metrics;
 use chat_presence::store::memory::MemoryPresence;
 use chat_presence::{PresenceServer, PresenceStore};
 use chat_proto::presence::presence_client::PresenceClient;
@@ -19,11 +20,11 @@ const TTL: Duration = Duration::from_millis(600);
 
 /// A `PresenceServer` over `store` on port 0, served until dropped.
 async fn serve(store: Arc<dyn PresenceStore>) -> Served {
-    let mut metrics = chat_metrics::Metrics::new("test");
-    let server = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics)
+    let (addr, metrics) = (([127, 0, 0, 1], 0).into(), &mut Metrics::new("test"));
+    let server = PresenceServer::bind(addr, store, metrics)
         .await
         .expect("bind");
-    grpc::serve(server.local_addr(), |shutdown| server.run(shutdown))
+    grpc::serve(server.local_addr(), |stop| server.run(stop))
 }
 
 /// The service name the server registers with the health service.

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use chat_metrics::GrpcMetrics;
-use chat_metrics::serve::HealthCheck;
-use chat_proto::auth::{InternalToken, RequireToken};
+pub use chat_metrics::serve::HealthCheck;
+pub use chat_proto::auth::InternalToken;
+use chat_proto::auth::RequireToken;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -77,6 +78,11 @@ impl GrpcServer {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The health check given at bind (also served on `/healthz`).
+    pub fn health(&self) -> HealthCheck {
+        self.health.clone()
     }
 
     /// Requires `token` (`authorization: Bearer <token>`) on every call of the service;
@@ -150,4 +156,29 @@ impl GrpcServer {
         tracing::info!(addr = %self.local_addr, "grpc server stopped");
         result
     }
+}
+
+/// The methods every service's server type (a struct with a `grpc: GrpcServer` field)
+/// exposes of its [`GrpcServer`], written once: `local_addr`, `health` and
+/// `with_internal_token`. Invoke it inside the type's `impl` block.
+#[macro_export]
+macro_rules! grpc_server_methods {
+    () => {
+        /// The bound address.
+        pub fn local_addr(&self) -> ::std::net::SocketAddr {
+            self.grpc.local_addr()
+        }
+
+        /// The service's health: its backend answers (gRPC health and `/healthz`).
+        pub fn health(&self) -> $crate::grpc::HealthCheck {
+            self.grpc.health()
+        }
+
+        /// Requires `token` on every call of the service (see
+        /// [`GrpcServer::with_internal_token`](chat_runtime::grpc::GrpcServer::with_internal_token)).
+        pub fn with_internal_token(mut self, token: Option<$crate::grpc::InternalToken>) -> Self {
+            self.grpc = self.grpc.with_internal_token(token);
+            self
+        }
+    };
 }

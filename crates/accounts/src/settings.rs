@@ -147,16 +147,12 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn AccountSt
 mod tests {
     use super::*;
 
-    fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(chat_runtime::env::lookup(vars))
-    }
-
     #[test]
     fn defaults_and_overrides() {
-        let d = from(&[]).expect("defaults");
+        let d = Settings::from_pairs(&[]).expect("defaults");
         assert_eq!(d, Settings::default());
         assert_eq!(d.service.grpc_addr.port(), 50053);
-        let s = from(&[
+        let s = Settings::from_pairs(&[
             ("CHAT_MONGODB_URL", "mongodb://u:secret@db:27017"),
             ("CHAT_ACCESS_TOKEN_TTL_SECS", "900"),
             ("CHAT_SESSION_IDLE_DAYS", "7"),
@@ -188,10 +184,11 @@ mod tests {
             ("CHAT_SESSION_IDLE_DAYS", "0"),
             ("CHAT_HASH_THREADS", "0"),
         ] {
-            let err = from(&[(var, value)]).expect_err(var);
+            let err = Settings::from_pairs(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");
         }
-        let err = from(&[("CHAT_SESSION_IDLE_DAYS", "100")]).expect_err("max < idle");
+        let err =
+            Settings::from_pairs(&[("CHAT_SESSION_IDLE_DAYS", "100")]).expect_err("max < idle");
         assert_eq!(err.var, "CHAT_SESSION_MAX_DAYS");
     }
 }

@@ -131,10 +131,7 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
         alice_seen.next(alice, "alice").await?;
         bob_seen.next(bob, "bob").await?;
     }
-    assert_eq!(
-        gauge(cluster, 1, "chat_gateway_redis_degraded").await?,
-        0.0
-    );
+    assert_eq!(gauge(cluster, 1, "chat_gateway_redis_degraded").await?, 0.0);
 
     // Cut: nothing forwarded either way, nothing closed.
     proxy.set(Fault::Blackhole);

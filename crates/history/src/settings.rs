@@ -87,18 +87,15 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn MessageSt
 
 #[cfg(test)]
 mod tests {
-    use chat_runtime::env::lookup;
-
     use super::*;
-
-    fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(lookup(vars))
-    }
 
     #[test]
     fn defaults_and_overrides() {
-        assert_eq!(from(&[]).expect("defaults"), Settings::default());
-        let s = from(&[
+        assert_eq!(
+            Settings::from_pairs(&[]).expect("defaults"),
+            Settings::default()
+        );
+        let s = Settings::from_pairs(&[
             ("CHAT_MONGODB_URL", "mongodb://u:secret@db:27017"),
             ("CHAT_MONGODB_DB", "chat_test"),
             ("CHAT_DATA_DIR", "/var/lib/chat"),
@@ -111,7 +108,7 @@ mod tests {
 
     #[test]
     fn bad_address_is_named() {
-        let err = from(&[("CHAT_GRPC_ADDR", "nope")]).expect_err("invalid");
+        let err = Settings::from_pairs(&[("CHAT_GRPC_ADDR", "nope")]).expect_err("invalid");
         assert_eq!(err.var, "CHAT_GRPC_ADDR");
         assert!(
             err.to_string().starts_with("CHAT_GRPC_ADDR=\"nope\": "),

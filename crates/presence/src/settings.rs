@@ -118,14 +118,13 @@ mod tests {
 
     use super::*;
 
-    fn from(vars: &[(&str, &str)]) -> Result<Settings, EnvError> {
-        Settings::from_lookup(chat_runtime::env::lookup(vars))
-    }
-
     #[test]
     fn defaults_and_overrides() {
-        assert_eq!(from(&[]).expect("defaults"), Settings::default());
-        let s = from(&[
+        assert_eq!(
+            Settings::from_pairs(&[]).expect("defaults"),
+            Settings::default()
+        );
+        let s = Settings::from_pairs(&[
             ("CHAT_REDIS_URL", "redis://:secret@redis:6379"),
             ("CHAT_PRESENCE_TTL_SECS", "12"),
         ])
@@ -137,7 +136,7 @@ mod tests {
 
     #[test]
     fn ttl_in_milliseconds_wins() {
-        let s = from(&[
+        let s = Settings::from_pairs(&[
             ("CHAT_PRESENCE_TTL_SECS", "30"),
             ("CHAT_PRESENCE_TTL_MS", "600"),
         ])
@@ -154,7 +153,7 @@ mod tests {
             ("CHAT_PRESENCE_TTL_MS", "99"),
             ("CHAT_PRESENCE_TTL_MS", "-1"),
         ] {
-            let err = from(&[(var, value)]).expect_err(value);
+            let err = Settings::from_pairs(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{err}");
             assert!(err.to_string().contains(value), "{err}");
         }

@@ -220,6 +220,11 @@ pub trait FromEnv: Default {
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         Self::read(&Env::new(&lookup), Self::default())
     }
+
+    /// Like [`FromEnv::from_lookup`] over `(variable, value)` pairs (tests, examples).
+    fn from_pairs(vars: &[(&str, &str)]) -> Result<Self, EnvError> {
+        Self::from_lookup(lookup(vars))
+    }
 }
 
 /// Where a gRPC service listens and whom it serves: the part of the settings that

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chat_metrics::Metrics;
-use chat_metrics::serve::{HealthCheck, health_check};
+use chat_metrics::serve::ping_check;
 use chat_proto::accounts::accounts_server::{AccountsServer as AccountsGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,10 @@ impl AccountsServer {
         let grpc = GrpcServer::bind(
             settings.service.grpc_addr,
             SERVICE_NAME,
-            store_health(accounts.store()),
+            ping_check(
+                Arc::clone(accounts.store()),
+                |s| async move { s.ping().await },
+            ),
             metrics.grpc.clone(),
         )
         .await
@@ -116,13 +119,4 @@ async fn housekeeping(accounts: Arc<Accounts>, purge_interval: Duration, stop: C
             },
         }
     }
-}
-
-/// A health check that pings `store`.
-fn store_health(store: &Arc<dyn AccountStore>) -> HealthCheck {
-    let store = Arc::clone(store);
-    health_check(move || {
-        let store = Arc::clone(&store);
-        async move { store.ping().await.map_err(|e| e.to_string()) }
-    })
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chat_metrics::Metrics;
-use chat_metrics::serve::{HealthCheck, health_check};
+use chat_metrics::serve::ping_check;
 use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ impl HistoryServer {
         let grpc = GrpcServer::bind(
             addr,
             SERVICE_NAME,
-            store_health(&store),
+            ping_check(Arc::clone(&store), |s| async move { s.ping().await }),
             metrics.grpc.clone(),
         )
         .await?;
@@ -65,13 +65,4 @@ impl HistoryServer {
             )
             .await
     }
-}
-
-/// A health check that pings `store`.
-fn store_health(store: &Arc<dyn MessageStore>) -> HealthCheck {
-    let store = Arc::clone(store);
-    health_check(move || {
-        let store = Arc::clone(&store);
-        async move { store.ping().await.map_err(|e| e.to_string()) }
-    })
 }

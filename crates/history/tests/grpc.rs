@@ -8,6 +8,7 @@ use chat_history::store::embedded::EmbeddedStore;
 use chat_history::{HistoryServer, MessageStore};
 use chat_metrics::Metrics;
 use chat_proto::history::history_client::HistoryClient;
+use chat_proto::history::history_server::SERVICE_NAME as SERVICE;
 use chat_proto::history::{AppendRequest, ListRequest};
 use chat_testkit::grpc::{self, Served};
 use tonic::Code;
@@ -16,15 +17,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A `HistoryServer` over `store` on port 0, served until dropped.
 async fn serve(store: Arc<dyn MessageStore>) -> Served {
-    let (addr, metrics) = (([127, 0, 0, 1], 0).into(), &mut Metrics::new("test"));
-    let server = HistoryServer::bind(addr, store, metrics)
-        .await
-        .expect("bind");
+    let mut metrics = Metrics::new("test");
+    let bound = HistoryServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics);
+    let server = bound.await.expect("bind");
     grpc::serve(server.local_addr(), |stop| server.run(stop))
 }
-
-/// The service name the server registers with the health service.
-const SERVICE: &str = "chat.history.v1.History";
 
 /// A running server over a store in a temp dir.
 struct Running {

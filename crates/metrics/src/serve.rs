@@ -33,6 +33,21 @@ pub fn encode(registry: &Registry) -> String {
 pub type HealthCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// A health check that pings `backend` (a service's store): `ping` gets a clone of it
+/// each time, so the future it returns owns what it uses.
+pub fn ping_check<B, F, Fut, E>(backend: B, ping: F) -> HealthCheck
+where
+    B: Clone + Send + Sync + 'static,
+    F: Fn(B) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    health_check(move || {
+        let pinged = ping(backend.clone());
+        async move { pinged.await.map_err(|e| e.to_string()) }
+    })
+}
+
 /// A health check from an async closure.
 pub fn health_check<F, Fut>(check: F) -> HealthCheck
 where

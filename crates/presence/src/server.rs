@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chat_metrics::Metrics;
-use chat_metrics::serve::{HealthCheck, health_check};
+use chat_metrics::serve::ping_check;
 use chat_proto::presence::presence_server::{PresenceServer as PresenceGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ impl PresenceServer {
         let grpc = GrpcServer::bind(
             addr,
             SERVICE_NAME,
-            store_health(&store),
+            ping_check(Arc::clone(&store), |s| async move { s.ping().await }),
             metrics.grpc.clone(),
         )
         .await?;
@@ -124,13 +124,4 @@ impl PresenceServer {
         }
         result
     }
-}
-
-/// A health check that pings `store`.
-fn store_health(store: &Arc<dyn PresenceStore>) -> HealthCheck {
-    let store = Arc::clone(store);
-    health_check(move || {
-        let store = Arc::clone(&store);
-        async move { store.ping().await.map_err(|e| e.to_string()) }
-    })
 }

@@ -8,6 +8,7 @@ use chat_metrics::Metrics;
 use chat_presence::store::memory::MemoryPresence;
 use chat_presence::{PresenceServer, PresenceStore};
 use chat_proto::presence::presence_client::PresenceClient;
+use chat_proto::presence::presence_server::SERVICE_NAME as SERVICE;
 use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomExit, RoomRequest, TakeExitsRequest, UserRequest,
 };
@@ -20,15 +21,11 @@ const TTL: Duration = Duration::from_millis(600);
 
 /// A `PresenceServer` over `store` on port 0, served until dropped.
 async fn serve(store: Arc<dyn PresenceStore>) -> Served {
-    let (addr, metrics) = (([127, 0, 0, 1], 0).into(), &mut Metrics::new("test"));
-    let server = PresenceServer::bind(addr, store, metrics)
-        .await
-        .expect("bind");
+    let mut metrics = Metrics::new("test");
+    let bound = PresenceServer::bind(([127, 0, 0, 1], 0).into(), store, &mut metrics);
+    let server = bound.await.expect("bind");
     grpc::serve(server.local_addr(), |stop| server.run(stop))
 }
-
-/// The service name the server registers with the health service.
-const SERVICE: &str = "chat.presence.v1.Presence";
 
 /// A running server over a memory store.
 struct Running {

@@ -11,12 +11,14 @@
 //!   client frames, serialising server frames.
 //! - [`error`]: the protocol's error codes.
 //! - [`limits`]: size limits shared by the gateway and its clients.
+//! - [`revocation`]: ended sessions, as accounts announces them to the gateways.
 
 pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod message;
+pub mod revocation;
 
 pub use error::ErrorCode;
 pub use ids::{ClientMsgId, IdError, RoomId, Seq, UserId};

@@ -12,8 +12,8 @@
 //!   users), the session lifecycle.
 //! - [`password`]: the password policy and argon2id on a bounded pool.
 //! - [`tokens`]: signing keys and their rotation, access-token signing, refresh tokens.
-//! - [`verify`]: verifying access tokens with the published keys only (no store): what
-//!   the gateway will use.
+//! - [`verify`]: verifying access tokens with the published keys only (no store), the
+//!   module `chat_proto::verify` the gateway uses too.
 //! - [`throttle`]: growing delays for log-ins and sign-ups, behind the [`Throttle`] trait.
 //! - [`service`]: the gRPC implementation and the one error → status mapping.
 //! - [`server`]: [`AccountsServer`] (gRPC + health + housekeeping), [`settings`]
@@ -31,9 +31,10 @@ pub mod settings;
 pub mod store;
 pub mod throttle;
 pub mod tokens;
-pub mod verify;
 
 pub use accounts::Accounts;
+/// Verifying access tokens lives in `chat-proto`, shared with the gateway.
+pub use chat_proto::verify;
 pub use error::AccountsError;
 pub use server::AccountsServer;
 pub use settings::{Settings, open_store};

@@ -1,13 +1,15 @@
-//! The all-in-one chat: the history service, the presence service and a gateway in one
-//! process, for a single machine. Defaults: embedded on-disk store in `CHAT_DATA_DIR`,
-//! in-memory presence, in-process fan-out, dev auth (`?user=`), HTTP on `0.0.0.0:8000`.
-//! The same `CHAT_*` variables as the split services select MongoDB or Redis instead.
+//! The all-in-one chat: the history, presence and accounts services and a gateway in one
+//! process, for a single machine. Defaults: embedded on-disk stores in `CHAT_DATA_DIR`,
+//! in-memory presence, in-process fan-out, accounts' tokens (sign up on the page; dev
+//! auth `?user=` only with `CHAT_AUTH_MODE=dev`), HTTP on `0.0.0.0:8000`. The same
+//! `CHAT_*` variables as the split services select MongoDB or Redis instead.
 //!
-//! History and presence listen on loopback ports of their own and the gateway calls them
-//! over gRPC, exactly as in the split deployment, so both run one code path.
+//! History, presence and accounts listen on loopback ports of their own and the gateway
+//! calls them over gRPC, exactly as in the split deployment, so both run one code path.
+//! The gateway always uses this process's accounts (`CHAT_ACCOUNTS_URL` is not read).
 //!
-//! Internal token: the loopback ports are open to every local user, so history and
-//! presence require a token from the gateway as in the split deployment:
+//! Internal token: the loopback ports are open to every local user, so the services
+//! require a token from the gateway as in the split deployment:
 //! `CHAT_INTERNAL_TOKEN` when set, else a random one made at start (32 bytes from the
 //! OS, never printed or stored), which no other process can know.
 //!
@@ -16,8 +18,11 @@
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use chat_accounts::AccountsServer;
+use chat_accounts::throttle::{MemoryThrottle, Policies};
 use chat_gateway::{AuthMode, Gateway};
 use chat_history::HistoryServer;
 use chat_metrics::Metrics;
@@ -26,28 +31,43 @@ use chat_proto::auth::InternalToken;
 use chat_runtime::env::FromEnv as _;
 use tokio_util::sync::CancellationToken;
 
+/// What `CHAT_ACCOUNTS_URL` reads as while the gateway's settings are read from the
+/// environment; [`AllInOne::build`] replaces it with the in-process service's address.
+const IN_PROCESS_ACCOUNTS: &str = "http://127.0.0.1:0";
+
 /// The all-in-one, bound and ready to run.
 #[derive(Debug)]
 pub struct AllInOne {
     history: HistoryServer,
     presence: PresenceServer,
+    accounts: AccountsServer,
     gateway: Gateway,
     shutdown: CancellationToken,
 }
 
 impl AllInOne {
-    /// Opens the store and binds both services, from the environment.
+    /// Opens the stores and binds the services, from the environment.
     pub async fn from_env(shutdown: CancellationToken) -> anyhow::Result<Self> {
         let history = chat_history::Settings::from_env()?;
         let presence = chat_presence::Settings::from_env()?;
-        let gateway = chat_gateway::Settings::from_env(AuthMode::Dev)?;
+        let accounts = chat_accounts::Settings::from_env()?;
+        // The gateway's accounts is this process's: its URL stands here for token mode's
+        // requirement until `build` knows the real loopback address.
+        let gateway = chat_gateway::Settings::from_lookup(
+            |var| match var {
+                "CHAT_ACCOUNTS_URL" => Some(IN_PROCESS_ACCOUNTS.to_owned()),
+                _ => chat_runtime::env::process_env(var),
+            },
+            AuthMode::Jwt,
+        )?;
         // Its WebSockets need file descriptors like a standalone gateway's.
         chat_gateway::open_files::raise_open_file_limit(gateway.limits.max_connections);
-        Self::build(history, presence, gateway, shutdown).await
+        Self::build(history, presence, accounts, gateway, shutdown).await
     }
 
-    /// Binds both services over an embedded store in `data_dir` (presence on its default
-    /// settings) and the gateway from `gateway_settings`, as [`AllInOne::build`] does.
+    /// Binds the services over embedded stores in `data_dir` (presence and accounts on
+    /// their default settings otherwise) and the gateway from `gateway_settings`, as
+    /// [`AllInOne::build`] does.
     pub async fn build_embedded(
         data_dir: &std::path::Path,
         gateway_settings: chat_gateway::Settings,
@@ -58,15 +78,19 @@ impl AllInOne {
             ..Default::default()
         };
         let presence = chat_presence::Settings::default();
-        Self::build(history, presence, gateway_settings, shutdown).await
+        let mut accounts = chat_accounts::Settings::default();
+        accounts.store.data_dir = data_dir.to_owned();
+        Self::build(history, presence, accounts, gateway_settings, shutdown).await
     }
 
-    /// Binds history and presence on private loopback ports and points the gateway at
-    /// them. The gateway settings' `internal_token` (or, when `None`, a random one)
-    /// protects both services; that of the history and presence settings is not used.
+    /// Binds history, presence and accounts on private loopback ports and points the
+    /// gateway at them. The gateway settings' `internal_token` (or, when `None`, a random
+    /// one) protects the services; that of their own settings is not used. The gateway
+    /// verifies the tokens of this accounts (its issuer and audience).
     pub async fn build(
         history_settings: chat_history::Settings,
         presence_settings: chat_presence::Settings,
+        mut accounts_settings: chat_accounts::Settings,
         mut gateway_settings: chat_gateway::Settings,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
@@ -86,13 +110,29 @@ impl AllInOne {
         let presence = PresenceServer::bind(loopback, presence_store, &mut metrics)
             .await
             .context("binding the in-process presence service")?
-            .with_internal_token(Some(token));
+            .with_internal_token(Some(token.clone()));
+        accounts_settings.service.grpc_addr = loopback;
+        accounts_settings.service.internal_token = Some(token);
+        let accounts_store = chat_accounts::open_store(&accounts_settings).await?;
+        let throttle = Arc::new(MemoryThrottle::new(Policies::default()));
+        let accounts =
+            AccountsServer::bind(&accounts_settings, accounts_store, throttle, &mut metrics)
+                .await
+                .context("binding the in-process accounts service")?;
         gateway_settings.history_url = format!("http://{}", history.local_addr());
         gateway_settings.presence_url = format!("http://{}", presence.local_addr());
+        gateway_settings.accounts_url = Some(format!("http://{}", accounts.local_addr()));
+        gateway_settings
+            .token_issuer
+            .clone_from(&accounts_settings.token_issuer);
+        gateway_settings
+            .token_audience
+            .clone_from(&accounts_settings.token_audience);
         let gateway = Gateway::build(&gateway_settings, shutdown.clone(), metrics).await?;
         Ok(Self {
             history,
             presence,
+            accounts,
             gateway,
             shutdown,
         })
@@ -113,19 +153,29 @@ impl AllInOne {
         self.presence.local_addr()
     }
 
-    /// Runs until the shutdown token is cancelled. The gateway drains first; history and
-    /// presence stop after it, so in-flight sends still get stored and acked and closing
+    /// The loopback gRPC address of the in-process accounts service.
+    pub fn accounts_addr(&self) -> SocketAddr {
+        self.accounts.local_addr()
+    }
+
+    /// Runs until the shutdown token is cancelled. The gateway drains first; the
+    /// services stop after it, so in-flight sends still get stored and acked and closing
     /// connections still report their presence.
     pub async fn run(self) -> anyhow::Result<()> {
         let backends_stop = CancellationToken::new();
         let history = tokio::spawn(self.history.run(backends_stop.clone()));
         let presence = tokio::spawn(self.presence.run(backends_stop.clone()));
+        let accounts = tokio::spawn(self.accounts.run(backends_stop.clone()));
         let gateway_result = self.gateway.run().await;
         backends_stop.cancel();
         let history_result = history.await.context("history task panicked")?;
         let presence_result = presence.await.context("presence task panicked")?;
+        let accounts_result = accounts.await.context("accounts task panicked")?;
         drop(self.shutdown);
-        gateway_result.and(history_result).and(presence_result)
+        gateway_result
+            .and(history_result)
+            .and(presence_result)
+            .and(accounts_result)
     }
 }
 

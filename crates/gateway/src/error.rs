@@ -56,6 +56,7 @@ impl GatewayError {
 pub enum Backend {
     History,
     Presence,
+    Accounts,
 }
 
 impl Backend {
@@ -64,6 +65,7 @@ impl Backend {
         match self {
             Self::History => "history",
             Self::Presence => "presence",
+            Self::Accounts => "accounts",
         }
     }
 }
@@ -137,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_failed_call_names_its_backend() {
-        for backend in [Backend::History, Backend::Presence] {
+        for backend in [Backend::History, Backend::Presence, Backend::Accounts] {
             let name = backend.name();
             for code in [
                 Code::Unavailable,

@@ -89,7 +89,7 @@ async fn websocket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     // Who first: a missing or bad token is a 401 whatever the origin (docs/protocol.md).
-    let user = state.auth.authenticate(&req)?;
+    let identity = state.auth.authenticate(&req).await?;
     let origin = req
         .headers()
         .get(actix_web::http::header::ORIGIN)
@@ -123,7 +123,7 @@ async fn websocket(
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
     actix_web::rt::spawn(crate::session::serve(
         state.into_inner(),
-        user,
+        identity.user,
         ws,
         stream,
         admitted,
@@ -161,7 +161,7 @@ async fn room_messages(
     room: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let user = state.auth.authenticate(&req)?;
+    let user = state.auth.authenticate(&req).await?.user;
     let query = web::Query::<PageQuery>::from_query(req.query_string())
         .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?;
     let room =
@@ -198,7 +198,7 @@ async fn presence(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    state.auth.authenticate(&req)?;
+    state.auth.authenticate(&req).await?;
     let query = web::Query::<PresenceQuery>::from_query(req.query_string())
         .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?;
     let listed = query.users.as_deref().unwrap_or_default();

@@ -7,7 +7,10 @@
 //! # Layout
 //!
 //! - [`settings`]: configuration from the environment.
-//! - [`auth`]: JWT HS256 and dev-mode identities.
+//! - [`auth`]: who a request speaks for: accounts' EdDSA tokens, an external issuer's
+//!   HS256 tokens, dev-mode `?user=`.
+//! - [`accounts`]: the gRPC client of the accounts service and the cache of its public
+//!   signing keys.
 //! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/v1/presence`,
 //!   `/healthz`, `/readyz`, `/metrics`) and the request-metrics middleware.
 //! - [`state`]: [`state::AppState`], shared by every route and session, and
@@ -29,6 +32,7 @@
 //!   failed gRPC call becomes one naming its [`error::Backend`].
 //! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
+pub mod accounts;
 pub mod auth;
 pub mod conn;
 pub mod counts;
@@ -54,6 +58,7 @@ use actix_web::{App, HttpServer};
 use chat_metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::AccountsClient;
 use crate::fanout::FanOut;
 use crate::fanout::memory::InProcessFanOut;
 use crate::fanout::redis::RedisFanOut;
@@ -142,16 +147,28 @@ impl Gateway {
             hub.clone(),
             shutdown.clone(),
         ));
+        let accounts = settings
+            .accounts_url
+            .as_deref()
+            .map(|url| {
+                AccountsClient::connect_lazy(
+                    url,
+                    &gateway_metrics.grpc,
+                    settings.internal_token.as_ref(),
+                    &settings.token_issuer,
+                    &settings.token_audience,
+                )
+            })
+            .transpose()?;
+        if let Some(accounts) = &accounts {
+            tokio::spawn(accounts.keys().clone().run_refresh(shutdown.clone()));
+        }
+        let auth = settings.authenticator(accounts.as_ref().map(|a| a.keys().clone()))?;
         let listener = bind(settings.http_addr)?;
-        let state = AppState::new(
-            hub,
-            presence,
-            settings.authenticator()?,
-            settings.gateway_id.clone(),
-            shutdown,
-        )
-        .with_metrics(gateway_metrics, Arc::new(metrics.registry))
-        .with_limits(settings.limits.clone());
+        let state = AppState::new(hub, presence, auth, settings.gateway_id.clone(), shutdown)
+            .with_accounts(accounts)
+            .with_metrics(gateway_metrics, Arc::new(metrics.registry))
+            .with_limits(settings.limits.clone());
         Ok(Self {
             listener,
             state: Arc::new(state),

@@ -13,9 +13,11 @@ use crate::limits::{Limits, parse_origins};
 /// How clients authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
-    /// JWT HS256 only.
+    /// Tokens only (`CHAT_AUTH_MODE=jwt`): accounts' EdDSA tokens when
+    /// `CHAT_ACCOUNTS_URL` is set, an external issuer's HS256 tokens when
+    /// `CHAT_JWT_SECRET` is set, both when both are.
     Jwt,
-    /// `?user=` accepted without a token (and tokens too when a secret is set).
+    /// `?user=` accepted without a token (and tokens too, as in [`AuthMode::Jwt`]).
     Dev,
 }
 
@@ -32,10 +34,19 @@ pub struct Settings {
     /// A `redis-cluster://` URL (or `CHAT_REDIS_CLUSTER=true`, which turns `redis://`
     /// into `redis-cluster://` here) selects Redis Cluster with sharded pub/sub.
     pub redis_url: Option<String>,
-    /// `CHAT_AUTH_MODE` (when unset: JWT if a secret is set, else the binary's default,
-    /// JWT for `chat-gateway` and dev for the all-in-one).
+    /// `CHAT_ACCOUNTS_URL`: the accounts service (`http://accounts:50053`), whose
+    /// tokens are then verified and whose `/v1/auth` and `/v1/users` endpoints are
+    /// served. `None`: no accounts (external tokens or dev mode only).
+    pub accounts_url: Option<String>,
+    /// `CHAT_TOKEN_ISSUER` / `CHAT_TOKEN_AUDIENCE`: the `iss` and `aud` accounts' tokens
+    /// must carry (`chat-accounts`, `chat`: accounts' own defaults).
+    pub token_issuer: String,
+    pub token_audience: String,
+    /// `CHAT_AUTH_MODE` (when unset: tokens only if a secret or accounts is configured,
+    /// else the binary's default, tokens for `chat-gateway`).
     pub auth_mode: AuthMode,
-    /// `CHAT_JWT_SECRET`: required in JWT mode.
+    /// `CHAT_JWT_SECRET`: an external issuer's HS256 key. In token mode this or
+    /// `CHAT_ACCOUNTS_URL` is required.
     pub jwt_secret: Option<Secret>,
     /// `CHAT_INTERNAL_TOKEN`: sent on every history and presence call (`authorization:
     /// Bearer`), as those services require when they have one. Never printed.
@@ -59,6 +70,9 @@ impl Default for Settings {
             history_url: "http://127.0.0.1:50051".into(),
             presence_url: "http://127.0.0.1:50052".into(),
             redis_url: None,
+            accounts_url: None,
+            token_issuer: "chat-accounts".into(),
+            token_audience: "chat".into(),
             auth_mode: AuthMode::Jwt,
             jwt_secret: None,
             internal_token: None,
@@ -103,14 +117,15 @@ fn limits(env: &Env<'_>) -> Result<Limits, EnvError> {
     })
 }
 
-/// `CHAT_AUTH_MODE`, or when it is unset: JWT if a secret is configured, else `default`.
+/// `CHAT_AUTH_MODE`, or when it is unset: tokens only if a token issuer is configured
+/// (a secret or accounts), else `default`.
 fn auth_mode(
     mode: Option<&str>,
-    secret_set: bool,
+    issuer_set: bool,
     default: AuthMode,
 ) -> Result<AuthMode, EnvError> {
     match mode.map(str::trim) {
-        None if secret_set => Ok(AuthMode::Jwt),
+        None if issuer_set => Ok(AuthMode::Jwt),
         None => Ok(default),
         Some("jwt") => Ok(AuthMode::Jwt),
         Some("dev") => Ok(AuthMode::Dev),
@@ -130,8 +145,9 @@ pub fn random_gateway_id() -> String {
 
 impl Settings {
     /// Reads the environment, with `default_auth` when `CHAT_AUTH_MODE` is unset, except
-    /// that a configured `CHAT_JWT_SECRET` then means JWT mode: dev mode (`?user=`) is
-    /// only ever on when nothing says the operator wants tokens, or when asked for by name.
+    /// that a configured `CHAT_JWT_SECRET` or `CHAT_ACCOUNTS_URL` then means token mode:
+    /// dev mode (`?user=`) is only ever on when nothing says the operator wants tokens,
+    /// or when asked for by name.
     pub fn from_env(default_auth: AuthMode) -> Result<Self, EnvError> {
         Self::from_lookup(process_env, default_auth)
     }
@@ -145,6 +161,7 @@ impl Settings {
         let env = Env::new(&lookup);
         let defaults = Self::default();
         let jwt_secret = env.secret("CHAT_JWT_SECRET");
+        let accounts_url = env.get("CHAT_ACCOUNTS_URL");
         let settings = Self {
             http_addr: env.addr("CHAT_HTTP_ADDR", defaults.http_addr)?,
             history_url: env.string("CHAT_HISTORY_URL", &defaults.history_url),
@@ -155,9 +172,12 @@ impl Settings {
             ),
             auth_mode: auth_mode(
                 env.get("CHAT_AUTH_MODE").as_deref(),
-                jwt_secret.is_some(),
+                jwt_secret.is_some() || accounts_url.is_some(),
                 default_auth,
             )?,
+            accounts_url,
+            token_issuer: env.string("CHAT_TOKEN_ISSUER", &defaults.token_issuer),
+            token_audience: env.string("CHAT_TOKEN_AUDIENCE", &defaults.token_audience),
             jwt_secret,
             internal_token: env.internal_token()?,
             gateway_id: env.get("CHAT_GATEWAY_ID").unwrap_or(defaults.gateway_id),
@@ -172,10 +192,15 @@ impl Settings {
 
     /// Checks combinations of values.
     pub fn validate(&self) -> Result<(), EnvError> {
-        if self.auth_mode == AuthMode::Jwt && self.jwt_secret.is_none() {
+        if self.auth_mode == AuthMode::Jwt
+            && self.jwt_secret.is_none()
+            && self.accounts_url.is_none()
+        {
             return Err(EnvError::new(
-                "CHAT_JWT_SECRET",
-                "required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev for local use)",
+                "CHAT_ACCOUNTS_URL",
+                "CHAT_ACCOUNTS_URL (accounts' tokens) or CHAT_JWT_SECRET (an external \
+                 issuer's) is required when CHAT_AUTH_MODE=jwt (or set CHAT_AUTH_MODE=dev \
+                 for local use)",
             ));
         }
         let id = &self.gateway_id;
@@ -214,8 +239,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The authenticator these settings describe.
-    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, EnvError> {
+    /// The authenticator these settings describe, verifying accounts' tokens with
+    /// `accounts` (the key cache of the accounts client, when `CHAT_ACCOUNTS_URL` is set).
+    pub fn authenticator(
+        &self,
+        accounts: Option<std::sync::Arc<crate::accounts::KeyCache>>,
+    ) -> Result<crate::auth::Authenticator, EnvError> {
         if let Some(secret) = &self.jwt_secret
             && chat_proto::auth::is_placeholder(secret.expose())
         {
@@ -226,17 +255,8 @@ impl Settings {
             );
         }
         let secret = self.jwt_secret.as_ref().map(|s| s.expose().as_bytes());
-        let auth = match (self.auth_mode, secret) {
-            (AuthMode::Jwt, Some(secret)) => crate::auth::Authenticator::jwt(secret),
-            (AuthMode::Jwt, None) => {
-                return Err(EnvError::new(
-                    "CHAT_JWT_SECRET",
-                    "required when CHAT_AUTH_MODE=jwt",
-                ));
-            }
-            (AuthMode::Dev, secret) => crate::auth::Authenticator::dev(secret),
-        };
-        auth.map_err(|e| EnvError::new("CHAT_JWT_SECRET", e.to_string()))
+        crate::auth::Authenticator::new(self.auth_mode == AuthMode::Dev, secret, accounts)
+            .map_err(|e| EnvError::new("CHAT_JWT_SECRET", e.to_string()))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use chat_metrics::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::AccountsClient;
 use crate::auth::Authenticator;
 use crate::conn::ConnId;
 use crate::limits::Limits;
@@ -22,6 +23,8 @@ pub struct AppState {
     pub hub: Hub,
     pub presence: Arc<PresenceTracker>,
     pub auth: Authenticator,
+    /// The accounts service (`CHAT_ACCOUNTS_URL`), behind `/v1/auth` and `/v1/users`.
+    pub accounts: Option<AccountsClient>,
     /// This instance's id, sent in `hello` and used in connection ids.
     pub gateway_id: String,
     /// Cancelled on SIGTERM: readiness turns false, upgrades are refused, sessions close
@@ -52,6 +55,7 @@ impl AppState {
             hub,
             presence,
             auth,
+            accounts: None,
             gateway_id,
             shutdown,
             metrics: GatewayMetrics::default(),
@@ -67,6 +71,12 @@ impl AppState {
     pub fn with_metrics(mut self, metrics: GatewayMetrics, registry: Arc<Registry>) -> Self {
         self.metrics = metrics;
         self.registry = registry;
+        self
+    }
+
+    /// Serves the accounts endpoints with `accounts`.
+    pub fn with_accounts(mut self, accounts: Option<AccountsClient>) -> Self {
+        self.accounts = accounts;
         self
     }
 

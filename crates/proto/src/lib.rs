@@ -8,12 +8,15 @@
 //! - [`accounts`]: `chat.accounts.v1`, the accounts service, with [`accounts::ErrorDetail`]
 //!   helpers to attach a refusal's reason to a status and to read it back, and a
 //!   redacted `Debug` for every message holding a password or token.
+//! - [`verify`]: verifying access tokens with the keys accounts publishes (the gateway on
+//!   every connect, accounts on its Bearer calls).
 //! - [`auth`]: the shared-secret token of the internal calls (`CHAT_INTERNAL_TOKEN`),
 //!   checked by the services and attached by their clients.
 //! - [`MessageConversionError`] and the `TryFrom` impls: the one place where wire data from
 //!   another service is validated back into model types.
 
 pub mod auth;
+pub mod verify;
 
 use chat_model::{ClientMsgId, Message, RoomId, Timestamp, UserId};
 

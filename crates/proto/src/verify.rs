@@ -59,6 +59,16 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+impl From<crate::accounts::SigningKey> for PublicKey {
+    fn from(key: crate::accounts::SigningKey) -> Self {
+        Self {
+            kid: key.kid,
+            alg: key.alg,
+            key: key.public_key,
+        }
+    }
+}
+
 /// Who a valid token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {

@@ -14,7 +14,10 @@
 //! - [`tokens`]: signing keys and their rotation, access-token signing, refresh tokens.
 //! - [`verify`]: verifying access tokens with the published keys only (no store): what
 //!   the gateway will use.
-//! - [`throttle`]: growing delays for log-ins and sign-ups, behind the [`Throttle`] trait.
+//! - [`throttle`]: growing delays for log-ins and sign-ups, behind the [`Throttle`] trait
+//!   (in memory, or in Redis shared by every replica).
+//! - [`revocations`]: announcing ended sessions to the gateways ([`RevocationSink`]:
+//!   Redis pub/sub, in-process, or nowhere); [`redis`]: the Redis connection.
 //! - [`service`]: the gRPC implementation and the one error → status mapping.
 //! - [`server`]: [`AccountsServer`] (gRPC + health + housekeeping), [`settings`]
 //!   ([`Settings`], [`open_store`]), [`metrics`] (`chat_accounts_*`).
@@ -25,6 +28,8 @@ pub mod hex;
 pub mod metrics;
 pub mod names;
 pub mod password;
+pub mod redis;
+pub mod revocations;
 pub mod server;
 pub mod service;
 pub mod settings;
@@ -35,6 +40,7 @@ pub mod verify;
 
 pub use accounts::Accounts;
 pub use error::AccountsError;
+pub use revocations::RevocationSink;
 pub use server::AccountsServer;
 pub use settings::{Settings, open_store};
 pub use store::{AccountStore, StoreError};

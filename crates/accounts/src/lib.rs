@@ -18,11 +18,13 @@
 //!   (in memory, or in Redis shared by every replica).
 //! - [`revocations`]: announcing ended sessions to the gateways ([`RevocationSink`]:
 //!   Redis pub/sub, in-process, or nowhere); [`redis`]: the Redis connection.
+//! - [`cli`]: the operator sub-commands of the `chat-accounts` binary.
 //! - [`service`]: the gRPC implementation and the one error → status mapping.
 //! - [`server`]: [`AccountsServer`] (gRPC + health + housekeeping), [`settings`]
 //!   ([`Settings`], [`open_store`]), [`metrics`] (`chat_accounts_*`).
 
 pub mod accounts;
+pub mod cli;
 pub mod error;
 pub mod hex;
 pub mod metrics;

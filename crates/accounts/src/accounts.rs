@@ -12,9 +12,15 @@
 //! at once both end up holding the session's one current token. Presenting any other
 //! token of the session (a retired one after the grace, an older one, a forged one)
 //! ends the session and counts as `reused`. Bearer calls check that the access token's
-//! session still exists, so an ended session stops them at once (gateways learn of it
-//! through revocations in phase 2; until then its access tokens stay valid for their
-//! few minutes elsewhere).
+//! session still exists, so an ended session stops them at once; gateways learn of it
+//! through the [`Revocation`] published after the store ended it (see
+//! [`crate::revocations`]).
+//!
+//! # Operators
+//!
+//! [`Accounts::reset_password`], [`Accounts::set_disabled`],
+//! [`Accounts::sessions_of`] and [`Accounts::rotate_signing_key`] are what the
+//! `chat-accounts` sub-commands call (`src/cli.rs`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,12 +28,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_model::revocation::{Revocation, RevocationReason};
 use chat_model::{Timestamp, UserId};
 
 use crate::error::AccountsError;
 use crate::metrics::AccountsMetrics;
 use crate::names;
 use crate::password::{self, Password, PasswordHasher, Verified};
+use crate::revocations::RevocationSink;
 use crate::settings::Settings;
 use crate::store::{AccountStore, Millis, Rotation, SessionRecord, UserRecord, UserUpdate};
 use crate::throttle::{ClientAddr, Throttle, ThrottleKey, longest_wait};
@@ -105,6 +113,7 @@ pub struct Accounts {
     hasher: PasswordHasher,
     keys: Keys,
     throttle: Arc<dyn Throttle>,
+    revocations: Arc<dyn RevocationSink>,
     metrics: AccountsMetrics,
     lifetimes: Lifetimes,
 }
@@ -135,11 +144,13 @@ pub fn client_addr(raw: &str) -> Result<Option<ClientAddr>, AccountsError> {
 }
 
 impl Accounts {
-    /// Loads (or creates) the signing keys and starts the hashing pool.
+    /// Loads (or creates) the signing keys and starts the hashing pool. Ended sessions
+    /// are announced through `revocations`.
     pub async fn new(
         settings: &Settings,
         store: Arc<dyn AccountStore>,
         throttle: Arc<dyn Throttle>,
+        revocations: Arc<dyn RevocationSink>,
         metrics: AccountsMetrics,
     ) -> Result<Self, AccountsError> {
         let keys = Keys::load(
@@ -166,6 +177,7 @@ impl Accounts {
             hasher,
             keys,
             throttle,
+            revocations,
             metrics,
             lifetimes: Lifetimes {
                 idle: settings.session_idle,
@@ -185,6 +197,66 @@ impl Accounts {
         &self.keys
     }
 
+    /// Announces that `sessions` of `user` ended (nothing when there are none). A
+    /// failure is logged and counted, never returned: the store has ended the sessions
+    /// already and their access tokens expire within minutes.
+    async fn revoke(&self, user: &UserId, sessions: Vec<String>, reason: RevocationReason) {
+        if sessions.is_empty() {
+            return;
+        }
+        let revocation = Revocation {
+            user: user.to_string(),
+            sessions,
+            reason,
+        };
+        match self.revocations.publish(&revocation).await {
+            Ok(()) => self.metrics.revocation("published"),
+            Err(e) => {
+                self.metrics.revocation("failed");
+                tracing::warn!(
+                    user = %user,
+                    sessions = revocation.sessions.len(),
+                    reason = ?reason,
+                    error = %e,
+                    "ended sessions not announced to the gateways; their access tokens \
+                     stay usable there until they expire"
+                );
+            }
+        }
+    }
+
+    /// Counts a throttle failure; the attempt goes ahead (fail open).
+    fn throttle_failed(&self, e: &crate::store::StoreError) {
+        self.metrics.throttle_failures.inc();
+        tracing::warn!(error = %e, "throttle unavailable; attempt let through unthrottled");
+    }
+
+    /// The longest wait among `keys`; zero when the throttle fails.
+    async fn throttle_wait(&self, keys: &[ThrottleKey]) -> Duration {
+        longest_wait(&*self.throttle, keys)
+            .await
+            .unwrap_or_else(|e| {
+                self.throttle_failed(&e);
+                Duration::ZERO
+            })
+    }
+
+    /// Counts an event under each of `keys`.
+    async fn throttle_record(&self, keys: &[ThrottleKey]) {
+        for key in keys {
+            if let Err(e) = self.throttle.record(key).await {
+                self.throttle_failed(&e);
+            }
+        }
+    }
+
+    /// Forgets `key`'s count.
+    async fn throttle_reset(&self, key: &ThrottleKey) {
+        if let Err(e) = self.throttle.reset(key).await {
+            self.throttle_failed(&e);
+        }
+    }
+
     /// Creates a user and opens its first session.
     pub async fn sign_up(
         &self,
@@ -196,7 +268,7 @@ impl Accounts {
         let result: Result<Issued, AccountsError> = async {
             let throttled: Vec<ThrottleKey> =
                 client.map(ThrottleKey::SignUpAddr).into_iter().collect();
-            let wait = longest_wait(&*self.throttle, &throttled).await?;
+            let wait = self.throttle_wait(&throttled).await;
             if !wait.is_zero() {
                 return Err(AccountsError::RateLimited(wait));
             }
@@ -207,9 +279,7 @@ impl Accounts {
                 names::display_name(display_name)?
             };
             password::check_policy(password, &[&username, &display_name])?;
-            for key in &throttled {
-                self.throttle.record(key).await?;
-            }
+            self.throttle_record(&throttled).await;
             if self.store.user_by_username(&username).await?.is_some() {
                 return Err(AccountsError::UsernameTaken);
             }
@@ -275,7 +345,7 @@ impl Accounts {
         password: &Password,
         throttled: &[ThrottleKey],
     ) -> Result<UserRecord, AccountsError> {
-        let wait = longest_wait(&*self.throttle, throttled).await?;
+        let wait = self.throttle_wait(throttled).await;
         if !wait.is_zero() {
             return Err(AccountsError::RateLimited(wait));
         }
@@ -289,14 +359,11 @@ impl Accounts {
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let (Some(user), Verified::Right { rehash }) = (user, verified) else {
-            for key in throttled {
-                self.throttle.record(key).await?;
-            }
+            self.throttle_record(throttled).await;
             return Err(AccountsError::InvalidCredentials);
         };
-        self.throttle
-            .reset(&ThrottleKey::LogInUser(user.username.clone()))
-            .await?;
+        self.throttle_reset(&ThrottleKey::LogInUser(user.username.clone()))
+            .await;
         if rehash {
             let updated = match self.hasher.hash(password).await {
                 Ok(hash) => self
@@ -421,7 +488,14 @@ impl Accounts {
             {
                 return Ok(self.issue_for(&session, &next, now).await?);
             }
-            self.store.delete_session(&session.id).await?;
+            if self.store.delete_session(&session.id).await? {
+                self.revoke(
+                    &session.user_id,
+                    vec![session.id.clone()],
+                    RevocationReason::RefreshReused,
+                )
+                .await;
+            }
             tracing::warn!(user = %session.user_id, session = %session.id, "refresh token reused: session ended");
             return Err(Refused::Reused);
         }
@@ -480,16 +554,27 @@ impl Accounts {
         {
             return Err(AccountsError::InvalidToken);
         }
-        self.store.delete_session(&caller.session).await?;
+        if self.store.delete_session(&caller.session).await? {
+            self.revoke(
+                &caller.user.id,
+                vec![caller.session.clone()],
+                RevocationReason::LogOut,
+            )
+            .await;
+        }
         Ok(())
     }
 
-    /// Ends every session of the caller.
-    pub async fn log_out_all(&self, caller: &Caller) -> Result<u64, AccountsError> {
-        Ok(self
+    /// Ends every session of the caller; returns how many ended.
+    pub async fn log_out_all(&self, caller: &Caller) -> Result<usize, AccountsError> {
+        let ended = self
             .store
             .delete_user_sessions(&caller.user.id, None)
-            .await?)
+            .await?;
+        let count = ended.len();
+        self.revoke(&caller.user.id, ended, RevocationReason::LogOutAll)
+            .await;
+        Ok(count)
     }
 
     /// Replaces the caller's password and ends their other sessions.
@@ -512,7 +597,9 @@ impl Accounts {
             .store
             .delete_user_sessions(&user.id, Some(&caller.session))
             .await?;
-        tracing::info!(user = %user.id, ended, "password changed");
+        tracing::info!(user = %user.id, ended = ended.len(), "password changed");
+        self.revoke(&user.id, ended, RevocationReason::PasswordChanged)
+            .await;
         Ok(())
     }
 
@@ -544,8 +631,10 @@ impl Accounts {
         self.store
             .update_user(&user.id, UserUpdate::Disabled(true))
             .await?;
-        self.store.delete_user_sessions(&user.id, None).await?;
+        let ended = self.store.delete_user_sessions(&user.id, None).await?;
         tracing::info!(user = %user.id, "account disabled");
+        self.revoke(&user.id, ended, RevocationReason::AccountDisabled)
+            .await;
         Ok(())
     }
 
@@ -608,6 +697,74 @@ impl Accounts {
             .sessions_active
             .set(i64::try_from(active).unwrap_or(i64::MAX));
         Ok(purged)
+    }
+
+    /// The user named `username` (any case), disabled or not; an error naming it when
+    /// there is none.
+    pub async fn user_named(&self, username: &str) -> Result<UserRecord, AccountsError> {
+        self.store
+            .user_by_username(&username.to_ascii_lowercase())
+            .await?
+            .ok_or_else(|| AccountsError::BadRequest(format!("no user named {username:?}")))
+    }
+
+    /// Operators: gives `username` the password `new` (checked against the policy when
+    /// `check_policy`; a generated one need not be), ends every session of the user and
+    /// forgets the username's failed log-ins. Returns the sessions ended.
+    pub async fn reset_password(
+        &self,
+        username: &str,
+        new: &Password,
+        check_policy: bool,
+    ) -> Result<usize, AccountsError> {
+        let user = self.user_named(username).await?;
+        if check_policy {
+            password::check_policy(new, &[&user.username, &user.display_name])?;
+        }
+        let hash = self.hasher.hash(new).await?;
+        self.store
+            .update_user(&user.id, UserUpdate::PasswordHash(hash))
+            .await?;
+        let ended = self.store.delete_user_sessions(&user.id, None).await?;
+        let count = ended.len();
+        tracing::info!(user = %user.id, ended = count, "password reset by an operator");
+        self.revoke(&user.id, ended, RevocationReason::PasswordChanged)
+            .await;
+        self.throttle_reset(&ThrottleKey::LogInUser(user.username))
+            .await;
+        Ok(count)
+    }
+
+    /// Operators: disables `username` (`disabled`: it can no longer log in, its
+    /// sessions end, its name stays reserved) or enables it again. Returns the sessions
+    /// ended.
+    pub async fn set_disabled(
+        &self,
+        username: &str,
+        disabled: bool,
+    ) -> Result<usize, AccountsError> {
+        let user = self.user_named(username).await?;
+        self.store
+            .update_user(&user.id, UserUpdate::Disabled(disabled))
+            .await?;
+        if !disabled {
+            tracing::info!(user = %user.id, "account enabled by an operator");
+            return Ok(0);
+        }
+        let ended = self.store.delete_user_sessions(&user.id, None).await?;
+        let count = ended.len();
+        tracing::info!(user = %user.id, ended = count, "account disabled by an operator");
+        self.revoke(&user.id, ended, RevocationReason::AccountDisabled)
+            .await;
+        Ok(count)
+    }
+
+    /// Operators: the sessions of `username`, oldest first.
+    pub async fn sessions_of(&self, username: &str) -> Result<Vec<SessionRecord>, AccountsError> {
+        let user = self.user_named(username).await?;
+        let mut sessions = self.store.user_sessions(&user.id).await?;
+        sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(sessions)
     }
 
     /// Re-reads the signing keys (a rotation by another replica).

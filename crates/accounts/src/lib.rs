@@ -14,17 +14,24 @@
 //! - [`tokens`]: signing keys and their rotation, access-token signing, refresh tokens.
 //! - [`verify`]: verifying access tokens with the published keys only (no store), the
 //!   module `chat_proto::verify` the gateway uses too.
-//! - [`throttle`]: growing delays for log-ins and sign-ups, behind the [`Throttle`] trait.
+//! - [`throttle`]: growing delays for log-ins and sign-ups, behind the [`Throttle`] trait
+//!   (in memory, or in Redis shared by every replica).
+//! - [`revocations`]: announcing ended sessions to the gateways ([`RevocationSink`]:
+//!   Redis pub/sub, in-process, or nowhere); [`redis`]: the Redis connection.
+//! - [`cli`]: the operator sub-commands of the `chat-accounts` binary.
 //! - [`service`]: the gRPC implementation and the one error → status mapping.
 //! - [`server`]: [`AccountsServer`] (gRPC + health + housekeeping), [`settings`]
 //!   ([`Settings`], [`open_store`]), [`metrics`] (`chat_accounts_*`).
 
 pub mod accounts;
+pub mod cli;
 pub mod error;
 pub mod hex;
 pub mod metrics;
 pub mod names;
 pub mod password;
+pub mod redis;
+pub mod revocations;
 pub mod server;
 pub mod service;
 pub mod settings;
@@ -36,6 +43,7 @@ pub use accounts::Accounts;
 /// Verifying access tokens lives in `chat-proto`, shared with the gateway.
 pub use chat_proto::verify;
 pub use error::AccountsError;
+pub use revocations::RevocationSink;
 pub use server::AccountsServer;
 pub use settings::{Settings, open_store};
 pub use store::{AccountStore, StoreError};

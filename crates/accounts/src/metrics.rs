@@ -12,6 +12,13 @@
 //! - `chat_accounts_password_hash_queue_depth`: hashes admitted and waiting for a pool
 //!   thread; at its bound (`CHAT_HASH_QUEUE`) further ones are refused `unavailable`.
 //! - `chat_accounts_sessions_active`: stored sessions, sampled after each purge.
+//! - `chat_accounts_revocations_total{result}`: announcements of ended sessions to the
+//!   gateways: `published`, `failed` (Redis unreachable: those sessions' access tokens
+//!   stay usable at gateways until they expire; the call itself succeeded).
+//! - `chat_accounts_throttle_failures_total`: throttle calls that failed (Redis
+//!   unreachable); the attempt went ahead unthrottled (fail open).
+//! - `chat_accounts_redis_connected`, `chat_accounts_redis_reconnects_total`: the Redis
+//!   connection, when `CHAT_REDIS_URL` is set.
 //!
 //! gRPC request counts and latencies are the shared `grpc_server_*` families.
 
@@ -47,11 +54,15 @@ pub struct AccountsMetrics {
     pub hash_queue_depth: Gauge,
     /// Stored sessions at the last purge.
     pub sessions_active: Gauge,
+    revocations: Family<ResultLabels, Counter>,
+    /// Throttle calls that failed and were let through.
+    pub throttle_failures: Counter,
 }
 
 const SIGNUP_RESULTS: [&str; 4] = ["ok", "rejected", "throttled", "unavailable"];
 const LOGIN_RESULTS: [&str; 4] = ["ok", "invalid", "throttled", "unavailable"];
 const REFRESH_RESULTS: [&str; 4] = ["ok", "invalid", "reused", "unavailable"];
+const REVOCATION_RESULTS: [&str; 2] = ["published", "failed"];
 
 impl Default for AccountsMetrics {
     /// Families registered nowhere (tests that do not look).
@@ -63,14 +74,17 @@ impl Default for AccountsMetrics {
             hash_duration: Family::new_with_constructor(chat_metrics::buckets::rpc_histogram),
             hash_queue_depth: Gauge::default(),
             sessions_active: Gauge::default(),
+            revocations: Family::default(),
+            throttle_failures: Counter::default(),
         };
         // Every outcome is present from the start, so ratios and alerts have series.
         for (family, results) in [
-            (&metrics.signups, SIGNUP_RESULTS),
-            (&metrics.logins, LOGIN_RESULTS),
-            (&metrics.refreshes, REFRESH_RESULTS),
+            (&metrics.signups, &SIGNUP_RESULTS[..]),
+            (&metrics.logins, &LOGIN_RESULTS[..]),
+            (&metrics.refreshes, &REFRESH_RESULTS[..]),
+            (&metrics.revocations, &REVOCATION_RESULTS[..]),
         ] {
-            for result in results {
+            for &result in results {
                 let _ = family.get_or_create(&ResultLabels { result });
             }
         }
@@ -113,6 +127,16 @@ impl AccountsMetrics {
             "Stored log-in sessions, sampled after each purge of expired ones",
             metrics.sessions_active.clone(),
         );
+        registry.register(
+            "revocations",
+            "Announcements of ended sessions to the gateways by result: published, failed",
+            metrics.revocations.clone(),
+        );
+        registry.register(
+            "throttle_failures",
+            "Throttle calls that failed (Redis unreachable); the attempt went ahead unthrottled",
+            metrics.throttle_failures.clone(),
+        );
         metrics
     }
 
@@ -129,6 +153,20 @@ impl AccountsMetrics {
     /// Counts a refresh outcome.
     pub fn refresh(&self, result: &'static str) {
         self.refreshes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a revocation's announcement: `published` or `failed`.
+    pub fn revocation(&self, result: &'static str) {
+        self.revocations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many revocations had `result` (for tests).
+    pub fn revocations(&self, result: &'static str) -> u64 {
+        self.revocations
+            .get_or_create(&ResultLabels { result })
+            .get()
     }
 
     /// Records one hashing operation's duration.

@@ -102,6 +102,30 @@ pub fn check_policy(password: &Password, known: &[&str]) -> Result<(), AccountsE
     )))
 }
 
+/// The characters of generated passwords: letters and digits without the look-alikes
+/// `0 O 1 l I` (56 characters, about 5.8 bits each).
+const GENERATED_ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// Characters of a generated password: 24, about 139 random bits.
+pub const GENERATED_CHARS: usize = 24;
+
+/// A strong random password (an operator's reset), from the OS's random generator.
+pub fn generate() -> Result<Password, AccountsError> {
+    let n = GENERATED_ALPHABET.len();
+    // The largest multiple of n below 256: bytes at or above it are drawn again, so
+    // every character is equally likely.
+    let limit = 256 - 256 % n;
+    let mut password = String::with_capacity(GENERATED_CHARS);
+    while password.len() < GENERATED_CHARS {
+        for byte in crate::names::random_bytes::<32>()? {
+            if usize::from(byte) < limit && password.len() < GENERATED_CHARS {
+                password.push(char::from(GENERATED_ALPHABET[usize::from(byte) % n]));
+            }
+        }
+    }
+    Ok(Password::new(password))
+}
+
 /// argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashParams {
@@ -420,5 +444,15 @@ mod tests {
         }
         assert!((1..=4).contains(&busy), "{busy} refused");
         assert_eq!(metrics.hash_queue_depth.get(), 0);
+    }
+
+    #[test]
+    fn generated_passwords_are_long_random_and_pass_the_policy() {
+        let a = generate().expect("random");
+        let b = generate().expect("random");
+        assert_eq!(a.expose().len(), GENERATED_CHARS);
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.expose().bytes().all(|c| GENERATED_ALPHABET.contains(&c)));
+        check_policy(&a, &["alice"]).expect("strong");
     }
 }

@@ -15,6 +15,7 @@ use tonic::service::Routes;
 
 use crate::accounts::Accounts;
 use crate::metrics::AccountsMetrics;
+use crate::revocations::RevocationSink;
 use crate::service::AccountsService;
 use crate::settings::Settings;
 use crate::store::AccountStore;
@@ -35,16 +36,18 @@ pub struct AccountsServer {
 impl AccountsServer {
     /// Loads (or creates) the signing keys, starts the hashing pool, binds `addr` (port
     /// 0 picks a free port) and logs `grpc listening on <addr>`; registers the
-    /// `chat_accounts_*` families in `metrics`.
+    /// `chat_accounts_*` families in `metrics`. Ended sessions are announced through
+    /// `revocations` ([`crate::revocations`]: Redis, in-process, or nowhere).
     pub async fn bind(
         settings: &Settings,
         store: Arc<dyn AccountStore>,
         throttle: Arc<dyn Throttle>,
+        revocations: Arc<dyn RevocationSink>,
         metrics: &mut Metrics,
     ) -> anyhow::Result<Self> {
         let own =
             AccountsMetrics::register(metrics.registry.sub_registry_with_prefix("chat_accounts"));
-        let accounts = Arc::new(Accounts::new(settings, store, throttle, own).await?);
+        let accounts = Arc::new(Accounts::new(settings, store, throttle, revocations, own).await?);
         let grpc = GrpcServer::bind(
             settings.service.grpc_addr,
             SERVICE_NAME,
@@ -68,7 +71,7 @@ impl AccountsServer {
 
     chat_runtime::grpc_server_methods!();
 
-    /// The accounts logic (for tests and the operator commands of phase 2).
+    /// The accounts logic (for tests).
     pub fn accounts(&self) -> &Arc<Accounts> {
         &self.accounts
     }

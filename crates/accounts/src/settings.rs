@@ -50,6 +50,10 @@ pub struct Settings {
     pub purge_interval: Duration,
     /// argon2id parameters: OWASP's, not configurable (tests use cheaper ones).
     pub hash_params: HashParams,
+    /// `CHAT_REDIS_URL` (unset: none; never printed), made a `redis-cluster://` URL by
+    /// `CHAT_REDIS_CLUSTER=true`: where the throttle counts are shared and revocations
+    /// published. Unset: an in-memory throttle per replica and no revocations.
+    pub redis_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -67,6 +71,7 @@ impl Default for Settings {
             hash_queue: 64,
             purge_interval: Duration::from_secs(300),
             hash_params: HashParams::OWASP,
+            redis_url: None,
         }
     }
 }
@@ -86,6 +91,7 @@ impl std::fmt::Debug for Settings {
             .field("hash_queue", &self.hash_queue)
             .field("purge_interval", &self.purge_interval)
             .field("hash_params", &self.hash_params)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -130,6 +136,7 @@ impl FromEnv for Settings {
                 1,
             )?),
             hash_params: d.hash_params,
+            redis_url: env.redis_url()?.or(d.redis_url),
         })
     }
 }
@@ -163,6 +170,8 @@ mod tests {
             ("CHAT_HASH_THREADS", "2"),
             ("CHAT_HASH_QUEUE", "0"),
             ("CHAT_SESSION_PURGE_SECS", "60"),
+            ("CHAT_REDIS_URL", "redis://:secret@r:6379"),
+            ("CHAT_REDIS_CLUSTER", "true"),
         ])
         .expect("valid");
         assert_eq!(s.access_token_ttl, Duration::from_secs(900));
@@ -173,6 +182,10 @@ mod tests {
         assert_eq!(s.token_audience, "chat-web");
         assert_eq!((s.hash_threads, s.hash_queue), (2, 0));
         assert_eq!(s.purge_interval, Duration::from_secs(60));
+        assert_eq!(
+            s.redis_url.as_deref(),
+            Some("redis-cluster://:secret@r:6379")
+        );
         assert!(!format!("{s:?}").contains("secret"));
     }
 
@@ -183,6 +196,7 @@ mod tests {
             ("CHAT_ACCESS_TOKEN_TTL_SECS", "0"),
             ("CHAT_SESSION_IDLE_DAYS", "0"),
             ("CHAT_HASH_THREADS", "0"),
+            ("CHAT_REDIS_CLUSTER", "maybe"),
         ] {
             let err = Settings::from_pairs(&[(var, value)]).expect_err(var);
             assert_eq!(err.var, var, "{err}");

@@ -13,16 +13,24 @@
 //! account sees at most about 70 failed log-ins an hour however they are spread (ASVS:
 //! at most 100), and its owner is never locked out for longer than a minute.
 //!
-//! [`Throttle`] is the seam for sharing the counts between replicas (Redis, later);
-//! [`MemoryThrottle`] keeps them in this process.
+//! [`Throttle`] is the seam for sharing the counts between replicas: [`MemoryThrottle`]
+//! keeps them in this process (one replica), [`RedisThrottle`] in Redis, shared by every
+//! replica. Both pass the same behaviour suite (`tests/throttle_suite.rs`).
+//!
+//! A throttle that fails (Redis unreachable) fails *open*: [`crate::Accounts`] logs a
+//! warning, counts it in `chat_accounts_throttle_failures_total` and lets the attempt
+//! through, still costing a full password hash, so log-ins keep working while Redis is
+//! away and guessing stays as slow as hashing (and the hashing pool's bound) makes it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
 
 use crate::store::StoreError;
 
@@ -283,6 +291,156 @@ impl Throttle for MemoryThrottle {
     }
 }
 
+/// A wall-clock time source, replaceable in tests; replicas compare its readings, so it
+/// must be the real time in production (NTP-synchronised hosts differ by milliseconds,
+/// the delays are seconds).
+pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Counts one event atomically: `KEYS[1]` is the count, a hash `{n, last}`; `ARGV[1]`
+/// is now (ms since the epoch), `ARGV[2]` the policy's `forget_after` (ms). A count
+/// whose last event is `forget_after` old starts again from zero; `last` never moves
+/// back (replicas' clocks differ slightly). The key expires `forget_after` after its
+/// last event, so nothing is kept longer than it matters. Returns the new count.
+const RECORD_SCRIPT: &str = r#"
+local now = tonumber(ARGV[1])
+local found = redis.call('HMGET', KEYS[1], 'n', 'last')
+local n = tonumber(found[1]) or 0
+local last = tonumber(found[2])
+if last == nil or now - last >= tonumber(ARGV[2]) then n = 0 end
+if last == nil or now >= last then redis.call('HSET', KEYS[1], 'last', ARGV[1]) end
+n = n + 1
+redis.call('HSET', KEYS[1], 'n', n)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+"#;
+
+/// The Redis key prefix of every count.
+pub const REDIS_KEY_PREFIX: &str = "chat:throttle:";
+
+/// The [`Throttle`] every accounts replica shares, in Redis: one hash per key,
+/// `chat:throttle:login-user:<username>`, `chat:throttle:login-addr:<address>` or
+/// `chat:throttle:signup-addr:<address>`, holding the count and the time of the last
+/// event (never a password), expiring `forget_after` after its last event. A count is one
+/// `EVAL` (atomic, one round trip); a check is one `HMGET`; a reset one `DEL`. Works on
+/// a Redis Cluster too (each call touches one key).
+///
+/// Calls fail at once while the client is disconnected, else after
+/// [`crate::redis::COMMAND_TIMEOUT`]; the caller fails open (see the module
+/// documentation).
+pub struct RedisThrottle {
+    client: Client,
+    policies: Policies,
+    clock: WallClock,
+}
+
+impl fmt::Debug for RedisThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisThrottle")
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn duration_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl RedisThrottle {
+    /// A throttle with `policies` through `client` (see [`crate::redis::connect`]), on
+    /// the system clock.
+    pub fn new(client: Client, policies: Policies) -> Self {
+        Self::with_clock(client, policies, Arc::new(SystemTime::now))
+    }
+
+    /// A throttle reading the time from `clock`.
+    pub fn with_clock(client: Client, policies: Policies, clock: WallClock) -> Self {
+        Self {
+            client,
+            policies,
+            clock,
+        }
+    }
+
+    /// The Redis key of `key`.
+    pub fn redis_key(key: &ThrottleKey) -> String {
+        match key {
+            ThrottleKey::LogInUser(name) => format!("{REDIS_KEY_PREFIX}login-user:{name}"),
+            ThrottleKey::LogInAddr(addr) => format!("{REDIS_KEY_PREFIX}login-addr:{addr}"),
+            ThrottleKey::SignUpAddr(addr) => format!("{REDIS_KEY_PREFIX}signup-addr:{addr}"),
+        }
+    }
+
+    fn connected(&self) -> Result<(), StoreError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "throttle: redis is not connected".into(),
+            ))
+        }
+    }
+}
+
+fn redis_failed(e: fred::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("throttle: redis: {e}"))
+}
+
+#[async_trait]
+impl Throttle for RedisThrottle {
+    async fn wait(&self, key: &ThrottleKey) -> Result<Duration, StoreError> {
+        self.connected()?;
+        let policy = self.policies.of(key);
+        let found: Vec<Option<i64>> = self
+            .client
+            .hmget(Self::redis_key(key), vec!["n", "last"])
+            .await
+            .map_err(redis_failed)?;
+        let (Some(Some(events)), Some(Some(last))) = (found.first(), found.get(1)) else {
+            return Ok(Duration::ZERO);
+        };
+        let now = unix_millis((self.clock)());
+        if now.saturating_sub(*last) >= duration_millis(policy.forget_after) {
+            return Ok(Duration::ZERO);
+        }
+        let events = u32::try_from(*events).unwrap_or(u32::MAX);
+        let ready = last.saturating_add(duration_millis(policy.delay(events)));
+        Ok(Duration::from_millis(
+            u64::try_from(ready.saturating_sub(now)).unwrap_or(0),
+        ))
+    }
+
+    async fn record(&self, key: &ThrottleKey) -> Result<(), StoreError> {
+        self.connected()?;
+        let forget = duration_millis(self.policies.of(key).forget_after).max(1);
+        let now = unix_millis((self.clock)());
+        let _events: i64 = self
+            .client
+            .eval(
+                RECORD_SCRIPT,
+                Self::redis_key(key),
+                vec![now.to_string(), forget.to_string()],
+            )
+            .await
+            .map_err(redis_failed)?;
+        Ok(())
+    }
+
+    async fn reset(&self, key: &ThrottleKey) -> Result<(), StoreError> {
+        self.connected()?;
+        let _deleted: i64 = self
+            .client
+            .del(Self::redis_key(key))
+            .await
+            .map_err(redis_failed)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,53 +475,5 @@ mod tests {
         assert_eq!(ClientAddr::new(a).to_string(), "2001:db8:1:2::/64");
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
         assert_eq!(ClientAddr::new(mapped).to_string(), "192.0.2.1");
-    }
-
-    #[tokio::test]
-    async fn waits_grow_reset_and_are_forgotten() {
-        let now = Arc::new(Mutex::new(Instant::now()));
-        let clock: Clock = {
-            let now = Arc::clone(&now);
-            Arc::new(move || *now.lock().expect("clock"))
-        };
-        let advance = |d: Duration| *now.lock().expect("clock") += d;
-        let throttle = MemoryThrottle::with_clock(Policies::default(), clock);
-        let alice = ThrottleKey::LogInUser("alice".into());
-        let bob = ThrottleKey::LogInUser("bob".into());
-        for _ in 0..5 {
-            assert_eq!(throttle.wait(&alice).await.expect("wait"), Duration::ZERO);
-            throttle.record(&alice).await.expect("record");
-        }
-        assert_eq!(throttle.wait(&alice).await.expect("wait"), Duration::ZERO);
-        throttle.record(&alice).await.expect("record");
-        assert_eq!(
-            throttle.wait(&alice).await.expect("wait"),
-            Duration::from_secs(1)
-        );
-        advance(Duration::from_millis(400));
-        assert_eq!(
-            throttle.wait(&alice).await.expect("wait"),
-            Duration::from_millis(600)
-        );
-        advance(Duration::from_millis(600));
-        throttle.record(&alice).await.expect("record");
-        assert_eq!(
-            throttle.wait(&alice).await.expect("wait"),
-            Duration::from_secs(2)
-        );
-        // Other keys are not affected.
-        assert_eq!(throttle.wait(&bob).await.expect("wait"), Duration::ZERO);
-        // A success resets.
-        throttle.reset(&alice).await.expect("reset");
-        assert_eq!(throttle.wait(&alice).await.expect("wait"), Duration::ZERO);
-        // An hour of quiet forgets.
-        for _ in 0..10 {
-            throttle.record(&bob).await.expect("record");
-        }
-        assert!(throttle.wait(&bob).await.expect("wait") > Duration::ZERO);
-        advance(Duration::from_secs(3600));
-        assert_eq!(throttle.wait(&bob).await.expect("wait"), Duration::ZERO);
-        throttle.record(&bob).await.expect("record");
-        assert_eq!(throttle.wait(&bob).await.expect("wait"), Duration::ZERO);
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_accounts::revocations::NoRevocations;
 use chat_accounts::store::embedded::EmbeddedStore;
 use chat_accounts::throttle::{MemoryThrottle, Policies, Policy};
 use chat_accounts::verify::{PublicKey, Verifier, VerifyError};
@@ -45,6 +46,7 @@ impl Running {
             &settings,
             store,
             throttle,
+            Arc::new(NoRevocations),
             &mut chat_metrics::Metrics::new("test"),
         )
         .await

@@ -335,18 +335,31 @@ async fn sessions_end_one_all_or_expired(fx: Fixture) {
             .delete_user_sessions(&id("u_alice"), Some("s_a4"))
             .await
             .expect("delete all but one"),
-        1
+        ["s_a2"]
     );
     assert_eq!(
         ids(store.user_sessions(&id("u_alice")).await.expect("list")),
         BTreeSet::from(["s_a4".into()])
     );
+    store
+        .create_session(&session("s_a5", "u_alice", 1, 10_000))
+        .await
+        .expect("create");
+    let ended = store
+        .delete_user_sessions(&id("u_alice"), None)
+        .await
+        .expect("delete all");
+    assert_eq!(ended.len(), 2, "{ended:?}");
     assert_eq!(
+        ended.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["s_a4".into(), "s_a5".into()])
+    );
+    assert!(
         store
             .delete_user_sessions(&id("u_alice"), None)
             .await
-            .expect("delete all"),
-        1
+            .expect("none left")
+            .is_empty()
     );
     assert_eq!(store.count_sessions().await.expect("count"), 1);
     assert!(store.session("s_b2").await.expect("get").is_some());

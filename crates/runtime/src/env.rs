@@ -196,6 +196,15 @@ impl<'a> Env<'a> {
         self.get(var).map(Secret::new)
     }
 
+    /// `CHAT_REDIS_URL`, if set, turned into a cluster URL by `CHAT_REDIS_CLUSTER=true`
+    /// (see [`redis_url`]). May hold a password: never print it.
+    pub fn redis_url(&self) -> Result<Option<String>, EnvError> {
+        Ok(redis_url(
+            self.get("CHAT_REDIS_URL"),
+            self.flag("CHAT_REDIS_CLUSTER", false)?,
+        ))
+    }
+
     /// `CHAT_INTERNAL_TOKEN`, validated, if set. The error never repeats the token.
     pub fn internal_token(&self) -> Result<Option<InternalToken>, EnvError> {
         self.get(TOKEN_VAR)
@@ -314,6 +323,25 @@ impl StoreSettings {
                 .map_or(self.data_dir, PathBuf::from),
         }
     }
+}
+
+/// `CHAT_REDIS_URL` as the Redis clients use it: with `CHAT_REDIS_CLUSTER=true` a
+/// `redis://` (`rediss://`) URL becomes `redis-cluster://` (`rediss-cluster://`), which
+/// selects Redis Cluster. A URL that already names its kind is kept.
+pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
+    let url = url?;
+    if !cluster {
+        return Some(url);
+    }
+    for (plain, clustered) in [
+        ("redis://", "redis-cluster://"),
+        ("rediss://", "rediss-cluster://"),
+    ] {
+        if let Some(rest) = url.strip_prefix(plain) {
+            return Some(format!("{clustered}{rest}"));
+        }
+    }
+    Some(url)
 }
 
 /// A source of variables over a slice of pairs, for tests:
@@ -493,6 +521,34 @@ mod tests {
             let e = ServiceSettings::with_port(1).read(&env).expect_err("bad");
             assert_eq!(e.var, "CHAT_INTERNAL_TOKEN");
             assert!(!e.to_string().contains("too-short"), "{e}");
+        });
+    }
+
+    #[test]
+    fn redis_url_turns_cluster_with_the_flag() {
+        let url = |u: &str| Some(u.to_owned());
+        assert_eq!(redis_url(None, true), None);
+        assert_eq!(
+            redis_url(url("redis://r:6379"), false),
+            url("redis://r:6379")
+        );
+        assert_eq!(
+            redis_url(url("rediss://:pw@r:7000"), true),
+            url("rediss-cluster://:pw@r:7000")
+        );
+        assert_eq!(
+            redis_url(url("redis-cluster://r:7000"), false),
+            url("redis-cluster://r:7000")
+        );
+        with(
+            &[
+                ("CHAT_REDIS_URL", "redis://r:1"),
+                ("CHAT_REDIS_CLUSTER", "true"),
+            ],
+            |env| assert_eq!(env.redis_url().expect("valid"), url("redis-cluster://r:1")),
+        );
+        with(&[("CHAT_REDIS_CLUSTER", "perhaps")], |env| {
+            assert_eq!(env.redis_url().expect_err("bad").var, "CHAT_REDIS_CLUSTER");
         });
     }
 }

@@ -366,7 +366,7 @@ impl AccountStore for EmbeddedStore {
         &self,
         user: &UserId,
         keep: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let user = user.clone();
         let keep = keep.map(str::to_owned);
         self.write(move |txn| {
@@ -374,13 +374,13 @@ impl AccountStore for EmbeddedStore {
                 &txn.open_table(USER_SESSIONS).map_err(failed)?,
                 user.as_str(),
             )?;
-            let mut ended = 0;
+            let mut ended = Vec::new();
             for (owner, id) in ids {
                 if owner == user.as_str()
                     && keep.as_deref() != Some(id.as_str())
                     && delete_session_in(txn, &id)?
                 {
-                    ended += 1;
+                    ended.push(id);
                 }
             }
             Ok(ended)

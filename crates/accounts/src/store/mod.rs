@@ -226,12 +226,13 @@ pub trait AccountStore: Send + Sync + fmt::Debug + 'static {
     /// Ends a session. `Ok(false)`: there was none.
     async fn delete_session(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Ends every session of `user` except `keep`; returns how many ended.
+    /// Ends every session of `user` except `keep`; returns the ids of the sessions it
+    /// ended (to be announced as revoked), in any order.
     async fn delete_user_sessions(
         &self,
         user: &UserId,
         keep: Option<&str>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Vec<String>, StoreError>;
 
     /// The sessions of `user` (for operators), expired ones included.
     async fn user_sessions(&self, user: &UserId) -> Result<Vec<SessionRecord>, StoreError>;

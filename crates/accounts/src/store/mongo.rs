@@ -32,6 +32,10 @@ use super::{
     UserUpdate,
 };
 
+/// Rounds of find-and-delete one `delete_user_sessions` makes at most (sessions keep
+/// being opened for the user meanwhile only under attack).
+const MAX_DELETE_ROUNDS: usize = 5;
+
 /// MongoDB's duplicate key error code.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -273,13 +277,33 @@ impl AccountStore for MongoStore {
         &self,
         user: &UserId,
         keep: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut filter = doc! { "user_id": user.as_str() };
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$ne": keep });
         }
-        let result = self.sessions.delete_many(filter).await.map_err(failed)?;
-        Ok(result.deleted_count)
+        // Find, then delete what was found, until nothing is left: the ids are what the
+        // caller announces, and a session opened meanwhile is caught by the next round.
+        let mut ended = Vec::new();
+        for _ in 0..MAX_DELETE_ROUNDS {
+            let found: Vec<String> = self
+                .sessions
+                .find(filter.clone())
+                .await
+                .map_err(failed)?
+                .map_ok(|s| s.id)
+                .try_collect()
+                .await
+                .map_err(failed)?;
+            if found.is_empty() {
+                break;
+            }
+            let mut round = filter.clone();
+            round.insert("_id", doc! { "$in": &found });
+            self.sessions.delete_many(round).await.map_err(failed)?;
+            ended.extend(found);
+        }
+        Ok(ended)
     }
 
     async fn user_sessions(&self, user: &UserId) -> Result<Vec<SessionRecord>, StoreError> {

@@ -303,10 +303,17 @@ prefix = re.search(r'PLACEHOLDER_PREFIX: &str = "([^"]+)"',
                    open("crates/proto/src/auth.rs").read()).group(1)
 problems = []
 kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-wanted = [("Deployment", n) for n in ("gateway", "history", "presence")] + [
+wanted = [("Deployment", n) for n in ("gateway", "history", "presence", "accounts")] + [
+    ("PodDisruptionBudget", n) for n in ("gateway", "history", "presence", "accounts")
+] + [
     ("Secret", "chat-secrets"), ("ConfigMap", "chat-config"),
-    ("HorizontalPodAutoscaler", "gateway"), ("Namespace", "chat"),
+    ("HorizontalPodAutoscaler", "gateway"), ("HorizontalPodAutoscaler", "accounts"),
+    ("Service", "accounts"), ("Namespace", "chat"),
 ]
+config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "chat-config")
+for key in ("CHAT_ACCOUNTS_URL", "CHAT_TRUSTED_PROXIES"):
+    if not config.get("data", {}).get(key):
+        problems.append(f"ConfigMap/chat-config: no {key} for the gateways")
 for kind, name in wanted:
     if (kind, name) not in kinds:
         problems.append(f"missing {kind}/{name}")

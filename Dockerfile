@@ -1,9 +1,9 @@
 # One image build, one target per service. Every target has all the binaries (chat,
-# chat-gateway, chat-history, chat-presence, chat-bench, chat-probe) on the same shared
-# layers; targets differ only in entrypoint, default listen address, exposed ports and
-# HEALTHCHECK:
+# chat-gateway, chat-history, chat-presence, chat-accounts, chat-bench, chat-probe) on
+# the same shared layers; targets differ only in entrypoint, default listen address,
+# exposed ports and HEALTHCHECK:
 #
-#   docker build --target gateway  -t chat-gateway .    # also: history, presence, bench
+#   docker build --target gateway  -t chat-gateway .    # also: history, presence, accounts, bench
 #   docker build -t chat .                              # default target: the all-in-one
 #
 # docker-compose.yml builds each service from its target; BuildKit (and the classic
@@ -19,13 +19,13 @@
 #   runtime    distroless/cc (glibc, no shell, no package manager), user nonroot (65532)
 #
 # Health checks run `chat-probe` (the image has no shell or curl): HTTP 200 from the
-# gateway's /healthz, gRPC SERVING from the standard health service of history and
-# presence (SERVING only while their store answers). They assume the default ports;
+# gateway's /healthz, gRPC SERVING from the standard health service of history, presence
+# and accounts (SERVING only while their store answers). They assume the default ports;
 # override HEALTHCHECK (or the compose `healthcheck:`) when you change them.
 
 # Rust >= 1.90 (redb needs it).
 ARG RUST_VERSION=1.95
-ARG PACKAGES="-p chat -p chat-gateway -p chat-history -p chat-presence -p chat-bench -p chat-probe"
+ARG PACKAGES="-p chat -p chat-gateway -p chat-history -p chat-presence -p chat-accounts -p chat-bench -p chat-probe"
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS toolchain
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -89,12 +89,12 @@ RUN find crates proto -type f -exec touch {} + \
     && cargo build --release --locked $PACKAGES \
     && mkdir -p /out/bin /out/data \
     && cp target/release/chat target/release/chat-gateway target/release/chat-history \
-          target/release/chat-presence target/release/chat-bench target/release/chat-probe \
-          /out/bin/
+          target/release/chat-presence target/release/chat-accounts target/release/chat-bench \
+          target/release/chat-probe /out/bin/
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=build /out/bin/ /usr/local/bin/
-# The embedded store's directory (history and the all-in-one without MongoDB).
+# The embedded store's directory (history, accounts and the all-in-one without MongoDB).
 COPY --from=build --chown=65532:65532 /out/data /data
 WORKDIR /data
 USER 65532:65532
@@ -117,6 +117,14 @@ EXPOSE 50052 9100
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/chat-probe", "grpc://127.0.0.1:50052"]
 ENTRYPOINT ["/usr/local/bin/chat-presence"]
+
+FROM runtime AS accounts
+ENV CHAT_GRPC_ADDR=0.0.0.0:50053 \
+    CHAT_METRICS_ADDR=0.0.0.0:9100
+EXPOSE 50053 9100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/chat-probe", "grpc://127.0.0.1:50053"]
+ENTRYPOINT ["/usr/local/bin/chat-accounts"]
 
 FROM runtime AS gateway
 ENV CHAT_HTTP_ADDR=0.0.0.0:8000

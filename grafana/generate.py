@@ -311,7 +311,7 @@ def overview():
     b.stat(
         "Targets up",
         "up: scrape targets answering, per job.",
-        'sum by (job) (up{job=~"gateway|history|presence"})',
+        'sum by (job) (up{job=~"gateway|history|presence|accounts"})',
         "{{job}}",
         w=6,
     )
@@ -402,21 +402,21 @@ def overview():
     b.graph(
         "CPU (process)",
         "cpu_usage_percent of every process.",
-        ('cpu_usage_percent{job=~"gateway|history|presence"}', "{{job}} {{instance}}"),
+        ('cpu_usage_percent{job=~"gateway|history|presence|accounts"}', "{{job}} {{instance}}"),
         unit="percent",
         w=12,
     )
     b.graph(
         "Memory (process)",
         "memory_usage_percent of every process.",
-        ('memory_usage_percent{job=~"gateway|history|presence"}', "{{job}} {{instance}}"),
+        ('memory_usage_percent{job=~"gateway|history|presence|accounts"}', "{{job}} {{instance}}"),
         unit="percent",
         w=12,
     )
     b.table(
         "Builds",
         "build_info of every process.",
-        'count by (service, version, git_commit) (build_info{job=~"gateway|history|presence"})',
+        'count by (service, version, git_commit) (build_info{job=~"gateway|history|presence|accounts"})',
         w=24,
     )
     return b
@@ -537,7 +537,7 @@ def gateway():
         (f"sum(increase(chat_gateway_redis_reader_lagged_total{sel}[{RATE}]))", "lagged events"),
         w=8,
     )
-    b.row("gRPC calls to history and presence")
+    b.row("gRPC calls to history, presence and accounts")
     b.graph(
         "Calls",
         "grpc_client_requests_total by service, method and status code.",
@@ -673,6 +673,121 @@ def presence():
     return b
 
 
+# accounts' refusals that are a user's outcome, not a fault (prometheus/rules/recording.yml).
+ACCOUNTS_USER_CODES = "OK|INVALID_ARGUMENT|ALREADY_EXISTS|UNAUTHENTICATED|RESOURCE_EXHAUSTED"
+
+
+def accounts():
+    sel = '{job="accounts", instance=~"$instance"}'
+    inner = sel[1:-1]
+    b = Board(
+        "chat-accounts",
+        "Chat: accounts",
+        "The accounts service: sign-ups, log-ins and refreshes by result, password hashing, sessions, gRPC calls.",
+        instance_job="accounts",
+    )
+    b.row("Sign-ups, log-ins, refreshes")
+    b.graph(
+        "Log-ins by result",
+        "chat_accounts_logins_total: ok, invalid (unknown user or wrong password), throttled (refused by the throttle without hashing), unavailable (store down or hashing queue full).",
+        (f"sum by (result) (rate(chat_accounts_logins_total{sel}[{RATE}]))", "{{result}}"),
+        unit="ops",
+        stack=True,
+    )
+    b.graph(
+        "Sign-ups by result",
+        "chat_accounts_signups_total: ok, rejected (invalid, weak password, name taken), throttled, unavailable.",
+        (f"sum by (result) (rate(chat_accounts_signups_total{sel}[{RATE}]))", "{{result}}"),
+        unit="ops",
+        stack=True,
+    )
+    b.graph(
+        "Refreshes by result",
+        "chat_accounts_refreshes_total: ok, invalid, reused (a rotated refresh token after the grace: the session was ended; alert ChatAccountsRefreshTokenReuse), unavailable.",
+        (f"sum by (result) (rate(chat_accounts_refreshes_total{sel}[{RATE}]))", "{{result}}"),
+        unit="ops",
+        stack=True,
+    )
+    b.graph(
+        "Failed log-ins against the day's rate",
+        "Failed log-ins (invalid or throttled) per second over 5 minutes, and 5 times their rate over the last day: ChatAccountsLoginFailureSpike fires while the first is above both the second and 1/s for 5 minutes (all replicas; the instance selector does not apply).",
+        ('job:chat_accounts_login_failures:rate5m{job="accounts"}', "failed / s (5m)"),
+        ('5 * job:chat_accounts_login_failures:rate1d{job="accounts"}', "5 x the day's rate"),
+        unit="ops",
+        w=12,
+    )
+    b.graph(
+        "Refresh-token reuses",
+        "Sessions ended because a rotated refresh token came back after the grace (any fires ChatAccountsRefreshTokenReuse).",
+        (f'sum(increase(chat_accounts_refreshes_total{{result="reused", {inner}}}[{RATE}]))', "reused"),
+        w=12,
+    )
+    b.row("Password hashing")
+    b.graph(
+        "Hash duration",
+        "chat_accounts_password_hash_duration_seconds: one argon2id hash or verify on the hashing pool (not the wait before it), p50, p90 and p99 by op.",
+        (
+            f"histogram_quantile(0.99, sum by (op, le) (rate(chat_accounts_password_hash_duration_seconds_bucket{sel}[{RATE}])))",
+            "p99 {{op}}",
+        ),
+        (
+            f"histogram_quantile(0.9, sum by (op, le) (rate(chat_accounts_password_hash_duration_seconds_bucket{sel}[{RATE}])))",
+            "p90 {{op}}",
+        ),
+        (
+            f"histogram_quantile(0.5, sum by (op, le) (rate(chat_accounts_password_hash_duration_seconds_bucket{sel}[{RATE}])))",
+            "p50 {{op}}",
+        ),
+        unit="s",
+    )
+    b.graph(
+        "Hash queue depth",
+        "chat_accounts_password_hash_queue_depth: hashes waiting for a pool thread, per replica. At CHAT_HASH_QUEUE (64) log-ins and sign-ups are refused unavailable; ChatAccountsHashQueueSaturated fires at 48 for 2 minutes.",
+        (f"chat_accounts_password_hash_queue_depth{sel}", "{{instance}}"),
+    )
+    b.graph(
+        "Active sessions",
+        "chat_accounts_sessions_active: stored sessions, sampled after each purge of expired ones (every replica counts the whole store: max).",
+        (f"max(chat_accounts_sessions_active{sel})", "sessions"),
+    )
+    b.row("gRPC")
+    b.graph(
+        "gRPC requests served",
+        "grpc_server_requests_total by method and status code (UNAUTHENTICATED: wrong credentials or token; RESOURCE_EXHAUSTED: throttled).",
+        (
+            f"sum by (method, code) (rate(grpc_server_requests_total{sel}[{RATE}]))",
+            "{{method}} {{code}}",
+        ),
+        unit="reqps",
+    )
+    b.graph(
+        "gRPC fault ratio",
+        "Share of served calls that ended in a fault, by method: any status but OK and the users' outcomes (invalid argument, already exists, unauthenticated, resource exhausted), as ChatHighGrpcErrorRatio counts it.",
+        (
+            f'sum by (method) (rate(grpc_server_requests_total{{code!~"{ACCOUNTS_USER_CODES}", {inner}}}[{RATE}])) / sum by (method) (rate(grpc_server_requests_total{sel}[{RATE}]))',
+            "{{method}}",
+        ),
+        unit="percentunit",
+    )
+    b.graph(
+        "gRPC latency served",
+        "p50 and p99 of grpc_server_request_duration_seconds by method, over every status code (log-ins and sign-ups include their hash and its wait).",
+        (
+            f"histogram_quantile(0.99, sum by (method, le) (rate(grpc_server_request_duration_seconds_bucket{sel}[{RATE}])))",
+            "p99 {{method}}",
+        ),
+        (
+            f"histogram_quantile(0.5, sum by (method, le) (rate(grpc_server_request_duration_seconds_bucket{sel}[{RATE}])))",
+            "p50 {{method}}",
+        ),
+        unit="s",
+    )
+    b.row("Metrics endpoint")
+    http_row(b, sel)
+    process_rows(b, sel)
+    return b
+
+
 def main():
     check = "--check" in sys.argv[1:]
     boards = {
@@ -680,6 +795,7 @@ def main():
         "gateway.json": gateway(),
         "history.json": history(),
         "presence.json": presence(),
+        "accounts.json": accounts(),
     }
     stale = []
     OUT.mkdir(exist_ok=True)

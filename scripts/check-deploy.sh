@@ -4,6 +4,9 @@
 #     made from .example_env as shipped, and refused with CHAT_INTERNAL_TOKEN emptied),
 #     the compose-spec JSON schema (check-jsonschema), and the
 #     scaling rules (no container_name, nothing internal published, token required);
+#   - accounts wiring: gateways name the accounts service and depend on it, trust
+#     X-Forwarded-For from nginx's fixed address only (inside the compose subnet, outside
+#     the range other containers get), and prometheus.yml scrapes every chat service;
 #   - open files and stop: gateway and nginx have `ulimits: nofile` above
 #     CHAT_MAX_CONNECTIONS, nginx.conf has worker_rlimit_nofile for its worker_connections
 #     and a worker_shutdown_timeout below nginx's stop_grace_period;
@@ -67,7 +70,7 @@ from ruamel.yaml import YAML
 
 services = YAML(typ="safe").load(open(sys.argv[1]))["services"]
 problems = []
-for name in ("gateway", "history", "presence"):
+for name in ("gateway", "history", "presence", "accounts"):
     svc = services[name]
     if "container_name" in svc:
         problems.append(f"{name}: container_name prevents --scale")
@@ -82,13 +85,13 @@ for name in ("redis", "mongo"):
         problems.append(f"{name}: must not be published to the host")
     if "healthcheck" not in services[name]:
         problems.append(f"{name}: no healthcheck")
-for name in ("gateway", "history", "presence"):
+for name in ("gateway", "history", "presence", "accounts"):
     token = (services[name].get("environment") or {}).get("CHAT_INTERNAL_TOKEN", "")
     if not str(token).startswith("${CHAT_INTERNAL_TOKEN:?"):
         problems.append(f"{name}: CHAT_INTERNAL_TOKEN must be required (${{CHAT_INTERNAL_TOKEN:?...}})")
 if services["gateway"]["deploy"]["replicas"] < 2:
     problems.append("gateway: fewer than 2 replicas")
-for name in ("gateway", "history", "presence", "nginx"):
+for name in ("gateway", "history", "presence", "accounts", "nginx"):
     depends = services[name].get("depends_on") or {}
     if not isinstance(depends, dict):
         problems.append(f"{name}: depends_on without conditions")
@@ -96,6 +99,63 @@ for name in ("gateway", "history", "presence", "nginx"):
     for dep, cond in depends.items():
         if cond.get("condition") != "service_healthy":
             problems.append(f"{name}: depends_on {dep} without service_healthy")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+
+# Accounts wiring and the trusted proxy: CHAT_TRUSTED_PROXIES must be exactly nginx's
+# fixed address, which must be in the subnet and outside the dynamic range (else another
+# container could be given it and forge X-Forwarded-For).
+check "compose accounts wiring, trusted proxy, scrape jobs" "$VENV/bin/python" - \
+    docker-compose.yml prometheus/prometheus.yml <<'EOF'
+import ipaddress, sys
+from ruamel.yaml import YAML
+
+compose = YAML(typ="safe").load(open(sys.argv[1]))
+prom = YAML(typ="safe").load(open(sys.argv[2]))
+services = compose["services"]
+problems = []
+
+def env(name):
+    return services[name].get("environment") or {}
+
+port = str(env("accounts").get("CHAT_GRPC_ADDR", "")).rsplit(":", 1)[-1]
+if env("gateway").get("CHAT_ACCOUNTS_URL") != f"http://accounts:{port}":
+    problems.append(f"gateway: CHAT_ACCOUNTS_URL is not http://accounts:{port} (accounts' CHAT_GRPC_ADDR)")
+if port not in [str(p) for p in services["accounts"].get("expose", [])]:
+    problems.append(f"accounts: gRPC port {port} not in expose")
+if "accounts" not in (services["gateway"].get("depends_on") or {}):
+    problems.append("gateway: does not depend on accounts")
+for dep in ("mongo", "redis"):
+    if dep not in (services["accounts"].get("depends_on") or {}):
+        problems.append(f"accounts: does not depend on {dep}")
+if services["accounts"]["deploy"]["replicas"] < 2:
+    problems.append("accounts: fewer than 2 replicas")
+
+ipam = compose.get("networks", {}).get("default", {}).get("ipam", {}).get("config", [])
+nginx_addr = ((services["nginx"].get("networks") or {}).get("default") or {}).get("ipv4_address")
+trusted = str(env("gateway").get("CHAT_TRUSTED_PROXIES", ""))
+if len(ipam) != 1 or "subnet" not in ipam[0] or "ip_range" not in ipam[0]:
+    problems.append("networks.default.ipam.config: want one entry with subnet and ip_range")
+elif nginx_addr is None:
+    problems.append("nginx: no fixed networks.default.ipv4_address")
+else:
+    subnet = ipaddress.ip_network(ipam[0]["subnet"])
+    dynamic = ipaddress.ip_network(ipam[0]["ip_range"])
+    addr = ipaddress.ip_address(nginx_addr)
+    if not dynamic.subnet_of(subnet):
+        problems.append(f"ip_range {dynamic} is not inside subnet {subnet}")
+    if addr not in subnet or addr in dynamic or addr == subnet.network_address + 1:
+        problems.append(f"nginx address {addr}: must be in {subnet}, outside {dynamic}, not the gateway .1")
+    if [p.strip() for p in trusted.split(",")] != [str(addr)]:
+        problems.append(f"gateway: CHAT_TRUSTED_PROXIES {trusted!r} is not nginx's address {addr}")
+
+# Every chat service is a scrape job, discovered by its compose name.
+jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+for name in ("gateway", "history", "presence", "accounts"):
+    names = [n for sd in jobs.get(name, {}).get("dns_sd_configs", []) for n in sd.get("names", [])]
+    if names != [name]:
+        problems.append(f"prometheus.yml: no job {name} discovering the compose service {name}")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
@@ -243,10 +303,17 @@ prefix = re.search(r'PLACEHOLDER_PREFIX: &str = "([^"]+)"',
                    open("crates/proto/src/auth.rs").read()).group(1)
 problems = []
 kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-wanted = [("Deployment", n) for n in ("gateway", "history", "presence")] + [
+wanted = [("Deployment", n) for n in ("gateway", "history", "presence", "accounts")] + [
+    ("PodDisruptionBudget", n) for n in ("gateway", "history", "presence", "accounts")
+] + [
     ("Secret", "chat-secrets"), ("ConfigMap", "chat-config"),
-    ("HorizontalPodAutoscaler", "gateway"), ("Namespace", "chat"),
+    ("HorizontalPodAutoscaler", "gateway"), ("HorizontalPodAutoscaler", "accounts"),
+    ("Service", "accounts"), ("Namespace", "chat"),
 ]
+config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "chat-config")
+for key in ("CHAT_ACCOUNTS_URL", "CHAT_TRUSTED_PROXIES"):
+    if not config.get("data", {}).get(key):
+        problems.append(f"ConfigMap/chat-config: no {key} for the gateways")
 for kind, name in wanted:
     if (kind, name) not in kinds:
         problems.append(f"missing {kind}/{name}")

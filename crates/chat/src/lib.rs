@@ -18,11 +18,9 @@
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use chat_accounts::AccountsServer;
-use chat_accounts::throttle::{MemoryThrottle, Policies};
 use chat_gateway::{AuthMode, Gateway};
 use chat_history::HistoryServer;
 use chat_metrics::Metrics;
@@ -114,11 +112,16 @@ impl AllInOne {
         accounts_settings.service.grpc_addr = loopback;
         accounts_settings.service.internal_token = Some(token);
         let accounts_store = chat_accounts::open_store(&accounts_settings).await?;
-        let throttle = Arc::new(MemoryThrottle::new(Policies::default()));
-        let accounts =
-            AccountsServer::bind(&accounts_settings, accounts_store, throttle, &mut metrics)
-                .await
-                .context("binding the in-process accounts service")?;
+        let backends = chat_accounts::cli::backends(&accounts_settings).await?;
+        let accounts = AccountsServer::bind(
+            &accounts_settings,
+            accounts_store,
+            backends.throttle,
+            backends.revocations,
+            &mut metrics,
+        )
+        .await
+        .context("binding the in-process accounts service")?;
         gateway_settings.history_url = format!("http://{}", history.local_addr());
         gateway_settings.presence_url = format!("http://{}", presence.local_addr());
         gateway_settings.accounts_url = Some(format!("http://{}", accounts.local_addr()));

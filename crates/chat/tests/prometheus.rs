@@ -226,11 +226,31 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
         metrics_server(metrics, health_check(|| async { Ok(()) }), &stop).await?;
     tokio::spawn(presence.run(stop.clone()));
 
+    // accounts, embedded store, as chat-accounts runs it.
+    let mut metrics = Metrics::new("accounts");
+    let mut accounts_settings = chat_accounts::Settings::default();
+    accounts_settings.service.grpc_addr = loopback;
+    accounts_settings.store.data_dir = dir.path().to_owned();
+    let accounts_store = chat_accounts::open_store(&accounts_settings).await?;
+    let backends = chat_accounts::cli::backends(&accounts_settings).await?;
+    let accounts = chat_accounts::AccountsServer::bind(
+        &accounts_settings,
+        accounts_store,
+        backends.throttle,
+        backends.revocations,
+        &mut metrics,
+    )
+    .await?;
+    let accounts_url = format!("http://{}", accounts.local_addr());
+    let accounts_metrics = metrics_server(metrics, accounts.health(), &stop).await?;
+    tokio::spawn(accounts.run(stop.clone()));
+
     // A gateway with Redis fan-out; /metrics on its HTTP port.
     let settings = chat_gateway::Settings {
         http_addr: loopback,
         history_url,
         presence_url,
+        accounts_url: Some(accounts_url),
         redis_url: Some(redis.url()),
         auth_mode: AuthMode::Dev,
         workers: 1,
@@ -249,6 +269,7 @@ async fn prometheus_scrapes_every_service() -> anyhow::Result<()> {
     // Prometheus: the shipped prometheus/prometheus.yml, its service discovery replaced by
     // this test's addresses.
     let targets = BTreeMap::from([
+        ("accounts", accounts_metrics.to_string()),
         ("gateway", gateway_addr.to_string()),
         ("history", history_metrics.to_string()),
         ("presence", presence_metrics.to_string()),

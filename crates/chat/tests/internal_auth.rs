@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use chat_proto::accounts::Empty;
+use chat_proto::accounts::accounts_client::AccountsClient;
 use chat_proto::history::AppendRequest;
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::presence::UserRequest;
@@ -14,7 +16,8 @@ use chat_testkit::process::{ChildGuard, eventually, free_port, wait_for_port};
 use chat_testkit::ws::WsClient;
 use tonic::Code;
 
-/// The addresses logged as `grpc listening on <addr>`, in order (history, then presence).
+/// The addresses logged as `grpc listening on <addr>`, in order (history, presence,
+/// accounts).
 fn grpc_addrs(log: &str) -> Vec<SocketAddr> {
     log.match_indices("grpc listening on ")
         .filter_map(|(at, found)| {
@@ -41,6 +44,8 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
             .env("CHAT_HTTP_ADDR", addr.to_string())
             .env("CHAT_DATA_DIR", dir.path().join("data"))
             .env("CHAT_HTTP_WORKERS", "1")
+            // `?user=` below; accounts still runs (and guards its port) in dev mode.
+            .env("CHAT_AUTH_MODE", "dev")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log),
@@ -48,10 +53,10 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
     wait_for_port(addr, Duration::from_secs(20), &mut chat).await?;
     let addrs = eventually(
         Duration::from_secs(10),
-        "both grpc addresses logged",
+        "the three grpc addresses logged",
         || {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            async move { Some(grpc_addrs(&log)).filter(|a| a.len() == 2) }
+            async move { Some(grpc_addrs(&log)).filter(|a| a.len() == 3) }
         },
     )
     .await?;
@@ -74,6 +79,12 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
             gateway: "fake".into(),
             user: "mallory".into(),
         })
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let accounts = chat_testkit::grpc::connect(addrs[2]).await;
+    let refused = AccountsClient::new(accounts)
+        .signing_keys(Empty {})
         .await
         .expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

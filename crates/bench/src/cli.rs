@@ -1,4 +1,5 @@
-//! The command line: `chat-bench run | idle | append`, plus the internal `worker`.
+//! The command line: `chat-bench run | idle | append | logins`, plus the internal
+//! `worker`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub enum Cmd {
     Idle(IdleArgs),
     /// Append throughput of a history store, driven directly (no gRPC).
     Append(AppendArgs),
+    /// Log-ins per second of accounts replicas over gRPC, against the argon2id floor.
+    Logins(LoginArgs),
     /// Internal: a worker process (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -160,6 +163,50 @@ pub struct AppendArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    /// Accounts replicas (`http://host:port`), repeat or comma-separate; called
+    /// round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50053")]
+    pub target: Vec<String>,
+    /// The replicas' internal token.
+    #[arg(long, env = "CHAT_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+    /// Users signed up first (log-ins go round-robin over them).
+    #[arg(long, default_value_t = 100)]
+    pub users: u32,
+    /// Log-ins in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Seconds to measure the argon2id floor (hashes per second on one core) first; 0
+    /// skips it.
+    #[arg(long, default_value_t = 5.0)]
+    pub floor_seconds: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl LoginArgs {
+    /// The benchmark's options.
+    pub fn options(&self) -> crate::logins::LoginOptions {
+        crate::logins::LoginOptions {
+            targets: self.target.clone(),
+            internal_token: self.internal_token.clone(),
+            users: self.users,
+            concurrency: self.concurrency,
+            seconds: self.seconds,
+            floor_seconds: self.floor_seconds,
+        }
+    }
 }
 
 /// A fresh run id: room and user names start with it.

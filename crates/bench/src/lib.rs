@@ -32,6 +32,7 @@ pub mod conn;
 pub mod fleet;
 pub mod idle;
 pub mod latency;
+pub mod logins;
 pub mod plan;
 pub mod rangeset;
 pub mod report;

@@ -66,5 +66,18 @@ async fn main() -> anyhow::Result<()> {
                 chat_bench::append::table,
             )
         }
+        Cmd::Logins(args) => {
+            let report = chat_bench::logins::run(&args.options()).await?;
+            emit(
+                &report,
+                args.json,
+                args.out.as_deref(),
+                chat_bench::logins::table,
+            )?;
+            if report.failed > 0 || report.ok == 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }

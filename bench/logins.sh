@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Accounts: log-ins per second and their p99 at saturation with 1 and 2 chat-accounts
+# replicas, against the floor: raw argon2id hashes per second on one core (OWASP's
+# m = 19 MiB, t = 2, p = 1, through the service's own hasher), measured by the same
+# chat-bench process just before each run. Target: log-ins/s within 20% of
+# floor x the cores the replicas can use (a log-in is one hash plus a token; the hash
+# is the floor).
+#
+# The replicas share a store and Redis as in production: MongoDB at
+# CHAT_BENCH_MONGODB_URL when set, else the nx-27017 stand-in the tests use (found at
+# CHAT_TEST_NX27017 or .venv-test/bin/nx-27017; its speed is not MongoDB's, but a
+# log-in's two store calls are small next to its hash). Each replica gets
+# CHAT_HASH_THREADS=$THREADS (default: all cores, as the service defaults to).
+#
+#   bench/logins.sh                 # RUNS=3, 20 s each, 1 then 2 replicas
+source "$(dirname "$0")/lib.sh"
+build chat-accounts chat-bench
+machine | tee "$RESULTS/logins-$STAMP-machine.txt"
+THREADS=${THREADS:-$(nproc)}
+TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+start_redis
+if [ -n "${CHAT_BENCH_MONGODB_URL:-}" ]; then
+    MONGO_URL=$CHAT_BENCH_MONGODB_URL
+else
+    NX=${CHAT_TEST_NX27017:-$ROOT/.venv-test/bin/nx-27017}
+    [ -x "$NX" ] || { log "no nx-27017 at $NX: run scripts/test-deps.sh or set CHAT_BENCH_MONGODB_URL"; exit 1; }
+    MONGO_PORT=$(free_port)
+    start nx "$NX" --db memory --host 127.0.0.1 -p "$MONGO_PORT"
+    wait_port "$MONGO_PORT"
+    MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT"
+fi
+TARGETS=()
+start_accounts() {
+    local port metrics
+    port=$(free_port)
+    metrics=$(free_port)
+    start "accounts-$port" env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$port" \
+        CHAT_METRICS_ADDR="127.0.0.1:$metrics" CHAT_INTERNAL_TOKEN="$TOKEN" \
+        CHAT_MONGODB_URL="$MONGO_URL" CHAT_MONGODB_DB="bench_$STAMP" \
+        CHAT_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" CHAT_HASH_THREADS="$THREADS" \
+        CHAT_HASH_QUEUE=256 "$SERVER_BIN/chat-accounts"
+    wait_port "$port"
+    TARGETS+=("http://127.0.0.1:$port")
+}
+for replicas in 1 2; do
+    while ((${#TARGETS[@]} < replicas)); do start_accounts; done
+    targets=$(IFS=,; echo "${TARGETS[*]}")
+    for ((run = 1; run <= ${RUNS:-3}; run++)); do
+        CHAT_INTERNAL_TOKEN=$TOKEN bench "logins-$replicas-$run" logins --target "$targets" \
+            --users 200 --concurrency "${CONCURRENCY:-32}" --seconds "${SECONDS_PER_RUN:-20}" \
+            --floor-seconds 5
+    done
+    log "$replicas replica(s): median $(median .per_sec "$RESULTS"/logins-"$replicas"-*-"$STAMP".json) log-ins/s," \
+        "p99 $(median .latency_ms.p99 "$RESULTS"/logins-"$replicas"-*-"$STAMP".json) ms," \
+        "floor $(median .hash_floor_per_core "$RESULTS"/logins-"$replicas"-*-"$STAMP".json)/s per core"
+done

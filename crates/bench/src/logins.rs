@@ -131,8 +131,12 @@ pub async fn run(opts: &LoginOptions) -> anyhow::Result<LoginReport> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (names, clients, next, password) =
-            (names.clone(), clients.clone(), next.clone(), password.clone());
+        let (names, clients, next, password) = (
+            names.clone(),
+            clients.clone(),
+            next.clone(),
+            password.clone(),
+        );
         tasks.spawn(async move {
             let mut counts = [0_u64; 4];
             let mut latency = Latency::new();
@@ -197,7 +201,10 @@ pub async fn run(opts: &LoginOptions) -> anyhow::Result<LoginReport> {
 /// The human-readable form.
 pub fn table(r: &LoginReport) -> String {
     let floor = r.hash_floor_per_core.map_or(String::new(), |f| {
-        format!("; hash floor {f:.1}/s per core (log-ins/s = {:.2} x floor)", r.per_sec / f)
+        format!(
+            "; hash floor {f:.1}/s per core (log-ins/s = {:.2} x floor)",
+            r.per_sec / f
+        )
     });
     format!(
         "{} replica(s), {} callers: {} log-ins in {:.1} s = {:.1}/s, p50 {:.1} ms, \

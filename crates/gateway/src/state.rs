@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::AccountsClient;
 use crate::auth::Authenticator;
+use crate::client_addr::TrustedProxies;
 use crate::conn::ConnId;
 use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Connection count, send rate and origin limits.
     pub limits: Limits,
+    /// `CHAT_TRUSTED_PROXIES`: whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
     /// Open WebSockets, for [`Limits::max_connections`].
     open: Arc<AtomicUsize>,
     next_conn: AtomicU64,
@@ -61,6 +64,7 @@ impl AppState {
             metrics: GatewayMetrics::default(),
             registry: Arc::new(Registry::default()),
             limits: Limits::default(),
+            trusted_proxies: TrustedProxies::default(),
             open: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
         }
@@ -83,6 +87,12 @@ impl AppState {
     /// Enforces `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Believes the forwarding headers of `proxies`.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
         self
     }
 

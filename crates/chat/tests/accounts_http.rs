@@ -346,6 +346,37 @@ async fn browsers_keep_the_refresh_token_in_a_cookie() -> anyhow::Result<()> {
     let (rotated, _) = refresh_cookie(&refreshed);
     assert_ne!(rotated, cookie);
 
+    // Behind a trusted proxy that forwards the Host without its port (nginx's $host),
+    // the page's origin still counts as the gateway's own.
+    let proxied = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(&json!({"refresh_token": "s_x.00"})),
+            &[
+                ("Origin", "http://chat.example:8080"),
+                ("Host", "chat.example"),
+            ],
+        )
+        .await?;
+    assert_error(&proxied, 401, "invalid_token");
+    let other_scheme = w
+        .api
+        .call(
+            Method::POST,
+            "/v1/auth/refresh",
+            None,
+            Some(&json!({"refresh_token": "s_x.00"})),
+            &[
+                ("Origin", "https://chat.example:8080"),
+                ("Host", "chat.example"),
+            ],
+        )
+        .await?;
+    assert_error(&other_scheme, 403, "forbidden");
+
     // Another site may not refresh with the browser's cookie.
     let rotated_header = format!("chat_refresh={rotated}");
     let cross = w

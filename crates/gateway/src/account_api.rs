@@ -323,24 +323,49 @@ fn origin(req: &HttpRequest) -> Option<&str> {
 }
 
 /// Whether `origin` is this gateway's own (the scheme the client used and the `Host` it
-/// asked for) or one of `CHAT_ALLOWED_ORIGINS`.
+/// asked for) or one of `CHAT_ALLOWED_ORIGINS`. Behind a trusted proxy that forwards a
+/// `Host` without the port (nginx's `$host`), the origin's port is not compared.
 fn origin_trusted(state: &AppState, req: &HttpRequest, origin: &str) -> bool {
     let origin = origin.trim_end_matches('/');
-    let scheme = if state.trusted_proxies.is_https(req) {
+    let proxies = &state.trusted_proxies;
+    let scheme = if proxies.is_https(req) {
         "https"
     } else {
         "http"
     };
-    let own = req
+    let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")));
+        .unwrap_or_default();
+    let own = origin
+        .split_once("://")
+        .filter(|(s, _)| s.eq_ignore_ascii_case(scheme))
+        .is_some_and(|(_, authority)| {
+            let from_proxy = req.peer_addr().is_some_and(|p| proxies.contains(p.ip()));
+            !host.is_empty()
+                && (authority.eq_ignore_ascii_case(host)
+                    || (from_proxy
+                        && without_port(host) == host
+                        && without_port(authority).eq_ignore_ascii_case(host)))
+        });
     own || state
         .limits
         .allowed_origins
         .as_ref()
         .is_some_and(|allowed| allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)))
+}
+
+/// `host[:port]` or `[v6][:port]` without the port.
+fn without_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority
+        .split_once(':')
+        .map_or(authority, |(host, _)| host)
 }
 
 /// The refresh token of the [`REFRESH_COOKIE`], if the request carries one.
@@ -870,6 +895,14 @@ mod tests {
         let r: RefreshBody = parse_body(b"").expect("empty is {}");
         assert!(r.refresh_token.is_none());
         assert!(parse_body::<RefreshBody>(&vec![b' '; MAX_BODY_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn ports_come_off_authorities() {
+        assert_eq!(without_port("chat.example:8080"), "chat.example");
+        assert_eq!(without_port("chat.example"), "chat.example");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
     }
 
     #[test]

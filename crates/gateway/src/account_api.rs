@@ -135,10 +135,11 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     if bytes.len() > MAX_BODY_BYTES {
         return Err(format!("request body over {MAX_BODY_BYTES} bytes"));
     }
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
+    let bytes: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => b"{}",
+        // serde reads a struct from an array too (fields by position): refuse it.
+        Some(b'{') => bytes,
+        Some(_) => return Err("the request body must be a JSON object".into()),
     };
     serde_json::from_slice(bytes).map_err(|e| {
         if e.is_data() {
@@ -892,6 +893,9 @@ mod tests {
                 .contains("JSON object")
         );
         assert!(parse_body::<LogInBody>(br#"{"username":1,"password":"p"}"#).is_err());
+        // Found by fuzz/fuzz_targets/auth_bodies.rs: serde takes arrays for structs.
+        assert!(parse_body::<RefreshBody>(b"[]").is_err());
+        assert!(parse_body::<LogInBody>(br#" ["alice", "pw"]"#).is_err());
         let r: RefreshBody = parse_body(b"").expect("empty is {}");
         assert!(r.refresh_token.is_none());
         assert!(parse_body::<RefreshBody>(&vec![b' '; MAX_BODY_BYTES + 1]).is_err());

@@ -17,7 +17,7 @@ if ! command -v cargo-fuzz >/dev/null; then
 fi
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(client_frame store_keys)
+    targets=(client_frame store_keys auth_bodies)
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -2,7 +2,7 @@
 //!
 //! [`Topology`] declares what runs: gateways (how many, environment per gateway),
 //! history replicas and their store (embedded, or a MongoDB-wire server), presence (how
-//! many, its lease), Redis (one `redis-server`, or a 3-master Redis Cluster), nginx in
+//! many, its lease), accounts (none, or replicas on their own store), Redis (one `redis-server`, or a 3-master Redis Cluster), nginx in
 //! front or not, the internal token, the JWT secret, and extra environment.
 //! [`Topology::start`] starts the backends and the service binaries as processes
 //! through a [`Harness`] on free ports, waits until every gateway is ready, and gives
@@ -81,6 +81,9 @@ pub struct Topology {
     presence_ttl: Option<Duration>,
     /// A presence service that is not ours (no presence process is started).
     presence_url: Option<String>,
+    /// `chat-accounts` replicas (none by default) and their store.
+    accounts: usize,
+    accounts_store: Store,
     redis: Redis,
     nginx: bool,
     internal_token: Option<String>,
@@ -102,6 +105,8 @@ impl Default for Topology {
             presences: 1,
             presence_ttl: None,
             presence_url: None,
+            accounts: 0,
+            accounts_store: Store::Embedded,
             redis: Redis::Single,
             nginx: false,
             internal_token: None,
@@ -184,6 +189,19 @@ impl Topology {
         }
     }
 
+    /// `replicas` accounts processes (`accounts-<i>`) on `store` (a database of their
+    /// own on the MongoDB-wire server with [`Store::Mongo`]), with the topology's Redis
+    /// for their throttle counts and revocations. Gateway `i` uses replica
+    /// `i % replicas` (`CHAT_ACCOUNTS_URL`) and, unless [`Topology::jwt_secret`] or its
+    /// own environment says otherwise, runs in token mode (`CHAT_AUTH_MODE=jwt`).
+    pub fn accounts(self, replicas: usize, store: Store) -> Self {
+        Self {
+            accounts: replicas,
+            accounts_store: store,
+            ..self
+        }
+    }
+
     /// Which Redis ([`Redis::Single`] unless set).
     pub fn redis(self, redis: Redis) -> Self {
         Self { redis, ..self }
@@ -231,15 +249,18 @@ impl Topology {
             Redis::Single => (Some(RedisServer::start().await?), None),
             Redis::Cluster => (None, Some(RedisCluster::start(CLUSTER_MASTERS).await?)),
         };
-        let mongo = match self.store {
-            Store::Mongo => Some(MongoServer::start().await?),
-            Store::Embedded => None,
+        let uses_mongo = self.store == Store::Mongo
+            || (self.accounts > 0 && self.accounts_store == Store::Mongo);
+        let mongo = if uses_mongo {
+            Some(MongoServer::start().await?)
+        } else {
+            None
         };
         let db = unique_db_name();
 
         let mut histories = Vec::new();
         for i in 0..self.histories {
-            let store = match &mongo {
+            let store = match mongo.as_ref().filter(|_| self.store == Store::Mongo) {
                 Some(mongo) => vars([
                     ("CHAT_MONGODB_URL", mongo.url()),
                     ("CHAT_MONGODB_DB", db.clone()),
@@ -269,6 +290,30 @@ impl Topology {
             presences.push(self.grpc_service(h, "presence", i, env).await?);
         }
 
+        let mut accounts = Vec::new();
+        let accounts_db = unique_db_name();
+        for i in 0..self.accounts {
+            let mut env = match mongo
+                .as_ref()
+                .filter(|_| self.accounts_store == Store::Mongo)
+            {
+                Some(mongo) => vars([
+                    ("CHAT_MONGODB_URL", mongo.url()),
+                    ("CHAT_MONGODB_DB", accounts_db.clone()),
+                ]),
+                None => {
+                    let dir = h.dir().join(format!("accounts-{i}-data"));
+                    vars([("CHAT_DATA_DIR", dir.display().to_string())])
+                }
+            };
+            match (&redis, &redis_cluster) {
+                (Some(redis), _) => env.extend(vars([("CHAT_REDIS_URL", redis.url())])),
+                (None, Some(cluster)) => env.extend(vars([("CHAT_REDIS_URL", cluster.url())])),
+                (None, None) => {}
+            }
+            accounts.push(self.grpc_service(h, "accounts", i, env).await?);
+        }
+
         let mut gateways = Vec::new();
         for i in 0..self.gateways {
             let own: Vec<(String, String)> = self
@@ -296,11 +341,18 @@ impl Topology {
                 ("CHAT_GATEWAY_ID", id.clone()),
                 ("CHAT_HTTP_WORKERS", "1".to_owned()),
             ]);
+            if !accounts.is_empty() {
+                let url = accounts[i % accounts.len()].url();
+                env.extend(vars([("CHAT_ACCOUNTS_URL", url)]));
+            }
             match &self.jwt_secret {
                 Some(secret) => env.extend(vars([
                     ("CHAT_AUTH_MODE", "jwt".to_owned()),
                     ("CHAT_JWT_SECRET", secret.clone()),
                 ])),
+                None if !accounts.is_empty() => {
+                    env.extend(vars([("CHAT_AUTH_MODE", "jwt".to_owned())]));
+                }
                 None => env.extend(vars([("CHAT_AUTH_MODE", "dev".to_owned())])),
             }
             let mut env = self.common(env);
@@ -329,6 +381,7 @@ impl Topology {
             gateways,
             histories,
             presences,
+            accounts,
             redis,
             redis_cluster,
             mongo,
@@ -343,6 +396,11 @@ impl Topology {
             self.store == Store::Mongo || self.histories == 1,
             "the embedded store is one process's: {} history replicas need Store::Mongo",
             self.histories
+        );
+        anyhow::ensure!(
+            self.accounts_store == Store::Mongo || self.accounts <= 1,
+            "the embedded store is one process's: {} accounts replicas need Store::Mongo",
+            self.accounts
         );
         if self.presence_url.is_none() {
             anyhow::ensure!(self.presences >= 1, "a topology needs presence");
@@ -394,7 +452,7 @@ fn vars<const N: usize>(pairs: [(&str, String); N]) -> Vec<(String, String)> {
 }
 
 /// A started [`Topology`]: every process, each killed when this is dropped (nginx first,
-/// then the gateways, history and presence, then Redis and the store).
+/// then the gateways, history, presence and accounts, then Redis and the store).
 #[derive(Debug)]
 pub struct Running {
     /// nginx, when the topology has it ([`Running::nginx`] says so in an error).
@@ -405,6 +463,8 @@ pub struct Running {
     pub histories: Vec<Service>,
     /// `presence-<i>` (none with [`Topology::presence_at`]).
     pub presences: Vec<Service>,
+    /// `accounts-<i>` (none unless [`Topology::accounts`]).
+    pub accounts: Vec<Service>,
     redis: Option<RedisServer>,
     redis_cluster: Option<RedisCluster>,
     mongo: Option<MongoServer>,

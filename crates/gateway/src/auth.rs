@@ -156,6 +156,11 @@ impl Authenticator {
         Self::new(true, secret, None)
     }
 
+    /// Whether an external issuer's HS256 tokens (`CHAT_JWT_SECRET`) are accepted.
+    pub fn accepts_external_tokens(&self) -> bool {
+        self.hs256.is_some()
+    }
+
     /// Whether `?user=` is accepted.
     pub fn is_dev(&self) -> bool {
         self.dev

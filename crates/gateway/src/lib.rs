@@ -11,6 +11,10 @@
 //!   HS256 tokens, dev-mode `?user=`.
 //! - [`accounts`]: the gRPC client of the accounts service and the cache of its public
 //!   signing keys.
+//! - [`account_api`]: the public accounts API (`/v1/auth/*`, `/v1/users/*`,
+//!   `/.well-known/jwks.json`) in front of the accounts service.
+//! - [`client_addr`]: the client's address and scheme behind trusted proxies
+//!   (`CHAT_TRUSTED_PROXIES`).
 //! - [`http`]: routes (`/v1/ws`, `/v1/rooms/{room}/messages`, `/v1/presence`,
 //!   `/healthz`, `/readyz`, `/metrics`) and the request-metrics middleware.
 //! - [`state`]: [`state::AppState`], shared by every route and session, and
@@ -34,8 +38,10 @@
 //!   failed gRPC call becomes one naming its [`error::Backend`].
 //! - [`web`]: the browser client (`web/`), embedded and served at `/` and `/assets/`.
 
+pub mod account_api;
 pub mod accounts;
 pub mod auth;
+pub mod client_addr;
 pub mod conn;
 pub mod counts;
 pub mod error;
@@ -212,7 +218,8 @@ impl Gateway {
             .with_accounts(accounts)
             .with_revocations(revocations)
             .with_metrics(gateway_metrics, Arc::new(metrics.registry))
-            .with_limits(settings.limits.clone());
+            .with_limits(settings.limits.clone())
+            .with_trusted_proxies(settings.trusted_proxies.clone());
         Ok(Self {
             listener,
             state: Arc::new(state),

@@ -8,6 +8,7 @@ use chat_runtime::env::{Env, EnvError, process_env};
 
 pub use chat_runtime::env::Secret;
 
+use crate::client_addr::TrustedProxies;
 use crate::limits::{Limits, parse_origins};
 
 /// How clients authenticate.
@@ -59,6 +60,9 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Connection count, send rate and origin limits.
     pub limits: Limits,
+    /// `CHAT_TRUSTED_PROXIES`: proxies (IPs or CIDR networks, comma-separated) whose
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` are believed; none by default.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Settings {
@@ -80,6 +84,7 @@ impl Default for Settings {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shutdown_grace_secs: 10,
             limits: Limits::default(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -188,6 +193,9 @@ impl Settings {
             shutdown_grace_secs: env
                 .parse("CHAT_SHUTDOWN_GRACE_SECS", defaults.shutdown_grace_secs)?,
             limits: limits(&env)?,
+            trusted_proxies: env
+                .optional("CHAT_TRUSTED_PROXIES", TrustedProxies::parse)?
+                .unwrap_or_default(),
         };
         settings.validate()?;
         Ok(settings)
@@ -295,6 +303,9 @@ mod tests {
         assert_eq!(s.gateway_id, "gw-a");
         assert_eq!(s.limits.idle_timeout, Duration::from_secs(90));
         assert_eq!(s.auth_mode, AuthMode::Jwt);
+        assert!(s.trusted_proxies.is_empty());
+        let s = from(&[("CHAT_TRUSTED_PROXIES", "172.30.80.10,10.0.0.0/8")]).expect("valid");
+        assert!(s.trusted_proxies.contains([10, 1, 2, 3].into()));
         assert!(!format!("{s:?}").contains("gateway-test-secret"));
     }
 
@@ -309,6 +320,7 @@ mod tests {
             ("CHAT_GATEWAY_ID", "has space"),
             ("CHAT_ALLOWED_ORIGINS", "chat.example.com"),
             ("CHAT_HTTP_WORKERS", "0"),
+            ("CHAT_TRUSTED_PROXIES", "nginx"),
         ] {
             let err = from(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{err}");

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::AccountsClient;
 use crate::auth::Authenticator;
+use crate::client_addr::TrustedProxies;
 use crate::conn::ConnId;
 use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Sockets by accounts session, and the recently revoked sessions (shared with
     /// [`Authenticator`], which refuses their tokens).
     pub revocations: Arc<Revocations>,
+    /// `CHAT_TRUSTED_PROXIES`: whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
     /// Open WebSockets, for [`Limits::max_connections`].
     open: Arc<AtomicUsize>,
     next_conn: AtomicU64,
@@ -66,6 +69,7 @@ impl AppState {
             registry: Arc::new(Registry::default()),
             limits: Limits::default(),
             revocations: Arc::new(Revocations::new(Default::default())),
+            trusted_proxies: TrustedProxies::default(),
             open: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
         }
@@ -95,6 +99,12 @@ impl AppState {
     /// Enforces `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Believes the forwarding headers of `proxies`.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
         self
     }
 

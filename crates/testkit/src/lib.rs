@@ -14,11 +14,13 @@
 //!   flaps the link it sits on (this kernel has no `netem`).
 //! - [`grpc::serve`]: a bound gRPC server of the workspace served until dropped, a
 //!   connected channel to it, and its health status.
+//! - [`accounts_http::AccountsHttp`]: a client of a gateway's accounts HTTP API.
 //! - [`process`]: free ports, child processes killed on drop, polling with a deadline.
 //!
 //! And [`backend_suite!`]: the one way a behaviour suite runs the same cases against
 //! every backend of a trait (see [`suite`]).
 
+pub mod accounts_http;
 pub mod fault_proxy;
 pub mod grpc;
 pub mod mongo;

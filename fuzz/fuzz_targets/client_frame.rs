@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use chat_model::frame::{Request, ServerFrame, parse_client_frame};
+use chat_model::frame::{MAX_AUTH_TOKEN_BYTES, Request, ServerFrame, parse_client_frame};
 use chat_model::limits::{MAX_BODY_BYTES, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS, MAX_REF_CHARS};
 use chat_model::{ClientMsgId, RoomId, UserId};
 use libfuzzer_sys::fuzz_target;
@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Request::Ping => {}
+                Request::Auth { token } => assert!(!token.is_empty() && token.len() <= MAX_AUTH_TOKEN_BYTES),
             }
         }
         Err(refused) => {

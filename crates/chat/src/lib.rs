@@ -8,6 +8,10 @@
 //! calls them over gRPC, exactly as in the split deployment, so both run one code path.
 //! The gateway always uses this process's accounts (`CHAT_ACCOUNTS_URL` is not read).
 //!
+//! Revocations: without `CHAT_REDIS_URL`, accounts announces ended sessions on an
+//! in-process channel (`LocalRevocations`) whose receiver the gateway holds; with it,
+//! through Redis as in the split deployment.
+//!
 //! Internal token: the loopback ports are open to every local user, so the services
 //! require a token from the gateway as in the split deployment:
 //! `CHAT_INTERNAL_TOKEN` when set, else a random one made at start (32 bytes from the
@@ -18,9 +22,11 @@
 //! `/metrics`. `CHAT_METRICS_ADDR` is not used here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chat_accounts::AccountsServer;
+use chat_accounts::revocations::LocalRevocations;
 use chat_gateway::{AuthMode, Gateway};
 use chat_history::HistoryServer;
 use chat_metrics::Metrics;
@@ -32,6 +38,11 @@ use tokio_util::sync::CancellationToken;
 /// What `CHAT_ACCOUNTS_URL` reads as while the gateway's settings are read from the
 /// environment; [`AllInOne::build`] replaces it with the in-process service's address.
 const IN_PROCESS_ACCOUNTS: &str = "http://127.0.0.1:0";
+
+/// Revocations the in-process channel holds for a gateway that has not read them yet;
+/// past it the gateway's receiver lags (logged, counted in
+/// `chat_gateway_revocation_gaps_total`).
+const REVOCATION_QUEUE: usize = 1024;
 
 /// The all-in-one, bound and ready to run.
 #[derive(Debug)]
@@ -112,7 +123,16 @@ impl AllInOne {
         accounts_settings.service.grpc_addr = loopback;
         accounts_settings.service.internal_token = Some(token);
         let accounts_store = chat_accounts::open_store(&accounts_settings).await?;
-        let backends = chat_accounts::cli::backends(&accounts_settings).await?;
+        let mut backends = chat_accounts::cli::backends(&accounts_settings).await?;
+        // Without Redis, ended sessions reach this process's gateway in-process; with it,
+        // through Redis like every other gateway's.
+        let local_revocations = if backends.redis.is_none() {
+            let (tx, rx) = tokio::sync::broadcast::channel(REVOCATION_QUEUE);
+            backends.revocations = Arc::new(LocalRevocations::new(tx));
+            Some(rx)
+        } else {
+            None
+        };
         let accounts = AccountsServer::bind(
             &accounts_settings,
             accounts_store,
@@ -131,7 +151,13 @@ impl AllInOne {
         gateway_settings
             .token_audience
             .clone_from(&accounts_settings.token_audience);
-        let gateway = Gateway::build(&gateway_settings, shutdown.clone(), metrics).await?;
+        let gateway = Gateway::build_with_revocations(
+            &gateway_settings,
+            shutdown.clone(),
+            metrics,
+            local_revocations,
+        )
+        .await?;
         Ok(Self {
             history,
             presence,

@@ -12,6 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::accounts::KeyCache;
+use crate::revocations::Revocations;
 
 /// Longest token accepted; anything larger is refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -59,6 +60,8 @@ pub struct Authenticator {
     hs256: Option<Hs256>,
     /// The accounts service's keys (`CHAT_ACCOUNTS_URL`).
     accounts: Option<Arc<KeyCache>>,
+    /// Recently revoked accounts sessions, whose tokens are refused.
+    revoked: Option<Arc<Revocations>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -67,6 +70,7 @@ impl std::fmt::Debug for Authenticator {
             .field("dev", &self.dev)
             .field("hs256", &self.hs256.as_ref().map(|_| "<secret>"))
             .field("accounts", &self.accounts.is_some())
+            .field("revoked", &self.revoked.is_some())
             .finish()
     }
 }
@@ -84,6 +88,8 @@ pub enum AuthError {
     Expired,
     #[error("invalid user id in token: {0}")]
     BadSubject(String),
+    #[error("session ended: sign in again")]
+    Revoked,
 }
 
 impl From<VerifyError> for AuthError {
@@ -130,7 +136,14 @@ impl Authenticator {
             dev,
             hs256,
             accounts,
+            revoked: None,
         })
+    }
+
+    /// Refuses the tokens of the sessions `revoked` remembers.
+    pub fn with_revocations(mut self, revoked: Arc<Revocations>) -> Self {
+        self.revoked = Some(revoked);
+        self
     }
 
     /// Tokens of an external HS256 issuer only.
@@ -176,6 +189,14 @@ impl Authenticator {
                 ));
             };
             let verified = accounts.verify(token).await?;
+            // Every authentication (connect, `auth` frame, HTTP) passes here.
+            if self
+                .revoked
+                .as_ref()
+                .is_some_and(|r| r.is_revoked(&verified.session))
+            {
+                return Err(AuthError::Revoked);
+            }
             return Ok(Identity {
                 user: verified.user,
                 session: Some(verified.session),

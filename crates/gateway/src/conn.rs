@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use actix_ws::CloseCode;
 use bytestring::ByteString;
 use chat_model::UserId;
+use chat_model::revocation::RevocationReason;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -34,7 +35,16 @@ pub enum Disconnect {
     TooBig,
     /// No traffic, not even pongs, within the idle timeout (1000 with a reason).
     Idle,
+    /// The access token expired and no `auth` frame renewed it within the grace (4001).
+    TokenExpired,
+    /// Accounts ended the connection's session (4003, with the reason's message).
+    Revoked(RevocationReason),
 }
+
+/// Close code of [`Disconnect::TokenExpired`]: sign in again or refresh, then reconnect.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code of [`Disconnect::Revoked`]: the session ended; sign in again.
+pub const CLOSE_REVOKED: u16 = 4003;
 
 impl Disconnect {
     /// The WebSocket close code sent to the client.
@@ -45,6 +55,8 @@ impl Disconnect {
             Self::SlowConsumer => CloseCode::Again,
             Self::Policy | Self::Flooding => CloseCode::Policy,
             Self::TooBig => CloseCode::Size,
+            Self::TokenExpired => CloseCode::Other(CLOSE_TOKEN_EXPIRED),
+            Self::Revoked(_) => CloseCode::Other(CLOSE_REVOKED),
         }
     }
 
@@ -58,6 +70,8 @@ impl Disconnect {
             Self::Flooding => "rate limit exceeded repeatedly",
             Self::TooBig => "frame too large",
             Self::Idle => "idle timeout",
+            Self::TokenExpired => "token expired",
+            Self::Revoked(reason) => reason.message(),
         }
     }
 }

@@ -123,7 +123,7 @@ async fn websocket(
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
     actix_web::rt::spawn(crate::session::serve(
         state.into_inner(),
-        identity.user,
+        identity,
         ws,
         stream,
         admitted,

@@ -26,6 +26,8 @@
 //! - [`presence`]: connection counting and the gRPC client of the presence service;
 //!   the heartbeat loop ([`presence::run_heartbeats`], spawned by [`Gateway::build`]),
 //!   which renews the lease and announces dead gateways' users offline.
+//! - [`revocations`]: sockets by accounts session; closes those of ended sessions (4003)
+//!   and remembers them so their tokens are refused; fed by Redis or in-process.
 //! - [`counts`]: first/last reference counts shared by fan-out and presence.
 //! - [`open_files`]: raising the open-file limit for `CHAT_MAX_CONNECTIONS` at start.
 //! - [`error`]: [`error::GatewayError`] and its mapping to protocol codes and HTTP; a
@@ -44,6 +46,7 @@ pub mod limits;
 pub mod metrics;
 pub mod open_files;
 pub mod presence;
+pub mod revocations;
 pub mod rooms;
 pub mod session;
 pub mod settings;
@@ -56,6 +59,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use chat_metrics::Metrics;
+use chat_model::revocation::Revocation;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::AccountsClient;
@@ -65,6 +70,7 @@ use crate::fanout::redis::RedisFanOut;
 use crate::history::HistoryClient;
 use crate::metrics::{GatewayMetrics, RedisFanOutMetrics};
 use crate::presence::PresenceTracker;
+use crate::revocations::Revocations;
 use crate::rooms::Hub;
 pub use crate::settings::{AuthMode, Settings};
 use crate::state::AppState;
@@ -107,10 +113,26 @@ impl Gateway {
     /// (`Metrics::new("gateway")` for a gateway of its own): the gateway registers its
     /// families in it, records into its shared ones, and serves the whole registry on
     /// `/metrics` (so the all-in-one registers history and presence first).
+    ///
+    /// Ended accounts sessions are learnt from Redis (`chat:revocations`) when
+    /// `CHAT_REDIS_URL` is set; see [`Gateway::build_with_revocations`] for an in-process
+    /// accounts.
     pub async fn build(
         settings: &Settings,
         shutdown: CancellationToken,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_revocations(settings, shutdown, metrics, None).await
+    }
+
+    /// [`Gateway::build`], learning ended sessions from `local` (the receiving end of the
+    /// channel an in-process accounts announces on, `LocalRevocations`) instead of Redis
+    /// when it is given.
+    pub async fn build_with_revocations(
+        settings: &Settings,
+        shutdown: CancellationToken,
         mut metrics: Metrics,
+        local: Option<broadcast::Receiver<Revocation>>,
     ) -> anyhow::Result<Self> {
         settings.validate()?;
         let gateway_metrics = GatewayMetrics::register(&mut metrics);
@@ -163,10 +185,32 @@ impl Gateway {
         if let Some(accounts) = &accounts {
             tokio::spawn(accounts.keys().clone().run_refresh(shutdown.clone()));
         }
-        let auth = settings.authenticator(accounts.as_ref().map(|a| a.keys().clone()))?;
+        let revocations = Arc::new(Revocations::new(gateway_metrics.tokens.clone()));
+        match (local, &settings.redis_url) {
+            (Some(rx), _) => {
+                tokio::spawn(revocations.clone().follow_local(rx, shutdown.clone()));
+            }
+            (None, Some(url)) => {
+                let tasks = revocations
+                    .clone()
+                    .subscribe_redis(url)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("subscribing to revocations on Redis: {e}"))?;
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    tasks.iter().for_each(tokio::task::JoinHandle::abort);
+                });
+            }
+            (None, None) => {}
+        }
+        let auth = settings
+            .authenticator(accounts.as_ref().map(|a| a.keys().clone()))?
+            .with_revocations(revocations.clone());
         let listener = bind(settings.http_addr)?;
         let state = AppState::new(hub, presence, auth, settings.gateway_id.clone(), shutdown)
             .with_accounts(accounts)
+            .with_revocations(revocations)
             .with_metrics(gateway_metrics, Arc::new(metrics.registry))
             .with_limits(settings.limits.clone());
         Ok(Self {

@@ -21,6 +21,10 @@ pub struct Limits {
     /// `CHAT_IDLE_TIMEOUT_SECS`: a connection with no inbound traffic at all (frames or
     /// pongs) for this long is closed (1000, "idle timeout").
     pub idle_timeout: Duration,
+    /// `CHAT_TOKEN_EXPIRY_GRACE_SECS`: how long after its access token's `exp` a socket
+    /// that sent no `auth` frame with a fresh token stays open before it is closed with
+    /// 4001 ("token expired"). Covers a renewal delayed by a slow refresh or clock skew.
+    pub token_expiry_grace: Duration,
 }
 
 impl Default for Limits {
@@ -34,6 +38,7 @@ impl Default for Limits {
             allowed_origins: None,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            token_expiry_grace: Duration::from_secs(30),
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   `normal` (the client closed or the connection broke), `going_away` (shutdown, 1001),
 //!   `slow_consumer` (outbound queue full, 1013), `policy` (protocol violation, 1008),
 //!   `rate_limited` (kept flooding past the send rate limit, 1008), `too_big` (1009),
-//!   `idle` (no traffic for 60 s).
+//!   `idle` (no traffic for 60 s), `token_expired` (4001: the access token expired and
+//!   was not renewed), `revoked` (4003: accounts ended the session).
 //! - `chat_gateway_upgrades_refused_total{reason}`: WebSocket upgrades answered with an
 //!   error before any session started: `at_capacity` (503, `CHAT_MAX_CONNECTIONS`
 //!   reached), `origin` (403, not in `CHAT_ALLOWED_ORIGINS`), `shutting_down` (503).
@@ -26,6 +27,12 @@
 //!   such reads that failed (retried after 500 ms).
 //! - `chat_gateway_resyncs_total`: resync signals from fan-out (reconnects, lag).
 //! - `chat_gateway_catchup_messages_total`: messages replayed to joins with `since`.
+//! - `chat_gateway_token_renewals_total{result}`: `auth` frames: `ok`, `invalid`,
+//!   `expired`, `revoked`, `other_user` (see [`Renewal`]).
+//! - `chat_gateway_revocations_received_total`, `chat_gateway_revoked_sessions` (the
+//!   remembered revoked session ids), `chat_gateway_revoked_sessions_evicted_total` (forgotten
+//!   early, the set being full), `chat_gateway_revocation_gaps_total{cause}` (`lagged`,
+//!   `reconnect`: announcements may have been missed). See [`crate::revocations`].
 //! - `chat_gateway_redis_*` (Redis fan-out only, see [`RedisFanOutMetrics`]):
 //!   `publishes_total{result}`, `received_total`, `reconnects_total` (publisher and
 //!   subscriber), `reader_lagged_total`, and `connected` (1 while both Redis connections
@@ -55,6 +62,8 @@ pub struct GatewayMetrics {
     pub rooms: RoomMetrics,
     /// `chat_gateway_online_users` (the presence tracker).
     pub online_users: Gauge,
+    /// Token renewals on open sockets and revoked sessions.
+    pub tokens: TokenMetrics,
 }
 
 impl GatewayMetrics {
@@ -75,6 +84,7 @@ impl GatewayMetrics {
             sessions: SessionMetrics::register(registry),
             rooms: RoomMetrics::register(registry),
             online_users,
+            tokens: TokenMetrics::register(registry),
         };
         // Routes every gateway serves, present from the first scrape.
         for (endpoint, status) in [
@@ -106,6 +116,8 @@ fn reason_label(reason: Disconnect) -> &'static str {
         Disconnect::Flooding => "rate_limited",
         Disconnect::TooBig => "too_big",
         Disconnect::Idle => "idle",
+        Disconnect::TokenExpired => "token_expired",
+        Disconnect::Revoked(_) => "revoked",
     }
 }
 
@@ -159,6 +171,8 @@ impl Default for SessionMetrics {
             Disconnect::Flooding,
             Disconnect::TooBig,
             Disconnect::Idle,
+            Disconnect::TokenExpired,
+            Disconnect::Revoked(chat_model::revocation::RevocationReason::LogOut),
         ] {
             let _ = metrics.disconnects.get_or_create(&ReasonLabels {
                 reason: reason_label(reason),
@@ -178,7 +192,7 @@ impl SessionMetrics {
         let metrics = Self::default();
         registry.register(
             "disconnects",
-            "WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle",
+            "WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle, token_expired (4001), revoked (4003)",
             metrics.disconnects.clone(),
         );
         registry.register(
@@ -290,6 +304,121 @@ impl RoomMetrics {
     }
 }
 
+/// Labels of the revocation gap counter.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// `lagged` or `reconnect`.
+    pub cause: &'static str,
+}
+
+/// How an `auth` frame ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Accepted: the socket runs on the new token.
+    Ok,
+    /// The token did not verify (bad signature, unknown key, malformed, too large).
+    Invalid,
+    /// The token had expired already.
+    Expired,
+    /// The token's session was revoked.
+    Revoked,
+    /// A valid token of another user.
+    OtherUser,
+}
+
+impl Renewal {
+    const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Invalid,
+        Self::Expired,
+        Self::Revoked,
+        Self::OtherUser,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::OtherUser => "other_user",
+        }
+    }
+}
+
+/// Access tokens on live sockets: renewals, revocations, the revoked-session set.
+#[derive(Debug, Clone, Default)]
+pub struct TokenMetrics {
+    renewals: Family<ResultLabels, Counter>,
+    /// Revocation announcements received (one per ended-sessions event).
+    pub revocations_received: Counter,
+    /// Session ids currently remembered as revoked.
+    pub revoked_sessions: Gauge,
+    /// Revoked session ids forgotten early because the set was full.
+    pub revoked_evicted: Counter,
+    gaps: Family<CauseLabels, Counter>,
+}
+
+impl TokenMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        for renewal in Renewal::ALL {
+            let _ = metrics.renewals.get_or_create(&ResultLabels {
+                result: renewal.label(),
+            });
+        }
+        for cause in ["lagged", "reconnect"] {
+            let _ = metrics.gaps.get_or_create(&CauseLabels { cause });
+        }
+        registry.register(
+            "token_renewals",
+            "auth frames on open WebSockets, by result: ok, invalid, expired, revoked, other_user",
+            metrics.renewals.clone(),
+        );
+        registry.register(
+            "revocations_received",
+            "Announcements of ended sessions received from accounts (Redis or in-process)",
+            metrics.revocations_received.clone(),
+        );
+        registry.register(
+            "revoked_sessions",
+            "Session ids remembered as revoked (their tokens are refused for 15 min)",
+            metrics.revoked_sessions.clone(),
+        );
+        registry.register(
+            "revoked_sessions_evicted",
+            "Revoked session ids forgotten before 15 min because the set was full",
+            metrics.revoked_evicted.clone(),
+        );
+        registry.register(
+            "revocation_gaps",
+            "Times revocations may have been missed, by cause: lagged (in-process receiver fell behind), reconnect (Redis subscriber reconnected)",
+            metrics.gaps.clone(),
+        );
+        metrics
+    }
+
+    /// An `auth` frame ended with `result`.
+    pub fn renewal(&self, result: Renewal) {
+        self.renewals
+            .get_or_create(&ResultLabels {
+                result: result.label(),
+            })
+            .inc();
+    }
+
+    /// Revocations may have been missed (`lagged` or `reconnect`).
+    pub fn gap(&self, cause: &'static str) {
+        self.gaps.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// How many gaps of `cause` were counted.
+    #[cfg(test)]
+    pub(crate) fn gaps(&self, cause: &'static str) -> u64 {
+        self.gaps.get_or_create(&CauseLabels { cause }).get()
+    }
+}
+
 /// Labels of the publish counter.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -389,6 +518,13 @@ mod tests {
         gateway.sessions.disconnected(Disconnect::SlowConsumer);
         gateway.sessions.disconnected(Disconnect::Normal);
         gateway.sessions.disconnected(Disconnect::Flooding);
+        gateway.sessions.disconnected(Disconnect::Revoked(
+            chat_model::revocation::RevocationReason::PasswordChanged,
+        ));
+        gateway.tokens.renewal(Renewal::Ok);
+        gateway.tokens.renewal(Renewal::OtherUser);
+        gateway.tokens.gap("reconnect");
+        gateway.tokens.revocations_received.inc();
         gateway.sessions.upgrade_refused(Refusal::AtCapacity);
         gateway.sessions.rate_limited();
         gateway.sessions.typing_throttled();
@@ -399,7 +535,7 @@ mod tests {
         redis.published(true);
         redis.received();
         let text = chat_metrics::exposition(&metrics.registry);
-        let expected = r#"# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle.
+        let expected = r#"# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle, token_expired (4001), revoked (4003).
 # TYPE chat_gateway_disconnects_total counter
 chat_gateway_disconnects_total{reason="normal"} 1
 chat_gateway_disconnects_total{reason="going_away"} 0
@@ -408,6 +544,8 @@ chat_gateway_disconnects_total{reason="policy"} 0
 chat_gateway_disconnects_total{reason="rate_limited"} 1
 chat_gateway_disconnects_total{reason="too_big"} 0
 chat_gateway_disconnects_total{reason="idle"} 0
+chat_gateway_disconnects_total{reason="token_expired"} 0
+chat_gateway_disconnects_total{reason="revoked"} 1
 # TYPE chat_gateway_upgrades_refused_total counter
 chat_gateway_upgrades_refused_total{reason="at_capacity"} 1
 chat_gateway_upgrades_refused_total{reason="origin"} 0
@@ -427,6 +565,16 @@ chat_gateway_gap_filled_messages_total 3
 chat_gateway_gap_fill_failures_total 0
 chat_gateway_resyncs_total 0
 chat_gateway_catchup_messages_total 0
+chat_gateway_token_renewals_total{result="ok"} 1
+chat_gateway_token_renewals_total{result="invalid"} 0
+chat_gateway_token_renewals_total{result="expired"} 0
+chat_gateway_token_renewals_total{result="revoked"} 0
+chat_gateway_token_renewals_total{result="other_user"} 1
+chat_gateway_revocations_received_total 1
+chat_gateway_revoked_sessions 0
+chat_gateway_revoked_sessions_evicted_total 0
+chat_gateway_revocation_gaps_total{cause="lagged"} 0
+chat_gateway_revocation_gaps_total{cause="reconnect"} 1
 # TYPE chat_gateway_redis_publishes_total counter
 chat_gateway_redis_publishes_total{result="ok"} 1
 chat_gateway_redis_publishes_total{result="error"} 0
@@ -449,7 +597,7 @@ http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
         // checked in chat-metrics).
         let described = r#"# HELP chat_gateway_online_users Distinct users with at least one WebSocket connection on this gateway.
 # TYPE chat_gateway_online_users gauge
-# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle.
+# HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle, token_expired (4001), revoked (4003).
 # TYPE chat_gateway_disconnects_total counter
 # HELP chat_gateway_upgrades_refused_total WebSocket upgrades refused before a session started, by reason: at_capacity (503), origin (403), shutting_down (503).
 # TYPE chat_gateway_upgrades_refused_total counter
@@ -471,6 +619,16 @@ http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
 # TYPE chat_gateway_resyncs_total counter
 # HELP chat_gateway_catchup_messages_total Messages replayed from history to joins with since.
 # TYPE chat_gateway_catchup_messages_total counter
+# HELP chat_gateway_token_renewals_total auth frames on open WebSockets, by result: ok, invalid, expired, revoked, other_user.
+# TYPE chat_gateway_token_renewals_total counter
+# HELP chat_gateway_revocations_received_total Announcements of ended sessions received from accounts (Redis or in-process).
+# TYPE chat_gateway_revocations_received_total counter
+# HELP chat_gateway_revoked_sessions Session ids remembered as revoked (their tokens are refused for 15 min).
+# TYPE chat_gateway_revoked_sessions gauge
+# HELP chat_gateway_revoked_sessions_evicted_total Revoked session ids forgotten before 15 min because the set was full.
+# TYPE chat_gateway_revoked_sessions_evicted_total counter
+# HELP chat_gateway_revocation_gaps_total Times revocations may have been missed, by cause: lagged (in-process receiver fell behind), reconnect (Redis subscriber reconnected).
+# TYPE chat_gateway_revocation_gaps_total counter
 # HELP chat_gateway_redis_publishes_total Room events published to Redis, by result (ok, error).
 # TYPE chat_gateway_redis_publishes_total counter
 # HELP chat_gateway_redis_received_total Room events received from Redis pub/sub.

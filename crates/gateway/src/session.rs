@@ -6,20 +6,24 @@
 //! client in the order they were queued.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use chat_metrics::WsMetrics;
 use chat_model::frame::{ClientFrame, Request, ServerFrame, parse_client_frame};
-use chat_model::{ClientMsgId, ErrorCode, RoomId, Seq, UserId};
+use chat_model::{ClientMsgId, ErrorCode, RoomId, Seq};
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 
+use crate::auth::{AuthError, Identity};
 use crate::conn::{Conn, Disconnect};
 use crate::error::GatewayError;
 use crate::fanout::FanOutError;
 use crate::limits::{SendRate, Verdict};
+use crate::metrics::Renewal;
 use crate::state::{Admitted, AppState};
 
 /// Frames above this size close the connection with 1009; frames between the protocol
@@ -35,16 +39,27 @@ pub const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs a session until the client leaves, the connection is closed, or the gateway
 /// shuts down. Runs on an HTTP worker (the message stream is not `Send`).
+///
+/// The socket runs on `identity`'s token until an `auth` frame replaces it; past the
+/// token's `exp` plus `CHAT_TOKEN_EXPIRY_GRACE_SECS` it is closed with 4001. An accounts
+/// session's socket is registered under its session id, so that a revocation closes it
+/// (4003).
 pub async fn serve(
     state: Arc<AppState>,
-    user: UserId,
+    identity: Identity,
     ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
     admitted: Admitted,
 ) {
     let _admitted = admitted;
     let _active = state.metrics.ws.connection_opened();
-    let (conn, outbound) = Conn::new(state.next_conn_id(), user);
+    let (conn, outbound) = Conn::new(state.next_conn_id(), identity.user.clone());
+    // Revoked between the token's check and now: the socket never opens for real.
+    if let Some(sid) = &identity.session
+        && let Err(reason) = state.revocations.register(sid, &conn)
+    {
+        conn.close(Disconnect::Revoked(reason));
+    }
     let writer = actix_web::rt::spawn(write(
         conn.clone(),
         ws.clone(),
@@ -54,14 +69,19 @@ pub async fn serve(
     let mut session = Session {
         conn_name: format!("{}-{}", state.gateway_id, conn.id),
         rate: state.limits.send_rate(Instant::now()),
+        deadline: expiry_deadline(identity.expires_at, state.limits.token_expiry_grace),
         state,
         conn,
         ws,
         joined: HashMap::new(),
         received: Instant::now(),
+        identity,
     };
     session.run(stream).await;
     session.conn.close(Disconnect::Normal);
+    if let Some(sid) = &session.identity.session {
+        session.state.revocations.unregister(sid, session.conn.id);
+    }
     let reason = session.conn.reason().unwrap_or(Disconnect::Normal);
     session.state.metrics.sessions.disconnected(reason);
     let Session {
@@ -80,6 +100,25 @@ pub async fn serve(
         state.hub.announce_presence(&room, &conn.user, false).await;
     }
     let _ = writer.await;
+}
+
+/// When a socket whose token expires at `exp` (Unix seconds) must close: `grace` after
+/// it, as an [`Instant`]. `None` for tokens without `exp` (and dev mode).
+fn expiry_deadline(exp: Option<u64>, grace: Duration) -> Option<Instant> {
+    let exp = exp?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now) + grace;
+    Some(Instant::now() + left)
+}
+
+/// Completes when `timer` fires; never without one.
+async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes queued frames until the connection closes, then sends the close frame.
@@ -163,6 +202,10 @@ struct Session {
     received: Instant,
     /// The send rate limit: every text or binary frame from the client counts.
     rate: SendRate,
+    /// Who the socket speaks for: its current token's user, session and `exp`.
+    identity: Identity,
+    /// When the socket closes with 4001 unless renewed (`exp` + grace); `None`: never.
+    deadline: Option<Instant>,
 }
 
 impl Session {
@@ -189,12 +232,19 @@ impl Session {
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
         let shutdown = self.state.shutdown.clone();
+        // Boxed and only for sockets whose token expires: one timer, moved by renewals.
+        let mut expiry: Option<Pin<Box<Sleep>>> = None;
         loop {
+            self.sync_expiry(&mut expiry);
             tokio::select! {
                 biased;
                 _ = self.conn.closing() => return,
                 _ = shutdown.cancelled() => {
                     self.conn.close(Disconnect::GoingAway);
+                    return;
+                }
+                _ = expired(&mut expiry) => {
+                    self.conn.close(Disconnect::TokenExpired);
                     return;
                 }
                 _ = heartbeat.tick() => {
@@ -261,6 +311,70 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Points `timer` at [`Session::deadline`] (after a renewal moved or removed it).
+    fn sync_expiry(&self, timer: &mut Option<Pin<Box<Sleep>>>) {
+        match (self.deadline, timer.as_mut()) {
+            (None, _) => *timer = None,
+            (Some(deadline), Some(sleep)) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+            (Some(deadline), None) => {
+                *timer = Some(Box::pin(tokio::time::sleep_until(
+                    tokio::time::Instant::from_std(deadline),
+                )));
+            }
+        }
+    }
+
+    /// An `auth` frame: the socket continues on `token` if it verifies and names the
+    /// same user; otherwise it keeps its current token (and expiry).
+    async fn renew(&mut self, token: &str) -> Result<Option<u64>, GatewayError> {
+        let tokens = &self.state.metrics.tokens;
+        let identity = match self.state.auth.verify(token).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tokens.renewal(match e {
+                    AuthError::Expired => Renewal::Expired,
+                    AuthError::Revoked => Renewal::Revoked,
+                    _ => Renewal::Invalid,
+                });
+                return Err(GatewayError::Forbidden(format!(
+                    "token refused, the connection keeps its current one: {e}"
+                )));
+            }
+        };
+        if identity.user != self.conn.user {
+            tokens.renewal(Renewal::OtherUser);
+            return Err(GatewayError::Forbidden(format!(
+                "token refused: it is for another user than this connection's ({})",
+                self.conn.user
+            )));
+        }
+        if identity.session != self.identity.session {
+            let revocations = &self.state.revocations;
+            if let Some(sid) = &identity.session
+                && revocations.register(sid, &self.conn).is_err()
+            {
+                tokens.renewal(Renewal::Revoked);
+                return Err(GatewayError::Forbidden(format!(
+                    "token refused, the connection keeps its current one: {}",
+                    AuthError::Revoked
+                )));
+            }
+            if let Some(old) = &self.identity.session {
+                revocations.unregister(old, self.conn.id);
+            }
+        }
+        tokens.renewal(Renewal::Ok);
+        self.deadline = expiry_deadline(identity.expires_at, self.state.limits.token_expiry_grace);
+        let exp = identity.expires_at;
+        self.identity = identity;
+        Ok(exp)
     }
 
     /// Answers a frame over the send rate limit with `rate_limited` (echoing its `ref`
@@ -393,6 +507,12 @@ impl Session {
                 .reply(ServerFrame::Pong { reference })
                 .await
                 .map_err(closed),
+            Request::Auth { token } => {
+                let exp = self.renew(&token).await?;
+                self.reply(ServerFrame::Authed { exp, reference })
+                    .await
+                    .map_err(closed)
+            }
         }
     }
 

@@ -104,7 +104,8 @@ pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
 }
 
 /// The limits from `CHAT_MAX_CONNECTIONS`, `CHAT_SEND_RATE`, `CHAT_SEND_BURST`,
-/// `CHAT_PING_INTERVAL_SECS`, `CHAT_IDLE_TIMEOUT_SECS` and `CHAT_ALLOWED_ORIGINS`.
+/// `CHAT_PING_INTERVAL_SECS`, `CHAT_IDLE_TIMEOUT_SECS`, `CHAT_TOKEN_EXPIRY_GRACE_SECS` and
+/// `CHAT_ALLOWED_ORIGINS`.
 fn limits(env: &Env<'_>) -> Result<Limits, EnvError> {
     let defaults = Limits::default();
     Ok(Limits {
@@ -113,6 +114,8 @@ fn limits(env: &Env<'_>) -> Result<Limits, EnvError> {
         burst: env.parse("CHAT_SEND_BURST", defaults.burst)?,
         ping_interval: env.secs("CHAT_PING_INTERVAL_SECS", defaults.ping_interval)?,
         idle_timeout: env.secs("CHAT_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
+        token_expiry_grace: env
+            .secs("CHAT_TOKEN_EXPIRY_GRACE_SECS", defaults.token_expiry_grace)?,
         allowed_origins: env.optional("CHAT_ALLOWED_ORIGINS", parse_origins)?,
     })
 }

@@ -15,6 +15,7 @@ use crate::conn::ConnId;
 use crate::limits::Limits;
 use crate::metrics::GatewayMetrics;
 use crate::presence::PresenceTracker;
+use crate::revocations::Revocations;
 use crate::rooms::Hub;
 
 /// State shared by every route and session.
@@ -37,6 +38,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Connection count, send rate and origin limits.
     pub limits: Limits,
+    /// Sockets by accounts session, and the recently revoked sessions (shared with
+    /// [`Authenticator`], which refuses their tokens).
+    pub revocations: Arc<Revocations>,
     /// Open WebSockets, for [`Limits::max_connections`].
     open: Arc<AtomicUsize>,
     next_conn: AtomicU64,
@@ -61,6 +65,7 @@ impl AppState {
             metrics: GatewayMetrics::default(),
             registry: Arc::new(Registry::default()),
             limits: Limits::default(),
+            revocations: Arc::new(Revocations::new(Default::default())),
             open: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
         }
@@ -77,6 +82,13 @@ impl AppState {
     /// Serves the accounts endpoints with `accounts`.
     pub fn with_accounts(mut self, accounts: Option<AccountsClient>) -> Self {
         self.accounts = accounts;
+        self
+    }
+
+    /// Closes sockets of the sessions `revocations` is told about (give the same set to
+    /// the [`Authenticator`]).
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
         self
     }
 

@@ -43,7 +43,14 @@ pub enum Request {
         users: Vec<UserId>,
     },
     Ping,
+    /// A fresh access token for the connection (renewal before its current one expires).
+    Auth {
+        token: String,
+    },
 }
+
+/// Longest token an `auth` frame may carry (the gateway refuses longer tokens anyway).
+pub const MAX_AUTH_TOKEN_BYTES: usize = 4096;
 
 /// A client frame: the request plus the client's optional correlation `ref`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,7 @@ struct RawFrame<'a> {
     before: Option<Seq>,
     limit: Option<u32>,
     users: Option<Vec<std::borrow::Cow<'a, str>>>,
+    token: Option<String>,
 }
 
 /// Only the `ref`, read from a frame whose other fields failed to parse.
@@ -205,6 +213,22 @@ fn validate(raw: RawFrame<'_>) -> Result<Request, Invalid> {
             Request::Presence { users }
         }
         "ping" => Request::Ping,
+        "auth" => {
+            let token = raw.token.ok_or_else(|| bad("missing field `token`"))?;
+            if token.is_empty() {
+                return Err(bad("empty token"));
+            }
+            if token.len() > MAX_AUTH_TOKEN_BYTES {
+                return Err((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "token is {} bytes, the limit is {MAX_AUTH_TOKEN_BYTES}",
+                        token.len()
+                    ),
+                ));
+            }
+            Request::Auth { token }
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(format!("unknown frame type {shown:?}")));
@@ -279,6 +303,14 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+    /// Reply to `auth`: the connection now runs on the new token, which expires at `exp`
+    /// (seconds since the Unix epoch; absent for a token without `exp`).
+    Authed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -347,6 +379,38 @@ mod tests {
             Ok(Request::Presence { users }) if users.len() == 2
         ));
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(
+            parse(r#"{"type":"auth","token":"a.b.c"}"#),
+            Ok(Request::Auth {
+                token: "a.b.c".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_auth_frames() {
+        assert_eq!(
+            parse(r#"{"type":"auth","ref":"a1"}"#),
+            Err((ErrorCode::BadRequest, Some("a1".into())))
+        );
+        assert_eq!(
+            parse(r#"{"type":"auth","token":""}"#),
+            Err((ErrorCode::BadRequest, None))
+        );
+        assert_eq!(
+            parse(r#"{"type":"auth","token":7,"ref":"a2"}"#),
+            Err((ErrorCode::BadRequest, Some("a2".into())))
+        );
+        let long = format!(
+            r#"{{"type":"auth","token":"{}"}}"#,
+            "t".repeat(MAX_AUTH_TOKEN_BYTES + 1)
+        );
+        assert_eq!(parse(&long), Err((ErrorCode::TooLarge, None)));
+        // `null` counts as absent.
+        assert_eq!(
+            parse(r#"{"type":"auth","token":null}"#),
+            Err((ErrorCode::BadRequest, None))
+        );
     }
 
     #[test]
@@ -443,6 +507,22 @@ mod tests {
             }
             .to_json(),
             r#"{"type":"error","code":"not_joined","message":"join first"}"#
+        );
+        assert_eq!(
+            ServerFrame::Authed {
+                exp: Some(1_800_000_000),
+                reference: Some("a")
+            }
+            .to_json(),
+            r#"{"type":"authed","exp":1800000000,"ref":"a"}"#
+        );
+        assert_eq!(
+            ServerFrame::Authed {
+                exp: None,
+                reference: None
+            }
+            .to_json(),
+            r#"{"type":"authed"}"#
         );
     }
 }

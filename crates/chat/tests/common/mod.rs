@@ -147,6 +147,30 @@ impl Cluster {
         Ok(self.gateways.len() - 1)
     }
 
+    /// Starts an accounts service (embedded store in the cluster's directory, cheap
+    /// hashing, access tokens valid `access_token_ttl`) that announces ended sessions on
+    /// the cluster's Redis; returns its address for the gateways' `accounts_url`.
+    pub async fn start_accounts(
+        &self,
+        access_token_ttl: std::time::Duration,
+    ) -> anyhow::Result<SocketAddr> {
+        let mut settings = cheap_accounts(self._dir.path(), access_token_ttl);
+        settings.redis_url = Some(self.redis.url());
+        let store = chat_accounts::open_store(&settings).await?;
+        let backends = chat_accounts::cli::backends(&settings).await?;
+        let accounts = chat_accounts::AccountsServer::bind(
+            &settings,
+            store,
+            backends.throttle,
+            backends.revocations,
+            &mut chat_metrics::Metrics::new("test"),
+        )
+        .await?;
+        let addr = accounts.local_addr();
+        tokio::spawn(accounts.run(self.history_stop.clone()));
+        Ok(addr)
+    }
+
     /// `ws://` URL of gateway `gw` with a valid token for `user`.
     pub fn ws_url(&self, gw: usize, user: &str) -> String {
         format!(
@@ -203,6 +227,27 @@ pub fn all_in_one_gateway() -> GatewaySettings {
         shutdown_grace_secs: 1,
         ..Default::default()
     }
+}
+
+/// Accounts settings for tests: loopback port 0, embedded store in `dir`, argon2id made
+/// cheap, access tokens valid `access_token_ttl`.
+pub fn cheap_accounts(
+    dir: &std::path::Path,
+    access_token_ttl: std::time::Duration,
+) -> chat_accounts::Settings {
+    let mut settings = chat_accounts::Settings {
+        access_token_ttl,
+        hash_params: chat_accounts::password::HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
+        hash_threads: 2,
+        ..Default::default()
+    };
+    settings.service.grpc_addr = ([127, 0, 0, 1], 0).into();
+    settings.store.data_dir = dir.to_owned();
+    settings
 }
 
 /// A token for `user`, valid for an hour.

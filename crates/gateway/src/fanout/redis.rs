@@ -177,6 +177,36 @@ fn unavailable(e: fred::error::Error) -> FanOutError {
     FanOutError::Unavailable(e.to_string())
 }
 
+/// A fred builder for `url` with the gateway's connection settings (timeouts, the
+/// unresponsive-connection check, reconnecting forever with backoff), and the pub/sub
+/// mode the URL selects. Shared by the fan-out and the revocation subscriber
+/// ([`crate::revocations`]).
+pub(crate) fn builder(url: &str) -> Result<(Builder, PubSubMode), fred::error::Error> {
+    let config = Config::from_url(url)?;
+    let mode = if config.server.is_clustered() {
+        PubSubMode::Sharded
+    } else {
+        PubSubMode::Classic
+    };
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: UNRESPONSIVE_CHECK,
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            p.broadcast_channel_capacity = MESSAGE_BUFFER;
+        })
+        // max_attempts 0 = retry forever; 50 ms doubling up to 2 s.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok((builder, mode))
+}
+
 impl RedisFanOut {
     /// Connects to `url`: `redis://host:port[/db]` for a single server (classic pub/sub),
     /// `redis-cluster://host:port[?node=host2:port2&...]` for a Redis Cluster (sharded
@@ -188,28 +218,7 @@ impl RedisFanOut {
         url: &str,
         metrics: RedisFanOutMetrics,
     ) -> Result<(Self, mpsc::Receiver<Signal>), FanOutError> {
-        let config = Config::from_url(url).map_err(unavailable)?;
-        let mode = if config.server.is_clustered() {
-            PubSubMode::Sharded
-        } else {
-            PubSubMode::Classic
-        };
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(5);
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(UNRESPONSIVE_AFTER),
-                    interval: UNRESPONSIVE_CHECK,
-                };
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = MESSAGE_BUFFER;
-            })
-            // max_attempts 0 = retry forever; 50 ms doubling up to 2 s.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let (builder, mode) = builder(url).map_err(unavailable)?;
         let publisher = builder.build().map_err(unavailable)?;
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;

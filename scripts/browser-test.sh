@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The web client's tests in a real browser: installs what is missing (Debian `chromium`,
 # the pinned npm packages of tests/browser), builds the `chat` binary, then runs the unit
-# tests of the client's logic and the end-to-end test in headless Chromium.
+# tests of the client's logic and the end-to-end tests in headless Chromium (dev names,
+# JWT, and the accounts journey), one file at a time.
 #
 #   scripts/browser-test.sh
 #
@@ -57,4 +58,4 @@ export CHAT_BIN
 cd tests/browser
 # The suite bounds every wait itself; this is the backstop if something hangs anyway.
 exec timeout --kill-after=10 900 \
-    node --test --test-reporter=spec rooms.test.mjs e2e.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec rooms.test.mjs auth.test.mjs e2e.test.mjs accounts.test.mjs

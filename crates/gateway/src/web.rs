@@ -40,7 +40,7 @@ const INDEX: Asset = Asset {
 };
 
 /// Files served under `/assets/`.
-const ASSETS: [Asset; 5] = [
+const ASSETS: [Asset; 7] = [
     Asset {
         name: "app.js",
         content_type: "text/javascript; charset=utf-8",
@@ -50,6 +50,16 @@ const ASSETS: [Asset; 5] = [
         name: "connection.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../web/connection.js"),
+    },
+    Asset {
+        name: "auth.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/auth.js"),
+    },
+    Asset {
+        name: "users.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/users.js"),
     },
     Asset {
         name: "rooms.js",

@@ -5,7 +5,8 @@
 // fence. State lives in `app`; the DOM is re-derived from it (whole lists for rare
 // events, single nodes for the common case of a new last message).
 
-import { Connection } from './connection.js';
+import { AccountSession, ApiError, api, authMethods, errorText } from './auth.js';
+import { CLOSE_SESSION_ENDED, Connection } from './connection.js';
 import {
   RoomLog,
   dmPeer,
@@ -16,6 +17,7 @@ import {
   unreadCount,
   utf8Length,
 } from './rooms.js';
+import { UserDirectory } from './users.js';
 
 const STORAGE_PREFIX = 'chat.v1.';
 const DEFAULT_ROOMS = ['general'];
@@ -106,13 +108,22 @@ class Room {
   }
 
   get label() {
-    return this.peer ? `@${this.peer}` : `#${this.id}`;
+    const peer = this.peer;
+    if (!peer) return `#${this.id}`;
+    return app.users.get(peer) ? displayName(peer) : `@${peer}`;
   }
 }
 
 const app = {
-  /** `{mode: 'user', user}` or `{mode: 'token', token}`. */
+  /**
+   * `{mode: 'user', user}` (dev), `{mode: 'token', token}` (pasted), or
+   * `{mode: 'account'}` (the token lives in `app.account`, in memory only).
+   */
   session: null,
+  /** What the server offers (`/v1/auth/methods`), known before the first screen. */
+  methods: { accounts: false, dev: true, external_tokens: true, known: false },
+  account: new AccountSession(),
+  users: null,
   /** @type {Connection|null} */
   conn: null,
   /** The user id the server greeted us as. */
@@ -138,15 +149,44 @@ const app = {
   typingSentAt: new Map(),
   checkingCredentials: false,
 };
+app.users = new UserDirectory(() => (app.session?.mode === 'account' ? app.account.token : null));
+
+/** What to call a user: their display name when known, else their id. */
+function displayName(id) {
+  return app.users.name(id);
+}
 
 // ---------------------------------------------------------------- sign-in
 
-function showSignin(error = '') {
+/** The sign-in modes this server offers, in display order. */
+function signinModes() {
+  const m = app.methods;
+  const modes = [];
+  if (m.accounts) modes.push('login', 'signup');
+  if (m.dev) modes.push('user');
+  if (m.external_tokens || !m.known) modes.push('token');
+  return modes.length ? modes : ['login', 'signup'];
+}
+
+/** Shows the sign-in screen; `error` in red, `notice` (why the session ended) above the form. */
+function showSignin(error = '', { notice = '' } = {}) {
   $('chat').hidden = true;
   $('signin').hidden = false;
-  setSigninMode(storage.get('lastMode', 'user'));
+  const modes = signinModes();
+  for (const mode of ['login', 'signup', 'user', 'token']) $(`mode-opt-${mode}`).hidden = !modes.includes(mode);
+  const last = storage.get('lastMode', null);
+  // Dev servers keep the name form first (a returning account user still has `lastMode`).
+  const preferred = modes.includes(last) ? last : modes.includes('user') ? 'user' : modes[0];
+  setSigninMode(preferred);
   $('signin-error').textContent = error;
-  (currentSigninMode() === 'user' ? $('signin-name') : $('signin-token')).focus();
+  $('signin-notice').textContent = notice;
+  $('signin-notice').hidden = !notice;
+  focusSigninField();
+}
+
+function focusSigninField() {
+  const mode = currentSigninMode();
+  (mode === 'user' ? $('signin-name') : mode === 'token' ? $('signin-token') : $('signin-username')).focus();
 }
 
 function currentSigninMode() {
@@ -155,14 +195,24 @@ function currentSigninMode() {
 
 function setSigninMode(mode) {
   $('signin-form').elements.mode.value = mode;
+  const account = mode === 'login' || mode === 'signup';
+  $('mode-account').hidden = !account;
+  $('signup-only').hidden = mode !== 'signup';
   $('mode-user').hidden = mode !== 'user';
   $('mode-token').hidden = mode !== 'token';
+  $('signin-password').autocomplete = mode === 'signup' ? 'new-password' : 'current-password';
+  $('signin-submit').textContent = mode === 'signup' ? 'Create account' : mode === 'login' ? 'Log in' : 'Sign in';
 }
 
 async function onSignin(event) {
   event.preventDefault();
   const mode = currentSigninMode();
   const error = $('signin-error');
+  $('signin-notice').hidden = true;
+  if (mode === 'login' || mode === 'signup') {
+    await onAccountSignin(mode);
+    return;
+  }
   let session;
   if (mode === 'user') {
     const user = $('signin-name').value.trim();
@@ -181,7 +231,7 @@ async function onSignin(event) {
     }
     session = { mode, token };
   }
-  const button = event.submitter ?? $('signin-form').querySelector('button[type=submit]');
+  const button = $('signin-submit');
   button.disabled = true;
   error.textContent = '';
   const verdict = await checkCredentials(session);
@@ -191,12 +241,56 @@ async function onSignin(event) {
     storage.set('lastMode', mode);
     startChat(session);
   } else if (verdict.status === 401 && mode === 'user') {
-    setSigninMode('token');
-    error.textContent = `This server does not accept plain names (${verdict.message}). Sign in with an access token.`;
-    $('signin-token').focus();
+    const next = signinModes().includes('token') ? 'token' : signinModes()[0];
+    setSigninMode(next);
+    error.textContent =
+      next === 'token'
+        ? `This server does not accept plain names (${verdict.message}). Sign in with an access token.`
+        : `This server does not accept plain names (${verdict.message}). Log in or sign up.`;
+    focusSigninField();
   } else {
     error.textContent = verdict.message;
   }
+}
+
+/** Log in or sign up with a username and password. */
+async function onAccountSignin(mode) {
+  const error = $('signin-error');
+  const username = $('signin-username').value.trim();
+  const password = $('signin-password').value;
+  if (!username) {
+    error.textContent = 'Enter your username.';
+    $('signin-username').focus();
+    return;
+  }
+  if (!password) {
+    error.textContent = 'Enter your password.';
+    $('signin-password').focus();
+    return;
+  }
+  const body = { username, password };
+  if (mode === 'signup') {
+    const display = $('signin-display').value.trim();
+    if (display) body.display_name = display;
+  }
+  const button = $('signin-submit');
+  button.disabled = true;
+  error.textContent = '';
+  try {
+    const reply = await api('POST', mode === 'signup' ? '/v1/auth/signup' : '/v1/auth/login', { body });
+    app.account.adopt(reply);
+  } catch (err) {
+    error.textContent = errorText(err);
+    (err.code === 'invalid_credentials' || err.code === 'weak_password' ? $('signin-password') : $('signin-username')).focus();
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  $('signin-password').value = '';
+  $('signin-display').value = '';
+  storage.set('lastMode', 'login');
+  storage.remove('session');
+  startChat({ mode: 'account' });
 }
 
 /**
@@ -209,7 +303,7 @@ async function checkCredentials(session) {
   url.searchParams.set('limit', '1');
   const headers = {};
   if (session.mode === 'user') url.searchParams.set('user', session.user);
-  else headers.Authorization = `Bearer ${session.token}`;
+  else headers.Authorization = `Bearer ${sessionToken(session)}`;
   let response;
   try {
     response = await fetch(url, { headers, cache: 'no-store' });
@@ -231,21 +325,34 @@ function wsUrl(session) {
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   // Browsers cannot set headers on a WebSocket, so the token travels in the query.
   if (session.mode === 'user') url.searchParams.set('user', session.user);
-  else url.searchParams.set('token', session.token);
+  else url.searchParams.set('token', sessionToken(session));
   return url.href;
 }
 
-function signOut(message = '') {
+/** The access token of a token or account session (an account's is renewed in place). */
+function sessionToken(session) {
+  return session.mode === 'account' ? app.account.token ?? '' : session.token;
+}
+
+/**
+ * Back to the sign-in screen. `message` is shown as an error; `notice` explains why a
+ * session ended. An account session is forgotten here (the caller logs out first).
+ */
+function signOut(message = '', { notice = '' } = {}) {
   app.conn?.stop();
   app.conn = null;
   storage.remove('session');
+  if (app.session?.mode === 'account') app.account.clear();
+  app.users.clear();
+  closeAccountDialog();
+  clearDmResults();
   app.session = null;
   app.me = null;
   for (const room of app.rooms.values()) clearAllTyping(room);
   app.rooms.clear();
   app.active = null;
   app.outbox = [];
-  showSignin(message);
+  showSignin(message, { notice });
 }
 
 // ---------------------------------------------------------------- connection
@@ -255,7 +362,16 @@ function startChat(session) {
   $('signin').hidden = true;
   $('chat').hidden = false;
   $('me-name').textContent = session.mode === 'user' ? session.user : '…';
-  if (session.mode === 'user') {
+  const account = session.mode === 'account';
+  $('account-open').hidden = !account;
+  // Accounts log out from the account menu (which also ends the server session).
+  $('signout').hidden = account;
+  setDmMode(account);
+  if (account) {
+    app.users.remember([app.account.user]);
+    // Rooms and read points are per user id: show them at once, like a dev name.
+    loadUserState(app.account.user.id);
+  } else if (session.mode === 'user') {
     // Show the remembered rooms at once; they are joined when the connection opens.
     loadUserState(session.user);
   }
@@ -265,6 +381,7 @@ function startChat(session) {
   conn.addEventListener('hello', (e) => onHello(e.detail));
   conn.addEventListener('frame', (e) => onFrame(e.detail));
   conn.addEventListener('refused', () => onRefused());
+  conn.addEventListener('ended', (e) => onEnded(e.detail));
   conn.start();
 }
 
@@ -319,15 +436,68 @@ function showCloseNotice({ code, reason, throttled, retryAt }) {
   notice.hidden = false;
 }
 
+/**
+ * The server closed a live socket for good: 4001 (the token expired without being
+ * renewed, e.g. the computer slept) or 4003 (the session was ended: a logout elsewhere, a
+ * password change, the account deleted). An account tries one refresh after a 4001.
+ */
+async function onEnded({ code, reason }) {
+  const session = app.session;
+  if (!session) return;
+  if (code !== CLOSE_SESSION_ENDED && session.mode === 'account') {
+    let ok = false;
+    try {
+      ok = await app.account.refresh();
+    } catch {
+      ok = false;
+    }
+    if (app.session !== session) return;
+    if (ok) {
+      app.conn?.start();
+      return;
+    }
+  }
+  if (app.session !== session) return;
+  const notice =
+    code === CLOSE_SESSION_ENDED
+      ? `You were signed out: ${reason || 'this session was ended'}. This happens after logging out everywhere, a password change or deleting the account.`
+      : `Your session expired${reason ? ` (${reason})` : ''}. Please sign in again.`;
+  signOut('', { notice });
+}
+
 /** The connection closed before `hello`: if the credentials are refused, sign out. */
 async function onRefused() {
   if (app.checkingCredentials || !app.session) return;
-  app.checkingCredentials = true;
   const session = app.session;
+  if (session.mode === 'account') {
+    await refreshAfterRefusal(session);
+    return;
+  }
+  app.checkingCredentials = true;
   const verdict = await checkCredentials(session);
   app.checkingCredentials = false;
   if (app.session === session && !verdict.ok && verdict.status === 401) {
     signOut(`The server refused your sign-in: ${verdict.message}`);
+  }
+}
+
+/** An account's socket was refused: its token may have expired. Refresh, or sign out. */
+async function refreshAfterRefusal(session) {
+  app.checkingCredentials = true;
+  try {
+    const verdict = await checkCredentials(session);
+    if (verdict.ok || verdict.status !== 401) return;
+    let ok = false;
+    try {
+      ok = await app.account.refresh();
+    } catch {
+      return; // offline: the reconnect loop keeps trying
+    }
+    if (app.session === session && !ok) {
+      signOut('', { notice: 'Your session has ended. Please log in again.' });
+    }
+  } finally {
+    app.checkingCredentials = false;
   }
 }
 
@@ -342,6 +512,9 @@ function onFrame(frame) {
     case 'presence':
       onPresenceEvent(frame);
       break;
+    case 'authed':
+      // The renewed token was accepted (`exp`); nothing to show.
+      break;
     case 'error':
       // Errors without a pending request, e.g. `typing` racing a `leave`.
       console.debug('server error', frame.code, frame.message);
@@ -355,8 +528,8 @@ function onFrame(frame) {
 
 function loadUserState(user) {
   app.me = user;
-  $('me-name').textContent = user;
-  paintAvatar($('me-avatar'), user);
+  $('me-name').textContent = displayName(user);
+  paintAvatar($('me-avatar'), displayName(user));
   for (const room of app.rooms.values()) clearAllTyping(room);
   app.rooms.clear();
   const saved = storage.get(`rooms.${user}`, null);
@@ -527,6 +700,11 @@ function onDmSubmit(event) {
   const input = $('dm-user');
   const other = input.value.trim().replace(/^@/, '');
   showSidebarError('');
+  if (app.session?.mode === 'account') {
+    if (other) searchPeople(other);
+    else input.focus();
+    return;
+  }
   if (!app.me) {
     showSidebarError('Wait until you are connected.');
     return;
@@ -772,11 +950,12 @@ function appendMessageNode(parent, msg, prev) {
   }
   const grouped = sameDay && prev.from === msg.from && date - prevDate < GROUP_WINDOW_MS;
   const mine = msg.from === app.me;
+  if (!mine) app.users.want([msg.from]);
   const classes = ['msg', mine ? 'mine' : 'theirs', grouped ? 'cont' : ''].filter(Boolean).join(' ');
   const node = h('li', { class: classes, 'data-seq': msg.seq, 'data-id': msg.id });
   if (!mine) {
     const avatar = h('span', { class: 'avatar', 'aria-hidden': 'true' });
-    paintAvatar(avatar, msg.from);
+    paintAvatar(avatar, displayName(msg.from));
     node.append(avatar);
   }
   node.append(
@@ -786,7 +965,12 @@ function appendMessageNode(parent, msg, prev) {
       h(
         'p',
         { class: 'meta' },
-        h('span', { class: 'author' }, mine ? 'You' : msg.from, mine ? null : presenceDot(msg.from)),
+        h(
+          'span',
+          { class: 'author', 'data-user': msg.from, title: mine ? null : msg.from },
+          mine ? 'You' : displayName(msg.from),
+          mine ? null : presenceDot(msg.from),
+        ),
         ' ',
         h('time', {
           datetime: msg.ts,
@@ -810,7 +994,7 @@ function renderOlderControls() {
   start.hidden = !room || room.log.hasMore;
   if (room) {
     start.textContent = room.peer
-      ? `This is the beginning of your conversation with ${room.peer}.`
+      ? `This is the beginning of your conversation with ${displayName(room.peer)}.`
       : `This is the beginning of #${room.id}.`;
   }
 }
@@ -991,6 +1175,7 @@ function onTyping({ room: roomId, user }) {
   const room = app.rooms.get(roomId);
   if (!room || typeof user !== 'string' || user === app.me) return;
   clearTimeout(room.typing.get(user));
+  app.users.want([user]);
   room.typing.set(
     user,
     setTimeout(() => clearTyping(room, user), TYPING_SHOW_MS),
@@ -1012,7 +1197,7 @@ function clearAllTyping(room) {
 }
 
 function renderTyping() {
-  const users = [...(activeRoom()?.typing.keys() ?? [])];
+  const users = [...(activeRoom()?.typing.keys() ?? [])].map(displayName);
   $('typing').textContent =
     users.length === 0
       ? ''
@@ -1168,12 +1353,13 @@ function renderSidebar() {
 }
 
 function roomItem(room) {
+  if (room.peer) app.users.want([room.peer]);
   const active = room.id === app.active;
   const button = h(
     'button',
     { type: 'button', class: 'room-button', 'data-room': room.id, 'aria-current': active ? 'true' : null },
     room.peer ? presenceDot(room.peer) : h('span', { class: 'hash', 'aria-hidden': 'true', text: '#' }),
-    h('span', { class: 'room-name', text: room.peer ?? room.id }),
+    h('span', { class: 'room-name', text: room.peer ? displayName(room.peer) : room.id }),
   );
   if (room.unread > 0) {
     button.append(
@@ -1230,7 +1416,7 @@ function announce(msg) {
     announceQueue = [];
     const [first] = queue;
     const body = first.body.length > 140 ? `${first.body.slice(0, 140)}…` : first.body;
-    $('announcer').textContent = queue.length === 1 ? `${first.from}: ${body}` : `${queue.length} new messages`;
+    $('announcer').textContent = queue.length === 1 ? `${displayName(first.from)}: ${body}` : `${queue.length} new messages`;
   }, 400);
 }
 
@@ -1248,6 +1434,177 @@ function setDrawer(open) {
   }
 }
 
+// ---------------------------------------------------------------- people and account
+
+/** Names arrived: show them wherever ids were shown. */
+function onNamesChanged() {
+  if (!app.session) return;
+  if (app.me) {
+    $('me-name').textContent = displayName(app.me);
+    paintAvatar($('me-avatar'), displayName(app.me));
+  }
+  renderSidebar();
+  renderMessages({ scroll: isAtBottom() ? 'end' : 'keep' });
+  renderTyping();
+  updateTitle();
+  const room = activeRoom();
+  if (room) {
+    $('composer-input').placeholder = `Message ${room.label}`;
+    $('composer-input').labels[0].textContent = `Message ${room.label}`;
+  }
+}
+
+/** Accounts find people by name; dev and token sessions type a user id. */
+function setDmMode(account) {
+  $('dm-label').textContent = account ? 'Find people' : 'Message a user';
+  $('dm-user').placeholder = account ? 'name or username' : 'their user id';
+  $('dm-submit').textContent = account ? 'Search' : 'Start';
+  clearDmResults();
+}
+
+function clearDmResults() {
+  $('dm-results').replaceChildren();
+  $('dm-results').hidden = true;
+}
+
+let searchSeq = 0;
+
+async function searchPeople(query) {
+  const seq = ++searchSeq;
+  showSidebarError('');
+  let reply;
+  try {
+    reply = await api('GET', `/v1/users/search?q=${encodeURIComponent(query)}&limit=10`, { token: app.account.token });
+  } catch (err) {
+    if (seq === searchSeq) showSidebarError(errorText(err));
+    return;
+  }
+  if (seq !== searchSeq || app.session?.mode !== 'account') return;
+  const users = (reply?.users ?? []).filter((u) => typeof u?.id === 'string' && u.id !== app.me);
+  app.users.remember(users);
+  const list = $('dm-results');
+  list.replaceChildren(
+    ...users.map((u) =>
+      h(
+        'li',
+        {},
+        h(
+          'button',
+          { type: 'button', class: 'person', 'data-user': u.id, 'aria-label': `Message ${u.display_name || u.username} (@${u.username})` },
+          h('span', { class: 'person-name', text: u.display_name || u.username }),
+          ' ',
+          h('span', { class: 'person-handle', text: `@${u.username}` }),
+        ),
+      ),
+    ),
+  );
+  if (!users.length) list.append(h('li', { class: 'hint', text: 'Nobody found.' }));
+  list.hidden = false;
+}
+
+function onDmResultsClick(event) {
+  const button = event.target.closest('button[data-user]');
+  if (!button || !app.me) return;
+  const id = dmRoom(app.me, button.dataset.user);
+  if (!id) {
+    showSidebarError('Cannot start a conversation with this user.');
+    return;
+  }
+  clearDmResults();
+  $('dm-user').value = '';
+  addRoom(id);
+}
+
+function openAccountDialog() {
+  const user = app.account.user;
+  if (!user) return;
+  $('account-username').textContent = user.username ?? user.id;
+  $('rename-input').value = user.display_name ?? '';
+  $('account-error').textContent = '';
+  $('account-status').textContent = '';
+  for (const id of ['password-current', 'password-new', 'delete-password']) $(id).value = '';
+  const dialog = $('account-dialog');
+  if (!dialog.open) dialog.showModal();
+  $('rename-input').focus();
+}
+
+function closeAccountDialog() {
+  const dialog = $('account-dialog');
+  if (dialog.open) dialog.close();
+}
+
+/** Runs one account action from the dialog, with its button disabled and errors shown. */
+async function accountAction(button, action) {
+  $('account-error').textContent = '';
+  $('account-status').textContent = '';
+  button.disabled = true;
+  try {
+    await action();
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      // The token expired under us: refresh and let the user try again.
+      await app.account.refresh().catch(() => false);
+    }
+    $('account-error').textContent = errorText(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function onRename(event) {
+  event.preventDefault();
+  const display = $('rename-input').value.trim();
+  accountAction(event.submitter ?? $('rename-form').querySelector('button'), async () => {
+    if (!display) throw new ApiError(400, 'bad_request', 'A display name cannot be empty.');
+    const reply = await api('PATCH', '/v1/users/me', { body: { display_name: display }, token: app.account.token });
+    const user = reply?.user ?? reply ?? { ...app.account.user, display_name: display };
+    app.account.user = { ...app.account.user, display_name: user.display_name ?? display };
+    app.users.remember([app.account.user]);
+    $('account-status').textContent = 'Display name saved.';
+  });
+}
+
+function onPasswordChange(event) {
+  event.preventDefault();
+  const current = $('password-current').value;
+  const next = $('password-new').value;
+  accountAction(event.submitter ?? $('password-form').querySelector('button'), async () => {
+    if (!current || !next) throw new ApiError(400, 'bad_request', 'Enter your current and your new password.');
+    await api('POST', '/v1/auth/password', {
+      body: { current_password: current, new_password: next },
+      token: app.account.token,
+    });
+    $('password-current').value = '';
+    $('password-new').value = '';
+    $('account-status').textContent = 'Password changed. Your other devices were signed out.';
+  });
+}
+
+async function onLogout(all) {
+  const button = all ? $('logout-all') : $('logout');
+  await accountAction(button, async () => {
+    try {
+      await api('POST', all ? '/v1/auth/logout-all' : '/v1/auth/logout', { token: app.account.token });
+    } catch (err) {
+      // An expired or revoked session is as logged out as it gets.
+      if (!(err instanceof ApiError) || err.status !== 401) throw err;
+    }
+    app.account.clear({ broadcast: true });
+    signOut('', { notice: all ? 'You logged out on every device.' : 'You logged out.' });
+  });
+}
+
+function onDeleteAccount(event) {
+  event.preventDefault();
+  const password = $('delete-password').value;
+  accountAction(event.submitter ?? $('delete-form').querySelector('button'), async () => {
+    if (!password) throw new ApiError(400, 'bad_request', 'Type your password to confirm.');
+    await api('DELETE', '/v1/users/me', { body: { password }, token: app.account.token });
+    app.account.clear({ broadcast: true });
+    signOut('', { notice: 'Your account was deleted.' });
+  });
+}
+
 // ---------------------------------------------------------------- wiring
 
 function wire() {
@@ -1260,6 +1617,22 @@ function wire() {
     }
   });
   $('signout').addEventListener('click', () => signOut());
+  $('account-open').addEventListener('click', openAccountDialog);
+  $('account-close').addEventListener('click', closeAccountDialog);
+  $('rename-form').addEventListener('submit', onRename);
+  $('password-form').addEventListener('submit', onPasswordChange);
+  $('delete-form').addEventListener('submit', onDeleteAccount);
+  $('logout').addEventListener('click', () => onLogout(false));
+  $('logout-all').addEventListener('click', () => onLogout(true));
+  $('dm-results').addEventListener('click', onDmResultsClick);
+  app.users.addEventListener('change', onNamesChanged);
+  // A renewed token: hand it to the live socket (the next reconnect reads it anyway).
+  app.account.addEventListener('token', (e) => {
+    if (app.session?.mode === 'account' && app.conn?.isOpen) app.conn.renew(e.detail.token);
+  });
+  app.account.addEventListener('ended', (e) => {
+    if (app.session?.mode === 'account') signOut('', { notice: e.detail.message });
+  });
   $('retry-now').addEventListener('click', () => app.conn?.retryNow());
   $('join-form').addEventListener('submit', onJoinSubmit);
   $('dm-form').addEventListener('submit', onDmSubmit);
@@ -1302,14 +1675,36 @@ function wire() {
   });
   // Another tab signed out or in: follow it.
   window.addEventListener('storage', (e) => {
-    if (e.key === `${STORAGE_PREFIX}session` && e.newValue === null && app.session) signOut();
+    if (e.key === `${STORAGE_PREFIX}session` && e.newValue === null && app.session && app.session.mode !== 'account') {
+      signOut();
+    }
   });
 }
 
-wire();
-const saved = storage.get('session', null);
-if (saved && (saved.mode === 'user' ? isValidUser(saved.user) : typeof saved.token === 'string')) {
-  startChat(saved);
-} else {
-  showSignin();
+/**
+ * First screen: ask what the server offers, then try the refresh cookie (a returning
+ * account user stays signed in), then a saved dev name or pasted token, else sign-in.
+ */
+async function boot() {
+  wire();
+  app.methods = await authMethods();
+  if (app.methods.accounts) {
+    try {
+      if (await app.account.refresh()) {
+        startChat({ mode: 'account' });
+        return;
+      }
+    } catch {
+      // Cannot reach the server: fall through to the sign-in screen.
+    }
+  }
+  const saved = storage.get('session', null);
+  const allowed = saved && (saved.mode === 'user' ? app.methods.dev || !app.methods.known : app.methods.external_tokens || !app.methods.known);
+  if (allowed && (saved.mode === 'user' ? isValidUser(saved.user) : typeof saved.token === 'string')) {
+    startChat(saved);
+  } else {
+    showSignin();
+  }
 }
+
+boot();

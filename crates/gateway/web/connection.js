@@ -16,6 +16,10 @@ const IDLE_PING_MS = 25_000;
 /** ...and give up on the socket after this long. */
 const DEAD_AFTER_MS = 40_000;
 const HEARTBEAT_TICK_MS = 5_000;
+/** Close codes of the gateway: the token expired (not renewed in time)... */
+export const CLOSE_TOKEN_EXPIRED = 4001;
+/** ...and the session was ended (logout, password change, account deleted). */
+export const CLOSE_SESSION_ENDED = 4003;
 
 /**
  * Events (all `CustomEvent`s):
@@ -27,6 +31,10 @@ const HEARTBEAT_TICK_MS = 5_000;
  * - `frame`: every server frame that is not the reply to a pending request.
  * - `refused`: the socket closed before `hello` (bad credentials, gateway down or
  *   draining); callers may check their credentials.
+ * - `ended`: the server closed with 4001 (the token expired and was not renewed) or
+ *   4003 (the session ended: logged out elsewhere, password changed, account deleted);
+ *   `detail` is `{code, reason}`. The connection is stopped: reconnecting with the
+ *   same credentials cannot work.
  */
 export class Connection extends EventTarget {
   #url;
@@ -80,6 +88,15 @@ export class Connection extends EventTarget {
     clearTimeout(this.#retryTimer);
     this.#attempt = 0;
     this.#connect();
+  }
+
+  /**
+   * Hands the live session a renewed access token (`auth`; the server answers `authed`,
+   * passed on as a `frame`). The next reconnect reads the new token from the URL
+   * function anyway. False when not connected.
+   */
+  renew(token) {
+    return this.send({ type: 'auth', token });
   }
 
   /** Sends a frame if the session is open; false otherwise. */
@@ -175,6 +192,11 @@ export class Connection extends EventTarget {
       this.#pending.delete(ref);
     }
     if (this.#state === 'stopped') return;
+    if (code === CLOSE_TOKEN_EXPIRED || code === CLOSE_SESSION_ENDED) {
+      this.#setState('stopped');
+      this.dispatchEvent(new CustomEvent('ended', { detail: { code, reason } }));
+      return;
+    }
     if (!greeted) this.dispatchEvent(new CustomEvent('refused'));
     if (this.#state === 'stopped') return; // a `refused` listener signed out
     const upMs = greeted ? Date.now() - this.#openedAt : null;

@@ -79,8 +79,10 @@ impl Fetched {
 }
 
 /// The files the page loads, with the type each must be served with.
-const ASSETS: [(&str, &str); 5] = [
+const ASSETS: [(&str, &str); 7] = [
     ("/assets/app.js", "text/javascript; charset=utf-8"),
+    ("/assets/auth.js", "text/javascript; charset=utf-8"),
+    ("/assets/users.js", "text/javascript; charset=utf-8"),
     ("/assets/connection.js", "text/javascript; charset=utf-8"),
     ("/assets/rooms.js", "text/javascript; charset=utf-8"),
     ("/assets/app.css", "text/css; charset=utf-8"),

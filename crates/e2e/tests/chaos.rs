@@ -23,7 +23,10 @@
 //! replica on its embedded store (acked messages must survive on disk); the MongoDB-wire
 //! server paused (SIGSTOP) for 3 s, and for longer than the gateway's history call
 //! timeout, then resumed; `kill -9` of the presence service, restarted on the same
-//! address. Each prints one line with what it measured (`--nocapture`).
+//! address; `kill -9` of the only accounts replica, restarted on the same address (open
+//! sockets and new connects with an existing token keep working, since gateways verify
+//! tokens themselves; log-ins answer 503 meanwhile and work again after the restart).
+//! Each prints one line with what it measured (`--nocapture`).
 //!
 //! The Redis and presence cases run presence with a short lease ([`PRESENCE_TTL`]) and
 //! also check guarantee 5 across the fault: once the service is back, a presence query
@@ -40,8 +43,10 @@ use chat_e2e::{
     Harness, Nginx, Participant, Progress, Service, Store, Topology, bench_check, check, metric,
     presence, stored_messages,
 };
+use chat_testkit::accounts_http::{AccountsHttp, access_token};
 use chat_testkit::process::{eventually, signal};
 use chat_testkit::ws::WsClient;
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 const ROOMS: [&str; 2] = ["lobby", "ops"];
@@ -120,6 +125,11 @@ async fn mongo_paused_past_call_timeout_under_load() -> anyhow::Result<()> {
         mongo_pause(h, Pause::UntilUnavailable).await
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn accounts_kill9_and_restart_under_load() -> anyhow::Result<()> {
+    chaos("accounts-kill9", accounts_restart).await
 }
 
 /// Runs one case on its own harness with [`CASE_TIMEOUT`] ([`Harness::run`]).
@@ -416,6 +426,75 @@ async fn presence_restart(h: &Harness) -> anyhow::Result<()> {
         &participants,
         running.gateways[0].addr,
         &format!("down {outage:.1?}; presence converged {converged:.1?} after the restart"),
+    )
+    .await
+}
+
+/// `kill -9` of the only accounts replica under load, restarted on the same address. The
+/// load's clients use dev mode (the gateways take `?user=` and accounts' tokens); an
+/// account signed up before the fault keeps its open socket, sends on it, and opens a
+/// second one with its token while accounts is down; a log-in meanwhile is 503
+/// `unavailable`, and works again after the restart.
+async fn accounts_restart(h: &Harness) -> anyhow::Result<()> {
+    const PASSWORD: &str = "Quiet-Harbor-Lantern-93";
+    let mut running = on_mongo(2, 1)
+        .accounts(1, Store::Mongo)
+        .gateways_env("CHAT_AUTH_MODE", "dev")
+        .start(h)
+        .await?;
+    let nginx_addr = running.nginx()?.addr;
+    // Log-ins straight to a gateway: nginx rate-limits /v1/auth/, and this case polls.
+    let api = AccountsHttp::new(running.gateways[0].url());
+    let token = access_token(&api.sign_up("dana", PASSWORD).await?)?;
+    let dana_url = format!("ws://{nginx_addr}/v1/ws?token={token}");
+    let mut dana = WsClient::connect(&dana_url).await?;
+    dana.join("quiet", None).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+
+    let fault = Fault::begin(format!("kill -9 {} and restart", running.accounts[0].name));
+    running.accounts[0].kill();
+    let log_in = json!({"username": "dana", "password": PASSWORD});
+    let refused = api.post("/v1/auth/login", None, &log_in).await?;
+    anyhow::ensure!(
+        refused.status == 503 && refused.error_code() == "unavailable",
+        "log-in with accounts down: {} {}",
+        refused.status,
+        refused.body
+    );
+    let ack = dana.send_message("quiet", "accounts is down", "d1").await?;
+    anyhow::ensure!(ack["type"] == "ack", "send with accounts down: {ack}");
+    let second = WsClient::connect(&dana_url).await?;
+    anyhow::ensure!(
+        second.hello["user"] == dana.hello["user"],
+        "{}",
+        second.hello
+    );
+    second.close().await;
+    load.wait_each_after(ACKS_AFTER, "load with accounts down")
+        .await?;
+    running.accounts[0].restart().await?;
+    let fault = fault.repaired();
+    let api = &api;
+    let log_in = &log_in;
+    eventually(WAIT, "a log-in after the restart", || async move {
+        let reply = api.post("/v1/auth/login", None, log_in).await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await?;
+    let back = fault.repaired.elapsed();
+    load.wait_each_after(ACKS_AFTER, "load after the restart")
+        .await?;
+    let ack = dana.send_message("quiet", "accounts is back", "d2").await?;
+    anyhow::ensure!(ack["type"] == "ack", "send after the restart: {ack}");
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "accounts-kill9",
+        &fault,
+        &participants,
+        running.gateways[1].addr,
+        &format!("log-in 503 while down, 200 again {back:.1?} after the restart"),
     )
     .await
 }

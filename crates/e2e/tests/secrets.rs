@@ -3,13 +3,17 @@
 //! passwords in their URLs), clients connect through the repo's nginx config with their
 //! token in the query string, and the paths where secrets are most likely to leak are
 //! exercised: refused tokens, a gateway holding the wrong internal token, history and
-//! presence failing to reach a backend that refuses their credentials. Then no log file
-//! (the services' output, nginx's access log, and its error log at the level the repo's
-//! nginx config writes) may contain any of them.
+//! presence failing to reach a backend that refuses their credentials, and accounts:
+//! sign-up, a wrong and a right log-in, a refresh, a password change and a WebSocket
+//! opened with an access token, all through nginx. Then no log file (the services'
+//! output, nginx's access log, and its error log at the level the repo's nginx config
+//! writes) may contain any of them: nor a password, an access or refresh token, or an
+//! argon2 hash (`$argon2id$`).
 
 use std::time::Duration;
 
 use chat_e2e::{Harness, Store, Topology, binary, jwt};
+use chat_testkit::accounts_http::{AccountsHttp, access_token, refresh_token};
 use chat_testkit::process::ChildGuard;
 use chat_testkit::ws::WsClient;
 use serde_json::json;
@@ -19,6 +23,9 @@ const INTERNAL_TOKEN: &str = "internal-token-SENTINEL-52aa0f6e1c";
 const WRONG_INTERNAL_TOKEN: &str = "wrong-internal-SENTINEL-b7e3190d4f";
 const MONGO_PASSWORD: &str = "mongo-pw-SENTINEL-0c8e2d";
 const REDIS_PASSWORD: &str = "redis-pw-SENTINEL-f19a7b";
+const USER_PASSWORD: &str = "user-pw-SENTINEL-Quiet-Harbor-71";
+const NEW_USER_PASSWORD: &str = "new-user-pw-SENTINEL-Amber-Kite-38";
+const WRONG_USER_PASSWORD: &str = "wrong-user-pw-SENTINEL-Slate-Fern-55";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_a_log() -> anyhow::Result<()> {
@@ -33,6 +40,7 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
         .gateway_env(1, "CHAT_INTERNAL_TOKEN", WRONG_INTERNAL_TOKEN)
         .outside(1)
         .history(1, Store::Mongo)
+        .accounts(1, Store::Mongo)
         .internal_token(INTERNAL_TOKEN)
         .jwt_secret(JWT_SECRET)
         .env(debug.0, debug.1.clone())
@@ -50,6 +58,56 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let ack = alice.send_message("vault", "hello", "c1").await?;
     anyhow::ensure!(ack["type"] == "ack", "send through nginx failed: {ack}");
     alice.close().await;
+
+    // Accounts through nginx: every call that carries a password or a token.
+    let api = AccountsHttp::new(format!("http://{}", nginx.addr));
+    let signed = api.sign_up("carol", USER_PASSWORD).await?;
+    let wrong = api
+        .post(
+            "/v1/auth/login",
+            None,
+            &json!({"username": "carol", "password": WRONG_USER_PASSWORD}),
+        )
+        .await?;
+    anyhow::ensure!(
+        wrong.status == 401,
+        "wrong password answered {}",
+        wrong.status
+    );
+    let logged = api.log_in("carol", USER_PASSWORD).await?;
+    let carol_token = access_token(&logged)?;
+    let refreshed = api
+        .post(
+            "/v1/auth/refresh",
+            None,
+            &json!({"refresh_token": refresh_token(&logged)?}),
+        )
+        .await?
+        .expect(200)?
+        .body;
+    api.post(
+        "/v1/auth/password",
+        Some(&access_token(&refreshed)?),
+        &json!({"current_password": USER_PASSWORD, "new_password": NEW_USER_PASSWORD}),
+    )
+    .await?
+    .expect(204)?;
+    let url = format!("ws://{}/v1/ws?token={carol_token}", nginx.addr);
+    if let Ok(carol) = WsClient::connect(&url).await {
+        carol.close().await;
+    }
+    let user_secrets = [
+        USER_PASSWORD.to_owned(),
+        NEW_USER_PASSWORD.to_owned(),
+        WRONG_USER_PASSWORD.to_owned(),
+        access_token(&signed)?,
+        refresh_token(&signed)?,
+        carol_token.clone(),
+        refresh_token(&logged)?,
+        access_token(&refreshed)?,
+        refresh_token(&refreshed)?,
+        "$argon2id$".to_owned(),
+    ];
 
     // Refused tokens, through nginx and directly.
     let forged = jwt("not-the-secret-0123456789abcdef", "mallory", 3600)?;
@@ -141,7 +199,10 @@ async fn scenario(h: &Harness) -> anyhow::Result<()> {
             alice_token.as_str(),
             forged.as_str(),
             expired.as_str(),
-        ] {
+        ]
+        .into_iter()
+        .chain(user_secrets.iter().map(String::as_str))
+        {
             if let Some(at) = text.find(secret) {
                 let line = text[..at].lines().count();
                 leaks.push(format!("{} line {line}", path.display()));

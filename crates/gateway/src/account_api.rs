@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::accounts::AccountsClient;
+use crate::error::{Backend, GatewayError};
 use crate::state::AppState;
 
 /// Largest request body accepted, in bytes.
@@ -203,9 +204,9 @@ impl ApiError {
 
     /// A failed accounts call, by the table of `proto/accounts.proto`: a status with an
     /// `ErrorDetail` is a refusal of the accounts logic (its reason is the public code);
-    /// without one, UNAUTHENTICATED means accounts refused this gateway's internal token
-    /// (503), UNAVAILABLE and DEADLINE_EXCEEDED that it is unreachable (503, retry after
-    /// 1 s), anything else is a bug (500).
+    /// without one, what [`GatewayError::from_status`] calls `unavailable` (unreachable,
+    /// killed mid-call, overloaded, timed out, or refusing this gateway's internal token)
+    /// is 503 with `Retry-After: 1`, anything else is a bug (500).
     pub fn from_status(status: &tonic::Status) -> Self {
         if let Some(detail) = ErrorDetail::from_status(status) {
             let reason = detail.reason();
@@ -225,27 +226,23 @@ impl ApiError {
                 _ => error,
             };
         }
-        match status.code() {
-            tonic::Code::Unauthenticated => {
-                tracing::warn!("accounts refused this gateway's internal token");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "accounts unavailable: it refused this gateway's internal token",
-                )
+        // Not from the accounts logic: the same rule as every backend call
+        // (`GatewayError::from_status`): a broken or cancelled call (accounts killed
+        // mid-call), overload, a deadline or a refused internal token is `unavailable`,
+        // anything else a bug.
+        if status.code() == tonic::Code::Unauthenticated {
+            tracing::warn!("accounts refused this gateway's internal token");
+        }
+        match GatewayError::from_status(Backend::Accounts, status) {
+            GatewayError::Unavailable(message) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(1)
             }
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("accounts unavailable: {}", status.message()),
-            )
-            .retry_after(1),
-            code => {
-                tracing::error!(?code, message = status.message(), "accounts call failed");
+            other => {
+                tracing::error!(code = ?status.code(), message = status.message(), "accounts call failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    format!("accounts failed ({code:?})"),
+                    other.to_string(),
                 )
             }
         }
@@ -870,7 +867,15 @@ mod tests {
         }
         let e = ApiError::from_status(&Status::unauthenticated("wrong internal token"));
         assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
-        for code in [Code::Unavailable, Code::DeadlineExceeded] {
+        // Cancelled and Unknown: accounts killed under the call (the chaos test found
+        // these answered 500).
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::ResourceExhausted,
+        ] {
             let e = ApiError::from_status(&Status::new(code, "down"));
             assert_eq!((e.status.as_u16(), e.code), (503, "unavailable"));
             assert_eq!(e.retry_after_secs, Some(1));

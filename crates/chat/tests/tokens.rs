@@ -357,3 +357,111 @@ async fn a_revocation_through_redis_closes_a_socket_on_another_gateway() {
         );
     }
 }
+
+/// The `kid` in an access token's header.
+fn kid(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .expect("a JWT")
+        .kid
+        .expect("a kid")
+}
+
+/// Rotating the signing key with two gateways running: tokens of the old key stay good
+/// on both (until their `exp`), and a token of the new key is accepted on both at once,
+/// without a restart (each gateway refetches the keys on the unknown `kid`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_with_two_gateways_running() {
+    let mut cluster = common::Cluster::start(Store::Embedded, 0)
+        .await
+        .expect("cluster");
+    let accounts_addr = cluster
+        .start_accounts(Duration::from_secs(600))
+        .await
+        .expect("accounts");
+    let mut settings = cluster.gateway_settings();
+    settings.accounts_url = Some(format!("http://{accounts_addr}"));
+    cluster.add_gateway_with(&settings).await.expect("gw 0");
+    cluster.add_gateway_with(&settings).await.expect("gw 1");
+    let accounts = client(accounts_addr, None).await;
+    let old = sign_up(&accounts, "alice").await;
+    // Both gateways have the first key (read at start, or on this first connect).
+    for gw in &cluster.gateways {
+        connect(gw.addr, &old.access_token).await.close().await;
+    }
+    let keys = accounts
+        .clone()
+        .rotate_signing_key(chat_proto::accounts::Empty {})
+        .await
+        .expect("rotate")
+        .into_inner()
+        .keys;
+    let active: Vec<&str> = keys
+        .iter()
+        .filter(|k| k.active)
+        .map(|k| k.kid.as_str())
+        .collect();
+    assert_eq!(active.len(), 1, "{keys:?}");
+    assert_ne!(active[0], kid(&old.access_token), "a new key signs");
+    assert_eq!(keys.len(), 2, "the old key stays published: {keys:?}");
+    let new = log_in(&accounts, "alice").await;
+    assert_eq!(kid(&new.access_token), active[0]);
+    for gw in &cluster.gateways {
+        let mut fresh = connect(gw.addr, &new.access_token).await;
+        alive(&mut fresh).await;
+        let mut kept = connect(gw.addr, &old.access_token).await;
+        alive(&mut kept).await;
+    }
+}
+
+/// SigningKeys calls accounts has served, from the all-in-one's `/metrics`.
+async fn signing_key_reads(http: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with("grpc_server_requests_total{") && l.contains("SigningKeys"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Tokens naming unknown `kid`s (forgeries, or a flood of them) cost accounts at most
+/// one key read per cooldown, however many arrive at once, and are all refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_costs_accounts_one_read() {
+    let w = world(Duration::from_secs(600), Duration::from_secs(30)).await;
+    // The gateway has read the keys once (start) before the flood.
+    let alice = sign_up(&w.accounts, "alice").await;
+    connect(w.http, &alice.access_token).await.close().await;
+    let before = signing_key_reads(w.http).await;
+    // PKCS#8 of an Ed25519 key nobody published: the fixed prefix, then the seed.
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&[0x5a; 32]);
+    let signing = jsonwebtoken::EncodingKey::from_ed_der(&der);
+    let claims = json!({
+        "sub": "mallory", "sid": "s1", "iss": "chat-accounts", "aud": "chat",
+        "iat": common::now(), "exp": common::now() + 600,
+    });
+    let mut refusals = Vec::new();
+    for i in 0..30 {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(format!("forged-{i}"));
+        let token = jsonwebtoken::encode(&header, &claims, &signing).expect("signs");
+        refusals.push(tokio::spawn(async move {
+            WsClient::refused_status(&ws_url(w.http, &token)).await
+        }));
+    }
+    for refusal in refusals {
+        assert_eq!(refusal.await.expect("task").expect("answered"), Some(401));
+    }
+    let reads = signing_key_reads(w.http).await - before;
+    assert!(
+        (1..=2).contains(&reads),
+        "30 unknown kids made {reads} key reads"
+    );
+}

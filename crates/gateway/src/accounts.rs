@@ -31,8 +31,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the signing keys are re-read while nothing asks for a new one (retired
 /// keys leave the cache within this after accounts stops publishing them).
 pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-/// The least time between two fetches caused by an unknown `kid` after a fetch that
-/// worked.
+/// The least time between two fetches caused by an unknown `kid`, after one that worked
+/// (the periodic reads do not count).
 pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(5);
 /// The least time between two fetches after one that failed (accounts still starting
 /// or down), and how soon the background refresh tries again then.
@@ -90,8 +90,9 @@ pub struct KeyCache {
     verifier: RwLock<Arc<Verifier>>,
     /// The published keys as last read, for `/.well-known/jwks.json`.
     published: RwLock<Arc<Vec<PublicKey>>>,
-    /// Held by the one fetch in flight; holds when the last fetch started and whether
-    /// it worked.
+    /// Held by the one fetch in flight; holds when the last fetch caused by an unknown
+    /// `kid` started and whether it worked (the periodic reads do not count: a rotation
+    /// right after one must not wait out a cooldown).
     fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
@@ -197,8 +198,7 @@ impl KeyCache {
         let mut loaded_once = false;
         loop {
             let ok = {
-                let mut last = self.fetch.lock().await;
-                let started = Instant::now();
+                let _single_flight = self.fetch.lock().await;
                 let result = self.load().await;
                 match &result {
                     Ok(count) => tracing::debug!(count, "signing keys read"),
@@ -208,7 +208,6 @@ impl KeyCache {
                     ),
                     Err(e) => tracing::debug!(error = %e, "accounts not reachable yet"),
                 }
-                *last = Some((started, result.is_ok()));
                 result.is_ok()
             };
             loaded_once |= ok;

@@ -485,6 +485,26 @@ def gateway():
         (f"sum by (reason) (rate(chat_gateway_upgrades_refused_total{sel}[{RATE}]))", "{{reason}}"),
         unit="ops",
     )
+    b.row("Tokens on live sockets")
+    b.graph(
+        "Token renewals",
+        "chat_gateway_token_renewals_total: auth frames by result. ok: renewed; invalid/expired: a bad token (the socket keeps its old one); revoked: a token of an ended session; other_user: a token of someone else. A rise of expired usually means clients renewing too late (disconnects by token_expired follow).",
+        (f"sum by (result) (rate(chat_gateway_token_renewals_total{sel}[{RATE}]))", "{{result}}"),
+        unit="ops",
+    )
+    b.graph(
+        "Revocations",
+        "chat_gateway_revocations_received_total: ended sessions announced by accounts (log-out, password change, deletion, reused refresh token); their sockets close with 4003. chat_gateway_revocation_gaps_total: announcements possibly missed (lagged in-process receiver, Redis reconnect): those sockets stay open until their token expires.",
+        (f"sum(rate(chat_gateway_revocations_received_total{sel}[{RATE}]))", "received"),
+        (f"sum by (cause) (rate(chat_gateway_revocation_gaps_total{sel}[{RATE}]))", "gap: {{cause}}"),
+        unit="ops",
+    )
+    b.graph(
+        "Revoked sessions remembered",
+        "chat_gateway_revoked_sessions: session ids whose tokens this gateway refuses (kept 15 min, the longest token lifetime; capped). chat_gateway_revoked_sessions_evicted_total: ids dropped at the cap before their 15 min (their tokens would be accepted again: raise the cap if this moves).",
+        (f"sum by (instance) (chat_gateway_revoked_sessions{sel})", "{{instance}}"),
+        (f"sum(rate(chat_gateway_revoked_sessions_evicted_total{sel}[{RATE}]))", "evicted/s"),
+    )
     b.row("HTTP")
     http_row(b, sel)
     b.row("Rooms and delivery")

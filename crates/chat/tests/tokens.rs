@@ -436,7 +436,7 @@ async fn a_flood_of_unknown_kids_costs_accounts_one_read() {
     let alice = sign_up(&w.accounts, "alice").await;
     connect(w.http, &alice.access_token).await.close().await;
     let before = signing_key_reads(w.http).await;
-    // PKCS#8 of an Ed25519 key nobody published: the fixed prefix, then the seed.
+    // PKCS#8 of an Ed25519 key nobody published: the fixed prefix, then its 32 bytes.
     let mut der = vec![
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
         0x20,

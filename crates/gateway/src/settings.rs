@@ -89,24 +89,9 @@ impl Default for Settings {
     }
 }
 
-/// `CHAT_REDIS_URL` as the fan-out uses it: with `CHAT_REDIS_CLUSTER=true` a `redis://`
-/// (`rediss://`) URL becomes `redis-cluster://` (`rediss-cluster://`), which selects
-/// Redis Cluster with sharded pub/sub. A URL that already names its kind is kept.
-pub fn redis_url(url: Option<String>, cluster: bool) -> Option<String> {
-    let url = url?;
-    if !cluster {
-        return Some(url);
-    }
-    for (plain, clustered) in [
-        ("redis://", "redis-cluster://"),
-        ("rediss://", "rediss-cluster://"),
-    ] {
-        if let Some(rest) = url.strip_prefix(plain) {
-            return Some(format!("{clustered}{rest}"));
-        }
-    }
-    Some(url)
-}
+/// `CHAT_REDIS_URL` with `CHAT_REDIS_CLUSTER` applied: the one rule every Redis client
+/// of the workspace uses (accounts too).
+pub use chat_runtime::env::redis_url;
 
 /// The limits from `CHAT_MAX_CONNECTIONS`, `CHAT_SEND_RATE`, `CHAT_SEND_BURST`,
 /// `CHAT_PING_INTERVAL_SECS`, `CHAT_IDLE_TIMEOUT_SECS`, `CHAT_TOKEN_EXPIRY_GRACE_SECS` and

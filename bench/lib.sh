@@ -88,6 +88,16 @@ start_chat() {
     wait_port "$CHAT_PORT"
 }
 
+# CPU seconds (user + system) the processes $@ have used so far, summed.
+cpu_secs() {
+    local pid ticks=0
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
+        ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+
 # Machine facts for the record.
 machine() {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)," \

@@ -4,7 +4,9 @@
 # m = 19 MiB, t = 2, p = 1, through the service's own hasher), measured by the same
 # chat-bench process just before each run. Target: log-ins/s within 20% of
 # floor x the cores the replicas can use (a log-in is one hash plus a token; the hash
-# is the floor).
+# is the floor). Also reported: log-ins per CPU-second the replicas used (their
+# utime + stime over the run), against the same floor: the service's own overhead on
+# top of the hash, whatever else shares the machine.
 #
 # The replicas share a store and Redis as in production: MongoDB at
 # CHAT_BENCH_MONGODB_URL when set, else the nx-27017 stand-in the tests use (found at
@@ -30,6 +32,7 @@ else
     MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT"
 fi
 TARGETS=()
+ACCOUNTS_PIDS=()
 start_accounts() {
     local port metrics
     port=$(free_port)
@@ -39,6 +42,7 @@ start_accounts() {
         CHAT_MONGODB_URL="$MONGO_URL" CHAT_MONGODB_DB="bench_$STAMP" \
         CHAT_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" CHAT_HASH_THREADS="$THREADS" \
         CHAT_HASH_QUEUE=256 "$SERVER_BIN/chat-accounts"
+    ACCOUNTS_PIDS+=("$LAST_PID")
     wait_port "$port"
     TARGETS+=("http://127.0.0.1:$port")
 }
@@ -46,9 +50,16 @@ for replicas in 1 2; do
     while ((${#TARGETS[@]} < replicas)); do start_accounts; done
     targets=$(IFS=,; echo "${TARGETS[*]}")
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
+        # The replicas' CPU over the whole run: the sign-ups (one hash each) and the
+        # log-ins; the floor is measured in chat-bench's own process.
+        before=$(cpu_secs "${ACCOUNTS_PIDS[@]}")
         CHAT_INTERNAL_TOKEN=$TOKEN bench "logins-$replicas-$run" logins --target "$targets" \
             --users 200 --concurrency "${CONCURRENCY:-32}" --seconds "${SECONDS_PER_RUN:-20}" \
             --floor-seconds 5
+        used=$(awk -v a="$before" -v b="$(cpu_secs "${ACCOUNTS_PIDS[@]}")" 'BEGIN {print b - a}')
+        json="$RESULTS/logins-$replicas-$run-$STAMP.json"
+        log "run $run: replicas used $used CPU-s for $(jq '.ok + .signed_up' "$json") hashes:" \
+            "$(jq --argjson cpu "$used" '(.ok + .users) / $cpu | floor' "$json")/s per CPU-second"
     done
     log "$replicas replica(s): median $(median .per_sec "$RESULTS"/logins-"$replicas"-*-"$STAMP".json) log-ins/s," \
         "p99 $(median .latency_ms.p99 "$RESULTS"/logins-"$replicas"-*-"$STAMP".json) ms," \

@@ -11,11 +11,14 @@
 //!
 //! argon2id, OWASP's parameters (m = 19 MiB, t = 2, p = 1), stored as PHC strings, so a
 //! hash records its own parameters and a log-in re-hashes one made with other ones.
-//! Each hash costs tens of milliseconds of one core, so hashes run on tokio's blocking
-//! pool, at most `threads` at a time (≤ cores), with at most `queue` more waiting; a
-//! hash beyond that is refused at once with `Unavailable` and a retry-after, so a log-in
-//! storm costs a bounded amount of memory (19 MiB per running hash) and never stalls the
-//! async runtime. A log-in for an unknown user verifies against a dummy hash of the
+//! Each hash costs tens of milliseconds of one core, so hashes run on `threads`
+//! dedicated threads (≤ cores), with at most `queue` more waiting; a hash beyond that is
+//! refused at once with `Unavailable` and a retry-after, so a log-in storm costs a
+//! bounded amount of memory (19 MiB per running hash) and never stalls the async
+//! runtime. The hashing threads run at a lower scheduling priority (`nice`, 10 by
+//! default): when the CPU is short, the async runtime's work (in the all-in-one, the
+//! deliveries of every chat message) goes first and log-ins wait, instead of a log-in
+//! storm making every message late; on an idle machine they run at full speed. A log-in for an unknown user verifies against a dummy hash of the
 //! same parameters, so it costs the same as a wrong password.
 
 use std::fmt;
@@ -187,6 +190,86 @@ pub struct PasswordHasher {
     /// users.
     dummy: String,
     metrics: AccountsMetrics,
+    workers: Workers,
+}
+
+/// A job for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The dedicated hashing threads: they take jobs from one queue and end when the
+/// [`PasswordHasher`] (the only sender) is dropped.
+struct Workers {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Workers {
+    /// Starts `threads` threads at `nice` (0: the process's own priority). A priority
+    /// that cannot be set (not Linux, or a seccomp profile that forbids it) is logged
+    /// once and the threads run at the process's priority.
+    fn start(threads: usize, nice: i32) -> Result<Self, AccountsError> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..threads {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    if nice != 0
+                        && let Err(e) = lower_priority(nice)
+                        && i == 0
+                    {
+                        tracing::warn!(nice, error = %e, "could not lower the hashing threads' priority");
+                    }
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| AccountsError::Internal(format!("starting a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `job` on a hashing thread and waits for its result.
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AccountsError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(job());
+            }))
+            .map_err(|_| AccountsError::Internal("hashing threads stopped".into()))?;
+        rx.await
+            .map_err(|_| AccountsError::Internal("a hashing job failed".into()))
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice`, unless it is already as
+/// low (Linux keeps a nice value per thread, so the rest of the process keeps its own).
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) -> std::io::Result<()> {
+    let me = Some(rustix::thread::gettid());
+    if rustix::process::getpriority_process(me)? < nice {
+        rustix::process::setpriority_process(me, nice)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "per-thread priorities are Linux-only",
+    ))
 }
 
 impl fmt::Debug for PasswordHasher {
@@ -199,11 +282,12 @@ impl fmt::Debug for PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// A pool of `threads` (at least 1) hashing threads with `queue` waiting places.
-    /// Computes the dummy hash, so it takes one hash's time.
+    /// A pool of `threads` (at least 1) hashing threads at `nice` with `queue` waiting
+    /// places. Computes the dummy hash, so it takes one hash's time.
     pub fn new(
         params: HashParams,
         threads: usize,
+        nice: i32,
         queue: usize,
         metrics: AccountsMetrics,
     ) -> Result<Self, AccountsError> {
@@ -225,6 +309,7 @@ impl PasswordHasher {
             running: Arc::new(Semaphore::new(threads)),
             dummy,
             metrics,
+            workers: Workers::start(threads, nice)?,
         })
     }
 
@@ -294,16 +379,16 @@ impl PasswordHasher {
         drop(waiting);
         let argon = self.argon.clone();
         let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            // Held until the hash is done, even if the caller gave up meanwhile.
-            let _permits = (admitted, running);
-            let start = Instant::now();
-            let out = job(&argon);
-            metrics.hashed(op, start.elapsed().as_secs_f64());
-            out
-        })
-        .await
-        .map_err(|e| AccountsError::Internal(format!("hashing task failed: {e}")))
+        self.workers
+            .run(move || {
+                // Held until the hash is done, even if the caller gave up meanwhile.
+                let _permits = (admitted, running);
+                let start = Instant::now();
+                let out = job(&argon);
+                metrics.hashed(op, start.elapsed().as_secs_f64());
+                out
+            })
+            .await
     }
 }
 
@@ -372,9 +457,29 @@ mod tests {
         assert_eq!(format!("{:?}", pw("hunter2")), "Password(<redacted>)");
     }
 
+    /// The hashing threads run at the nice value they were given; the caller's thread
+    /// keeps its own.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_given_nice() {
+        let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+        let before = own().expect("own priority");
+        let hasher = PasswordHasher::new(CHEAP, 2, 7, 4, AccountsMetrics::default()).expect("pool");
+        for _ in 0..4 {
+            let nice = hasher
+                .workers
+                .run(own)
+                .await
+                .expect("job")
+                .expect("priority");
+            assert_eq!(nice, before.max(7));
+        }
+        assert_eq!(own().expect("own priority"), before);
+    }
+
     #[tokio::test]
     async fn hash_verify_and_rehash() {
-        let hasher = PasswordHasher::new(CHEAP, 1, 4, AccountsMetrics::default()).expect("pool");
+        let hasher = PasswordHasher::new(CHEAP, 1, 0, 4, AccountsMetrics::default()).expect("pool");
         let hash = hasher.hash(&pw("open sesame")).await.expect("hash");
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
         assert_eq!(
@@ -409,7 +514,8 @@ mod tests {
             iterations: 2,
             ..CHEAP
         };
-        let newer = PasswordHasher::new(stronger, 1, 4, AccountsMetrics::default()).expect("pool");
+        let newer =
+            PasswordHasher::new(stronger, 1, 0, 4, AccountsMetrics::default()).expect("pool");
         assert_eq!(
             newer
                 .verify(&pw("open sesame"), Some(&hash))
@@ -423,8 +529,9 @@ mod tests {
     async fn a_full_queue_is_refused_at_once() {
         let metrics = AccountsMetrics::default();
         // One thread, one waiting place: of many hashes at once, most are refused.
-        let hasher =
-            Arc::new(PasswordHasher::new(HashParams::OWASP, 1, 1, metrics.clone()).expect("pool"));
+        let hasher = Arc::new(
+            PasswordHasher::new(HashParams::OWASP, 1, 0, 1, metrics.clone()).expect("pool"),
+        );
         let calls: Vec<_> = (0..6)
             .map(|_| {
                 let hasher = Arc::clone(&hasher);

@@ -66,7 +66,7 @@ type Client = AccountsClient<InterceptedService<Channel, AttachToken>>;
 pub async fn hash_floor(seconds: f64) -> anyhow::Result<f64> {
     let mut registry = chat_metrics::Registry::default();
     let metrics = AccountsMetrics::register(&mut registry);
-    let hasher = PasswordHasher::new(HashParams::OWASP, 1, 0, metrics)?;
+    let hasher = PasswordHasher::new(HashParams::OWASP, 1, 0, 0, metrics)?;
     let password = Password::new("correct horse battery staple 42");
     let started = Instant::now();
     let mut hashes = 0_u64;

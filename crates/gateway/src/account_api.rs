@@ -15,6 +15,7 @@
 //! cookie ([`REFRESH_COOKIE`]) instead of the body, so that scripts on the page never
 //! see it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -32,7 +33,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::accounts::AccountsClient;
+use crate::accounts::{AccountsClient, AccountsGrpc};
 use crate::error::{Backend, GatewayError};
 use crate::state::AppState;
 
@@ -462,6 +463,34 @@ fn no_content(state: &AppState, req: &HttpRequest, clear: bool) -> HttpResponse 
     response.finish()
 }
 
+/// A request made in a signed-in user's name: the accounts client and the request's
+/// access token, both checked before the body is read.
+struct AsBearer {
+    grpc: AccountsGrpc,
+    access_token: String,
+}
+
+impl AsBearer {
+    /// 503 without accounts, 401 without a bearer token.
+    fn of(state: &AppState, req: &HttpRequest) -> Result<Self, ApiError> {
+        Ok(Self {
+            grpc: accounts(state)?.grpc(),
+            access_token: bearer(req)?,
+        })
+    }
+
+    /// Makes the call; a refusal becomes the public error.
+    async fn call<R, F>(self, call: impl FnOnce(AccountsGrpc, String) -> F) -> Result<R, ApiError>
+    where
+        F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        Ok(call(self.grpc, self.access_token)
+            .await
+            .map_err(status_err)?
+            .into_inner())
+    }
+}
+
 fn status_err(status: tonic::Status) -> ApiError {
     ApiError::from_status(&status)
 }
@@ -558,21 +587,21 @@ async fn logout(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let body: RefreshBody = read_body(payload).await?;
     let refresh_token = body
         .refresh_token
         .or_else(|| cookie_token(&req))
         .unwrap_or_default();
-    accounts
-        .grpc()
-        .log_out(LogOutRequest {
-            access_token,
-            refresh_token,
+    as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.log_out(LogOutRequest {
+                access_token,
+                refresh_token,
+            })
+            .await
         })
-        .await
-        .map_err(status_err)?;
+        .await?;
     Ok(no_content(&state, &req, true))
 }
 
@@ -580,13 +609,12 @@ async fn logout_all(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
-    accounts
-        .grpc()
-        .log_out_all(BearerRequest { access_token })
-        .await
-        .map_err(status_err)?;
+    let as_user = AsBearer::of(&state, &req)?;
+    as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.log_out_all(BearerRequest { access_token }).await
+        })
+        .await?;
     Ok(no_content(&state, &req, true))
 }
 
@@ -595,30 +623,28 @@ async fn change_password(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let body: PasswordBody = read_body(payload).await?;
-    accounts
-        .grpc()
-        .change_password(ChangePasswordRequest {
-            access_token,
-            current_password: body.current_password,
-            new_password: body.new_password,
+    as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.change_password(ChangePasswordRequest {
+                access_token,
+                current_password: body.current_password,
+                new_password: body.new_password,
+            })
+            .await
         })
-        .await
-        .map_err(status_err)?;
+        .await?;
     Ok(no_content(&state, &req, false))
 }
 
 async fn get_me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
-    let reply = accounts
-        .grpc()
-        .get_user(BearerRequest { access_token })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let as_user = AsBearer::of(&state, &req)?;
+    let reply = as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.get_user(BearerRequest { access_token }).await
+        })
+        .await?;
     profile(reply.user)
 }
 
@@ -627,18 +653,17 @@ async fn patch_me(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let body: DisplayNameBody = read_body(payload).await?;
-    let reply = accounts
-        .grpc()
-        .update_display_name(UpdateDisplayNameRequest {
-            access_token,
-            display_name: body.display_name,
+    let reply = as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.update_display_name(UpdateDisplayNameRequest {
+                access_token,
+                display_name: body.display_name,
+            })
+            .await
         })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+        .await?;
     profile(reply.user)
 }
 
@@ -660,17 +685,17 @@ async fn delete_me(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let body: DeleteBody = read_body(payload).await?;
-    accounts
-        .grpc()
-        .delete_account(DeleteAccountRequest {
-            access_token,
-            password: body.password,
+    as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.delete_account(DeleteAccountRequest {
+                access_token,
+                password: body.password,
+            })
+            .await
         })
-        .await
-        .map_err(status_err)?;
+        .await?;
     Ok(no_content(&state, &req, true))
 }
 
@@ -681,8 +706,7 @@ struct IdsQuery {
 
 /// `GET /v1/users?ids=a,b`: the users among `ids` (unknown ones left out), in order.
 async fn get_users(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let query = web::Query::<IdsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let ids = query
@@ -702,12 +726,11 @@ async fn get_users(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
             "at most {MAX_USER_IDS} ids per request"
         )));
     }
-    let reply = accounts
-        .grpc()
-        .get_users(GetUsersRequest { access_token, ids })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let reply = as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.get_users(GetUsersRequest { access_token, ids }).await
+        })
+        .await?;
     Ok(users_response(&reply.users))
 }
 
@@ -722,8 +745,7 @@ async fn search_users(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let accounts = accounts(&state)?;
-    let access_token = bearer(&req)?;
+    let as_user = AsBearer::of(&state, &req)?;
     let query = web::Query::<SearchQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let q = query.q.as_deref().map(str::trim).unwrap_or_default();
@@ -747,16 +769,17 @@ async fn search_users(
                 ApiError::bad_request(format!("limit must be 1 to {MAX_SEARCH_LIMIT}"))
             })?,
     };
-    let reply = accounts
-        .grpc()
-        .search_users(SearchUsersRequest {
-            access_token,
-            query: q.to_owned(),
-            limit,
+    let query = q.to_owned();
+    let reply = as_user
+        .call(|mut grpc, access_token| async move {
+            grpc.search_users(SearchUsersRequest {
+                access_token,
+                query,
+                limit,
+            })
+            .await
         })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+        .await?;
     Ok(users_response(&reply.users))
 }
 

@@ -6,16 +6,12 @@
 //
 //   scripts/browser-test.sh   (or CHAT_BIN=target/debug/chat node --test tests/browser/accounts.test.mjs)
 
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 
 import {
-  ARTIFACTS,
-  CHAT_BIN,
-  CHROMIUM_BIN,
-  STEP,
-  WAIT_MS,
+  checkPrerequisites,
+  Journey,
   launchBrowser,
   openRoom,
   screenshot,
@@ -52,67 +48,28 @@ function authors(page) {
   return page.locator('#messages li.theirs .author').evaluateAll((nodes) => nodes.map((n) => n.firstChild.textContent));
 }
 
-before(() => {
-  assert.ok(fs.existsSync(CHAT_BIN), `chat binary not found at ${CHAT_BIN}; run cargo build -p chat`);
-  assert.ok(fs.existsSync(CHROMIUM_BIN), `Chromium not found at ${CHROMIUM_BIN}`);
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
-});
+before(checkPrerequisites);
 
 describe('accounts in Chromium', { timeout: 300_000 }, () => {
   let chat;
-  let browser;
-  const pages = {};
-  const pageErrors = [];
-  let broken = false;
-  /** A gateway built before the accounts HTTP API answers 404: nothing to test here. */
-  let noApi = false;
+  const journey = new Journey('accounts-');
+  const { pages, pageErrors } = journey;
   const ids = {};
-
-  function step(name, fn) {
-    it(name, STEP, async (t) => {
-      if (noApi) {
-        t.skip('this chat binary has no /v1/auth API (GET /v1/auth/methods answered 404)');
-        return;
-      }
-      if (broken) {
-        t.skip('an earlier step failed');
-        return;
-      }
-      try {
-        await fn(t);
-      } catch (err) {
-        broken = true;
-        for (const [who, page] of Object.entries(pages)) {
-          await screenshot(page, `accounts-failure-${who}`).catch(() => {});
-        }
-        throw err;
-      }
-    });
-  }
-
-  async function newDevice(name, options = { viewport: { width: 1100, height: 760 } }) {
-    const context = await browser.newContext(options);
-    context.setDefaultTimeout(WAIT_MS);
-    const page = await context.newPage();
-    page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
-    page.on('console', (message) => {
-      if (message.type() === 'error' && /Content Security Policy/i.test(message.text())) {
-        pageErrors.push(`${name}: ${message.text()}`);
-      }
-    });
-    pages[name] = page;
-    return page;
-  }
+  const step = (name, fn) => journey.step(name, fn);
+  const newDevice = (name, options = { viewport: { width: 1100, height: 760 } }) => journey.newPage(name, options);
 
   before(async () => {
     // The all-in-one's default: accounts, access tokens, no `?user=`.
     chat = await startChat('chat-accounts', {});
-    noApi = (await fetch(`${chat.base}/v1/auth/methods`)).status === 404;
-    browser = await launchBrowser();
+    // A gateway built before the accounts HTTP API answers 404: nothing to test here.
+    if ((await fetch(`${chat.base}/v1/auth/methods`)).status === 404) {
+      journey.skipAll = 'this chat binary has no /v1/auth API (GET /v1/auth/methods answered 404)';
+    }
+    journey.browser = await launchBrowser();
   });
 
   after(async () => {
-    await browser?.close().catch(() => {});
+    await journey.browser?.close().catch(() => {});
     await stopChat(chat);
   });
 

@@ -16,11 +16,11 @@ import path from 'node:path';
 import {
   ARTIFACTS,
   assertShowsExactly,
-  CHAT_BIN,
   ChatProcess,
-  CHROMIUM_BIN,
+  checkPrerequisites,
   eventually,
   joinRoom,
+  Journey,
   jwt,
   launchBrowser,
   openRoom,
@@ -44,64 +44,25 @@ import {
 // ------------------------------------------------------------------ the test
 
 before(() => {
-  assert.ok(fs.existsSync(CHAT_BIN), `chat binary not found at ${CHAT_BIN}; run cargo build -p chat`);
-  assert.ok(fs.existsSync(CHROMIUM_BIN), `Chromium not found at ${CHROMIUM_BIN}`);
-  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  checkPrerequisites();
   for (const f of fs.readdirSync(ARTIFACTS)) fs.rmSync(path.join(ARTIFACTS, f));
 });
 
 describe('web client in Chromium', { timeout: 300_000 }, () => {
   /** @type {ChatProcess} */
   let chat;
-  let browser;
-  const pages = {};
-  const pageErrors = [];
-  let broken = false;
-
-  /** A step that is skipped once an earlier one failed (they build on each other). */
-  function step(name, fn) {
-    it(name, STEP, async (t) => {
-      if (broken) {
-        t.skip('an earlier step failed');
-        return;
-      }
-      try {
-        await fn(t);
-      } catch (err) {
-        broken = true;
-        for (const [who, page] of Object.entries(pages)) {
-          await screenshot(page, `failure-${who}`).catch(() => {});
-        }
-        throw err;
-      }
-    });
-  }
-
-  async function newUserPage(name, options) {
-    const context = await browser.newContext(options);
-    context.setDefaultTimeout(WAIT_MS);
-    return watchPage(name, await context.newPage());
-  }
-
-  /** Records a page's script errors and CSP violations, and makes it `pages[name]`. */
-  function watchPage(name, page) {
-    page.on('pageerror', (err) => pageErrors.push(`${name}: ${err.message}`));
-    page.on('console', (message) => {
-      if (message.type() === 'error' && /Content Security Policy/i.test(message.text())) {
-        pageErrors.push(`${name}: ${message.text()}`);
-      }
-    });
-    pages[name] = page;
-    return page;
-  }
+  const journey = new Journey();
+  const { pages, pageErrors } = journey;
+  const step = (name, fn) => journey.step(name, fn);
+  const newUserPage = (name, options) => journey.newPage(name, options);
 
   before(async () => {
     chat = await startChat('chat-dev', { CHAT_AUTH_MODE: 'dev' });
-    browser = await launchBrowser();
+    journey.browser = await launchBrowser();
   });
 
   after(async () => {
-    await browser?.close().catch(() => {});
+    await journey.browser?.close().catch(() => {});
     await stopChat(chat);
   });
 
@@ -334,7 +295,7 @@ describe('web client in Chromium', { timeout: 300_000 }, () => {
     await alice.close();
     // Two messages arrive while alice has no page open (sent from bob's page, as dan).
     await sendAs(pages.bob, 'dan', 'general', ['while alice was closed 1', 'while alice was closed 2']);
-    alice = watchPage('alice', await context.newPage());
+    alice = journey.watch('alice', await context.newPage());
     await alice.goto(chat.base);
     await waitOnline(alice);
     assert.equal(await alice.locator('#messages').getAttribute('data-room'), 'random');

@@ -5,6 +5,7 @@
 // /usr/bin/chromium). Screenshots and the servers' logs go to tests-artifacts/browser/.
 
 import assert from 'node:assert/strict';
+import { it } from 'node:test';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -185,6 +186,72 @@ export function jwt(sub, secret, ttlSecs = 3600) {
   const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + ttlSecs })}`;
   const signature = crypto.createHmac('sha256', secret).update(unsigned).digest('base64url');
   return `${unsigned}.${signature}`;
+}
+
+/** The checks every browser suite starts with; also makes the artifacts directory. */
+export function checkPrerequisites() {
+  assert.ok(fs.existsSync(CHAT_BIN), `chat binary not found at ${CHAT_BIN}; run cargo build -p chat`);
+  assert.ok(fs.existsSync(CHROMIUM_BIN), `Chromium not found at ${CHROMIUM_BIN}`);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+}
+
+/**
+ * Steps that build on each other in one browser: once a step fails, the rest are
+ * skipped and every page is screenshotted (`<prefix>failure-<page>.png`). Pages opened
+ * through it record their script errors and CSP violations in `pageErrors`.
+ */
+export class Journey {
+  constructor(prefix = '') {
+    this.prefix = prefix;
+    /** Set after launching: the Chromium every page opens in. */
+    this.browser = null;
+    this.pages = {};
+    this.pageErrors = [];
+    this.broken = false;
+    /** When set, every step is skipped with this reason (nothing to test). */
+    this.skipAll = null;
+  }
+
+  step(name, fn) {
+    it(name, STEP, async (t) => {
+      if (this.skipAll) {
+        t.skip(this.skipAll);
+        return;
+      }
+      if (this.broken) {
+        t.skip('an earlier step failed');
+        return;
+      }
+      try {
+        await fn(t);
+      } catch (err) {
+        this.broken = true;
+        for (const [who, page] of Object.entries(this.pages)) {
+          await screenshot(page, `${this.prefix}failure-${who}`).catch(() => {});
+        }
+        throw err;
+      }
+    });
+  }
+
+  /** A page in a new browser context (a new device), watched as `name`. */
+  async newPage(name, options) {
+    const context = await this.browser.newContext(options);
+    context.setDefaultTimeout(WAIT_MS);
+    return this.watch(name, await context.newPage());
+  }
+
+  /** Records `page`'s script errors and CSP violations, and makes it `pages[name]`. */
+  watch(name, page) {
+    page.on('pageerror', (err) => this.pageErrors.push(`${name}: ${err.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error' && /Content Security Policy/i.test(message.text())) {
+        this.pageErrors.push(`${name}: ${message.text()}`);
+      }
+    });
+    this.pages[name] = page;
+    return page;
+  }
 }
 
 // ------------------------------------------------------------------ page helpers

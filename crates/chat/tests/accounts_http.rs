@@ -106,6 +106,19 @@ impl World {
     async fn me(&self, token: &str) -> anyhow::Result<Reply> {
         self.api.get("/v1/users/me", Some(token)).await
     }
+
+    /// `POST path` with `body`, which must be refused with `status` and `code`.
+    async fn refused(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: Value,
+        status: u16,
+        code: &str,
+    ) -> anyhow::Result<()> {
+        assert_error(&self.api.post(path, bearer, &body).await?, status, code);
+        Ok(())
+    }
 }
 
 fn assert_error(reply: &Reply, status: u16, code: &str) {
@@ -133,33 +146,30 @@ async fn sign_up_log_in_and_refresh_rotation() -> anyhow::Result<()> {
     assert!(refresh_token(&signed)?.contains('.'));
 
     // Refusals of sign-up.
-    let taken = w
-        .api
-        .post(
-            "/v1/auth/signup",
-            None,
-            &json!({"username": "alice", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&taken, 409, "username_taken");
-    let weak = w
-        .api
-        .post(
-            "/v1/auth/signup",
-            None,
-            &json!({"username": "bob", "password": "password1"}),
-        )
-        .await?;
-    assert_error(&weak, 400, "weak_password");
-    let bad = w
-        .api
-        .post(
-            "/v1/auth/signup",
-            None,
-            &json!({"username": "x!", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&bad, 400, "bad_request");
+    w.refused(
+        "/v1/auth/signup",
+        None,
+        json!({"username": "alice", "password": PASSWORD}),
+        409,
+        "username_taken",
+    )
+    .await?;
+    w.refused(
+        "/v1/auth/signup",
+        None,
+        json!({"username": "bob", "password": "password1"}),
+        400,
+        "weak_password",
+    )
+    .await?;
+    w.refused(
+        "/v1/auth/signup",
+        None,
+        json!({"username": "x!", "password": PASSWORD}),
+        400,
+        "bad_request",
+    )
+    .await?;
     for raw in [
         "not json",
         "{\"username\":\"bob\"}",
@@ -182,24 +192,22 @@ async fn sign_up_log_in_and_refresh_rotation() -> anyhow::Result<()> {
     // Log-in.
     let logged = w.api.log_in("ALICE", PASSWORD).await?;
     assert_eq!(logged["user"]["id"], id.as_str());
-    let wrong = w
-        .api
-        .post(
-            "/v1/auth/login",
-            None,
-            &json!({"username": "alice", "password": NEW_PASSWORD}),
-        )
-        .await?;
-    assert_error(&wrong, 401, "invalid_credentials");
-    let unknown = w
-        .api
-        .post(
-            "/v1/auth/login",
-            None,
-            &json!({"username": "nobody", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&unknown, 401, "invalid_credentials");
+    w.refused(
+        "/v1/auth/login",
+        None,
+        json!({"username": "alice", "password": NEW_PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
+    .await?;
+    w.refused(
+        "/v1/auth/login",
+        None,
+        json!({"username": "nobody", "password": PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
+    .await?;
 
     // Refresh rotates; the retired token within the grace gets the same new one.
     let first = refresh_token(&logged)?;
@@ -461,24 +469,22 @@ async fn log_outs_and_password_change_end_sessions() -> anyhow::Result<()> {
     // A password change ends the other sessions, not the caller's.
     let a = access_token(&w.api.log_in("dave", PASSWORD).await?)?;
     let b = access_token(&w.api.log_in("dave", PASSWORD).await?)?;
-    let wrong = w
-        .api
-        .post(
-            "/v1/auth/password",
-            Some(&a),
-            &json!({"current_password": NEW_PASSWORD, "new_password": NEW_PASSWORD}),
-        )
-        .await?;
-    assert_error(&wrong, 401, "invalid_credentials");
-    let weak = w
-        .api
-        .post(
-            "/v1/auth/password",
-            Some(&a),
-            &json!({"current_password": PASSWORD, "new_password": "password1"}),
-        )
-        .await?;
-    assert_error(&weak, 400, "weak_password");
+    w.refused(
+        "/v1/auth/password",
+        Some(&a),
+        json!({"current_password": NEW_PASSWORD, "new_password": NEW_PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
+    .await?;
+    w.refused(
+        "/v1/auth/password",
+        Some(&a),
+        json!({"current_password": PASSWORD, "new_password": "password1"}),
+        400,
+        "weak_password",
+    )
+    .await?;
     w.api
         .post(
             "/v1/auth/password",
@@ -489,15 +495,14 @@ async fn log_outs_and_password_change_end_sessions() -> anyhow::Result<()> {
         .expect(204)?;
     w.me(&a).await?.expect(200)?;
     assert_error(&w.me(&b).await?, 401, "invalid_token");
-    let old = w
-        .api
-        .post(
-            "/v1/auth/login",
-            None,
-            &json!({"username": "dave", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&old, 401, "invalid_credentials");
+    w.refused(
+        "/v1/auth/login",
+        None,
+        json!({"username": "dave", "password": PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
+    .await?;
     w.api.log_in("dave", NEW_PASSWORD).await?;
     Ok(())
 }
@@ -634,24 +639,22 @@ async fn profile_users_search_and_deletion() -> anyhow::Result<()> {
         .expect(204)?;
     assert_eq!(refresh_cookie(&deleted).0, "");
     assert_error(&w.me(&token).await?, 401, "invalid_token");
-    let login = w
-        .api
-        .post(
-            "/v1/auth/login",
-            None,
-            &json!({"username": "erin", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&login, 401, "invalid_credentials");
-    let again = w
-        .api
-        .post(
-            "/v1/auth/signup",
-            None,
-            &json!({"username": "erin", "password": PASSWORD}),
-        )
-        .await?;
-    assert_error(&again, 409, "username_taken");
+    w.refused(
+        "/v1/auth/login",
+        None,
+        json!({"username": "erin", "password": PASSWORD}),
+        401,
+        "invalid_credentials",
+    )
+    .await?;
+    w.refused(
+        "/v1/auth/signup",
+        None,
+        json!({"username": "erin", "password": PASSWORD}),
+        409,
+        "username_taken",
+    )
+    .await?;
     Ok(())
 }
 

@@ -313,8 +313,9 @@ async fn a_password_change_closes_the_other_sessions_and_keeps_the_changers() {
     alive(&mut again).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_through_redis_closes_a_socket_on_another_gateway() {
+/// Accounts (tokens valid 10 minutes, revocations through the cluster's Redis) and two
+/// gateways that verify its tokens; a client of accounts.
+async fn two_gateways_on_accounts() -> (common::Cluster, Client) {
     let mut cluster = common::Cluster::start(Store::Embedded, 0)
         .await
         .expect("cluster");
@@ -326,7 +327,12 @@ async fn a_revocation_through_redis_closes_a_socket_on_another_gateway() {
     settings.accounts_url = Some(format!("http://{accounts_addr}"));
     cluster.add_gateway_with(&settings).await.expect("gw 0");
     cluster.add_gateway_with(&settings).await.expect("gw 1");
-    let accounts = client(accounts_addr, None).await;
+    (cluster, client(accounts_addr, None).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_through_redis_closes_a_socket_on_another_gateway() {
+    let (cluster, accounts) = two_gateways_on_accounts().await;
     let first = sign_up(&accounts, "alice").await;
     let second = log_in(&accounts, "alice").await;
     let mut on_0 = connect(cluster.gateways[0].addr, &first.access_token).await;
@@ -371,18 +377,7 @@ fn kid(token: &str) -> String {
 /// without a restart (each gateway refetches the keys on the unknown `kid`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_with_two_gateways_running() {
-    let mut cluster = common::Cluster::start(Store::Embedded, 0)
-        .await
-        .expect("cluster");
-    let accounts_addr = cluster
-        .start_accounts(Duration::from_secs(600))
-        .await
-        .expect("accounts");
-    let mut settings = cluster.gateway_settings();
-    settings.accounts_url = Some(format!("http://{accounts_addr}"));
-    cluster.add_gateway_with(&settings).await.expect("gw 0");
-    cluster.add_gateway_with(&settings).await.expect("gw 1");
-    let accounts = client(accounts_addr, None).await;
+    let (cluster, accounts) = two_gateways_on_accounts().await;
     let old = sign_up(&accounts, "alice").await;
     // Both gateways have the first key (read at start, or on this first connect).
     for gw in &cluster.gateways {

@@ -17,10 +17,12 @@ use common::{Cluster, Store};
 
 const ROOM: &str = "partitioned";
 
-/// Seqs a client received in `ROOM`, checked for gaps and duplicates as they come.
+/// Seqs a client received in `ROOM`, checked for gaps and duplicates as they come, and
+/// the `presence` events of `ROOM` seen on the way.
 #[derive(Default)]
 struct Ledger {
     last: u64,
+    presence: Vec<serde_json::Value>,
 }
 
 impl Ledger {
@@ -30,7 +32,15 @@ impl Ledger {
         client: &mut WsClient,
         who: &str,
     ) -> anyhow::Result<serde_json::Value> {
-        let m = client.next_message(ROOM).await?;
+        let m = loop {
+            let frame = client.recv().await?;
+            match frame["type"].as_str() {
+                Some("message") if frame["room"] == ROOM => break frame,
+                Some("presence") if frame["room"] == ROOM => self.presence.push(frame),
+                Some("message" | "typing" | "presence") => {}
+                _ => anyhow::bail!("{who} expected a message of {ROOM}, got {frame}"),
+            }
+        };
         let seq = m["seq"].as_u64().unwrap_or(0);
         anyhow::ensure!(
             seq == self.last + 1,
@@ -46,6 +56,7 @@ impl Ledger {
 enum Link {
     Redis,
     History,
+    Presence,
 }
 
 /// A cluster whose gateway 1 reaches Redis or history through a `FaultProxy` (gateway 0
@@ -72,6 +83,11 @@ impl Partitioned {
             Link::History => {
                 let proxy = FaultProxy::start(cluster.history_addr).await?;
                 settings.history_url = format!("http://{}", proxy.addr());
+                proxy
+            }
+            Link::Presence => {
+                let proxy = FaultProxy::start(cluster.presence_addr).await?;
+                settings.presence_url = format!("http://{}", proxy.addr());
                 proxy
             }
         };
@@ -399,6 +415,131 @@ async fn gateway_cut_off_from_history_answers_unavailable_and_recovers() -> anyh
         "history cut: unavailable after {answered:?}, unready after {unready:?}; \
          acked {acked:?} after the heal (duplicate: {})",
         ack["duplicate"]
+    );
+    Ok(())
+}
+
+/// Whether gateway `gw` reports `user` online (`GET /v1/presence`).
+async fn online(cluster: &Cluster, gw: usize, user: &str) -> anyhow::Result<bool> {
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/presence?users={user}", cluster.http_url(gw)))
+        .bearer_auth(common::token("carol"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    body["users"][user]
+        .as_bool()
+        .ok_or_else(|| anyhow::anyhow!("no status of {user}: {body}"))
+}
+
+/// Gateway 1 cut off from presence for longer than the lease (and than HTTP/2 keep-alive
+/// takes to drop the connection): chat goes on both ways; presence declares gateway 1
+/// dead, so alice's room hears `offline`; after the heal the next heartbeat brings her
+/// back: one `online`, within the 1 s retry of a failed heartbeat (a third of the
+/// default 30 s lease is 10 s), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_cut_off_from_presence_past_the_lease_converges() -> anyhow::Result<()> {
+    let mut parts = Partitioned::start(Link::Presence).await?;
+    let Partitioned {
+        cluster,
+        proxy,
+        alice,
+        bob,
+        alice_seen,
+        bob_seen,
+    } = &mut parts;
+    // Heartbeats every third of the lease.
+    let heartbeat = common::PRESENCE_TTL / 3;
+    assert!(online(cluster, 0, "alice").await?);
+    // Alice's `online` may reach bob after his join: let it come, then count afresh.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.send_message(ROOM, "before", "b-before").await?;
+    bob_seen.next(bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    bob_seen.presence.clear();
+
+    proxy.set(Fault::Blackhole);
+    let cut = Instant::now();
+    let cut_for = Duration::from_secs(10);
+    let mut i = 0;
+    let mut offline_after = None;
+    while cut.elapsed() < cut_for {
+        let started = Instant::now();
+        for (from, id) in [
+            ("bob", format!("b-cut-{i}")),
+            ("alice", format!("a-cut-{i}")),
+        ] {
+            let sender = if from == "bob" {
+                &mut *bob
+            } else {
+                &mut *alice
+            };
+            let ack = sender.send_message(ROOM, "cut", &id).await?;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            bob_seen.next(bob, "bob").await?;
+            alice_seen.next(alice, "alice").await?;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "chat slowed by the cut: {:?}",
+            started.elapsed()
+        );
+        if offline_after.is_none() && !bob_seen.presence.is_empty() {
+            offline_after = Some(cut.elapsed());
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let offline_after =
+        offline_after.ok_or_else(|| anyhow::anyhow!("no presence event during the cut"))?;
+    assert_eq!(
+        bob_seen.presence,
+        [serde_json::json!({"type": "presence", "room": ROOM, "user": "alice", "online": false})],
+        "the room hears that alice went offline, once"
+    );
+    assert!(!online(cluster, 0, "alice").await?, "declared dead");
+
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    let mut j = 0;
+    while bob_seen.presence.len() < 2 {
+        anyhow::ensure!(
+            healed.elapsed() < Duration::from_secs(10),
+            "alice not back online after the heal: {:?}",
+            bob_seen.presence
+        );
+        bob.send_message(ROOM, "heal", &format!("b-heal-{j}"))
+            .await?;
+        bob_seen.next(bob, "bob").await?;
+        alice_seen.next(alice, "alice").await?;
+        j += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let online_after = healed.elapsed();
+    assert!(online(cluster, 0, "alice").await?, "online again");
+    // Several leases later: still online, and no other event.
+    tokio::time::sleep(common::PRESENCE_TTL * 2).await;
+    bob.send_message(ROOM, "steady", "b-steady").await?;
+    bob_seen.next(bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    assert!(online(cluster, 0, "alice").await?, "still online");
+    let alice_events = |online| serde_json::json!({"type": "presence", "room": ROOM, "user": "alice", "online": online});
+    assert_eq!(
+        bob_seen.presence,
+        [alice_events(false), alice_events(true)],
+        "one offline/online pair"
+    );
+    // The next heartbeat (a held one answered at the heal, or the retry of a failed one
+    // a second later) registers her again and reports her room.
+    assert!(
+        online_after <= Duration::from_millis(1500),
+        "online {online_after:?} after the heal (heartbeat {heartbeat:?})"
+    );
+    println!(
+        "presence cut: {i} rounds of messages both ways during {cut_for:?}; offline \
+         announced {offline_after:?} after the cut; online again {online_after:?} after \
+         the heal (heartbeat {heartbeat:?})"
     );
     Ok(())
 }

@@ -20,8 +20,8 @@
 //! - [`participant`]: the ledger client, [`Participant`], with its [`Ack`]s and live
 //!   [`Progress`].
 //! - [`topology`]: [`Topology`], the one way to declare and start a set of service
-//!   processes (gateways, history on a [`Store`], presence, [`Redis`], nginx) and get
-//!   each of them back ([`Running`]).
+//!   processes (gateways, history on a [`Store`], presence, [`Redis`], nginx, gateway
+//!   [`Link`]s through a fault proxy) and get each of them back ([`Running`]).
 //! - [`verdict`]: the checkers over the ledgers, [`check`] (giving a [`Verdict`]) and
 //!   [`bench_check`].
 //!
@@ -36,5 +36,5 @@ pub mod verdict;
 pub use harness::{Harness, Nginx, Service, bin_dir, binary, nginx_binary, repo_root};
 pub use http::{http_get, http_status, jwt, metric, presence, probe, stored_messages, wait_ready};
 pub use participant::{Ack, InFlight, Participant, Progress};
-pub use topology::{Redis, Running, Store, Topology};
+pub use topology::{Link, Redis, Running, Store, Topology};
 pub use verdict::{Verdict, bench_check, check};

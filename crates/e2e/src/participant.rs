@@ -87,6 +87,9 @@ pub struct Participant {
     pub(crate) first_expected: HashMap<String, u64>,
     /// `(seq, client_id)` of every `message` received, per room, in arrival order.
     pub received: HashMap<String, Vec<(u64, String)>>,
+    /// `(room, seq, when)` of every `message` received, in arrival order; `when` is when
+    /// this participant read it, at most one send's wait after it came.
+    pub arrivals: Vec<(String, u64, Instant)>,
     pub acks: Vec<Ack>,
     /// Close codes of the connections that ended under it (`None`: no close frame).
     pub closes: Vec<Option<u16>>,
@@ -98,8 +101,9 @@ pub struct Participant {
     progress: Arc<Progress>,
 }
 
-/// How long a participant keeps trying to reconnect or get one send acked.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a participant keeps trying to reconnect or get one send acked: longer than
+/// the longest outage a chaos case makes (a 30 s cut between a gateway and history).
+const PATIENCE: Duration = Duration::from_secs(60);
 
 impl Participant {
     /// Connects to `url` (a `ws://` URL with the user in it) and joins `rooms`.
@@ -119,6 +123,7 @@ impl Participant {
             last_seen: HashMap::new(),
             first_expected: HashMap::new(),
             received: HashMap::new(),
+            arrivals: Vec::new(),
             acks: Vec::new(),
             closes: Vec::new(),
             reconnects: Vec::new(),
@@ -159,6 +164,7 @@ impl Participant {
                 .entry(room.to_owned())
                 .or_default()
                 .push((seq, client_id));
+            self.arrivals.push((room.to_owned(), seq, Instant::now()));
             let last = self.last_seen.entry(room.to_owned()).or_insert(0);
             *last = (*last).max(seq);
         }

@@ -3,7 +3,8 @@
 //! [`Topology`] declares what runs: gateways (how many, environment per gateway),
 //! history replicas and their store (embedded, or a MongoDB-wire server), presence (how
 //! many, its lease), accounts (none, or replicas on their own store), Redis (one `redis-server`, or a 3-master Redis Cluster), nginx in
-//! front or not, the internal token, the JWT secret, and extra environment.
+//! front or not, the internal token, the JWT secret, extra environment, and which links
+//! of which gateway run through a `FaultProxy` ([`Link`], to cut them silently).
 //! [`Topology::start`] starts the backends and the service binaries as processes
 //! through a [`Harness`] on free ports, waits until every gateway is ready, and gives
 //! back a [`Running`]: typed access to each process (kill -9, SIGTERM, restart on the
@@ -28,9 +29,10 @@
 //! The services as tasks of the test process instead (port 0, no binaries):
 //! `crates/chat/tests/common/mod.rs`; docs/testing.md says which way suits what.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use chat_testkit::fault_proxy::FaultProxy;
 use chat_testkit::mongo::{MongoServer, unique_db_name};
 use chat_testkit::redis::RedisServer;
 use chat_testkit::redis_cluster::RedisCluster;
@@ -67,6 +69,24 @@ pub enum Redis {
     Cluster,
 }
 
+/// A link of one gateway (its index) that [`Topology::proxied`] runs through a
+/// [`FaultProxy`] in the test process, for [`Running::proxy`] to break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Link {
+    /// Gateway `i` ↔ Redis (both its connections; [`Redis::Single`] only).
+    Redis(usize),
+    /// Gateway `i` ↔ its history replica.
+    History(usize),
+}
+
+impl Link {
+    fn gateway(self) -> usize {
+        match self {
+            Self::Redis(i) | Self::History(i) => i,
+        }
+    }
+}
+
 /// What to start; see the module doc. Every setter returns the topology, to chain them.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -90,6 +110,8 @@ pub struct Topology {
     jwt_secret: Option<String>,
     /// For every service process.
     env: Vec<(String, String)>,
+    /// Gateway links through a [`FaultProxy`].
+    proxied: BTreeSet<Link>,
 }
 
 impl Default for Topology {
@@ -112,6 +134,7 @@ impl Default for Topology {
             internal_token: None,
             jwt_secret: None,
             env: Vec::new(),
+            proxied: BTreeSet::new(),
         }
     }
 }
@@ -239,6 +262,13 @@ impl Topology {
         self
     }
 
+    /// Runs `link` through a [`FaultProxy`] (passing everything until told otherwise:
+    /// [`Running::proxy`]).
+    pub fn proxied(mut self, link: Link) -> Self {
+        self.proxied.insert(link);
+        self
+    }
+
     /// Starts the backends, then history, presence and the gateways as processes on free
     /// ports (logs in `h`'s directory), waits until every gateway (but those
     /// [`outside`](Topology::outside)) answers `/readyz`, then starts nginx if asked and
@@ -315,6 +345,7 @@ impl Topology {
         }
 
         let mut gateways = Vec::new();
+        let mut proxies = BTreeMap::new();
         for i in 0..self.gateways {
             let own: Vec<(String, String)> = self
                 .gateway_env
@@ -323,7 +354,7 @@ impl Topology {
                 .map(|(_, key, value)| (key.clone(), value.clone()))
                 .collect();
             let set = |key: &str| own.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
-            let redis_url = match (&redis, &redis_cluster) {
+            let mut redis_url = match (&redis, &redis_cluster) {
                 (Some(redis), _) => redis.url(),
                 (None, Some(cluster)) if set("CHAT_REDIS_CLUSTER").is_some() => cluster.plain_url(),
                 (None, Some(cluster)) => cluster.url(),
@@ -333,9 +364,20 @@ impl Topology {
                 Some(url) => url.clone(),
                 None => presences[i % presences.len()].url(),
             };
+            let mut history_url = histories[i % histories.len()].url();
+            if self.proxied.contains(&Link::History(i)) {
+                let proxy = FaultProxy::start(histories[i % histories.len()].addr).await?;
+                history_url = format!("http://{}", proxy.addr());
+                proxies.insert(Link::History(i), proxy);
+            }
+            if let (true, Some(redis)) = (self.proxied.contains(&Link::Redis(i)), &redis) {
+                let proxy = FaultProxy::start(redis.addr()).await?;
+                redis_url = format!("redis://{}", proxy.addr());
+                proxies.insert(Link::Redis(i), proxy);
+            }
             let id = set("CHAT_GATEWAY_ID").cloned().unwrap_or(format!("gw-{i}"));
             let mut env = vars([
-                ("CHAT_HISTORY_URL", histories[i % histories.len()].url()),
+                ("CHAT_HISTORY_URL", history_url),
                 ("CHAT_PRESENCE_URL", presence_url),
                 ("CHAT_REDIS_URL", redis_url),
                 ("CHAT_GATEWAY_ID", id.clone()),
@@ -378,6 +420,7 @@ impl Topology {
         };
         Ok(Running {
             nginx,
+            proxies,
             gateways,
             histories,
             presences,
@@ -410,8 +453,18 @@ impl Topology {
                 self.presences
             );
         }
+        anyhow::ensure!(
+            self.redis == Redis::Single
+                || !self.proxied.iter().any(|l| matches!(l, Link::Redis(_))),
+            "a proxied Redis link needs Redis::Single"
+        );
         let named = self.gateway_env.iter().filter_map(|(at, _, _)| *at);
-        if let Some(i) = named.chain(self.outside.iter().copied()).max() {
+        let proxied = self.proxied.iter().map(|link| link.gateway());
+        if let Some(i) = named
+            .chain(self.outside.iter().copied())
+            .chain(proxied)
+            .max()
+        {
             anyhow::ensure!(
                 i < self.gateways,
                 "gateway {i} is configured, but there are {} gateways",
@@ -457,6 +510,8 @@ fn vars<const N: usize>(pairs: [(&str, String); N]) -> Vec<(String, String)> {
 pub struct Running {
     /// nginx, when the topology has it ([`Running::nginx`] says so in an error).
     pub nginx: Option<Nginx>,
+    /// The [`Topology::proxied`] links ([`Running::proxy`]).
+    proxies: BTreeMap<Link, FaultProxy>,
     /// In the order declared: `gw-<i>` unless given another `CHAT_GATEWAY_ID`.
     pub gateways: Vec<Service>,
     /// `history-<i>`.
@@ -476,6 +531,13 @@ impl Running {
         self.nginx
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("this topology has no nginx"))
+    }
+
+    /// The proxy of a [`Topology::proxied`] link, to break and heal it.
+    pub fn proxy(&mut self, link: Link) -> anyhow::Result<&mut FaultProxy> {
+        self.proxies
+            .get_mut(&link)
+            .ok_or_else(|| anyhow::anyhow!("{link:?} is not proxied in this topology"))
     }
 
     /// The gateway whose id (`CHAT_GATEWAY_ID`, as in `hello`) is `id`.

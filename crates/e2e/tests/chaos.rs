@@ -21,11 +21,14 @@
 //! clients' messages and acking them; a Redis crash and restart; `kill -9` and SIGTERM
 //! of a history replica, restarted on the same address; `kill -9` of the only history
 //! replica on its embedded store (acked messages must survive on disk); the MongoDB-wire
-//! server paused (SIGSTOP) for 3 s, and for longer than the gateway's history call
-//! timeout, then resumed; `kill -9` of the presence service, restarted on the same
+//! server paused (SIGSTOP) for 3 s, and until a send is answered `unavailable`, then
+//! resumed; `kill -9` of the presence service, restarted on the same
 //! address; `kill -9` of the only accounts replica, restarted on the same address (open
 //! sockets and new connects with an existing token keep working, since gateways verify
-//! tokens themselves; log-ins answer 503 meanwhile and work again after the restart).
+//! tokens themselves; log-ins answer 503 meanwhile and work again after the restart);
+//! silent cuts (a `FaultProxy` blackholing the link, nothing reset, [`Link`]) of one
+//! gateway's Redis link for 60 s and of its history link for 30 s, with the timings the
+//! failure-mode table of docs/architecture.md promises.
 //! Each prints one line with what it measured (`--nocapture`).
 //!
 //! The Redis and presence cases run presence with a short lease ([`PRESENCE_TTL`]) and
@@ -40,10 +43,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_e2e::{
-    Harness, Nginx, Participant, Progress, Service, Store, Topology, bench_check, check, metric,
-    presence, stored_messages,
+    Harness, Link, Nginx, Participant, Progress, Service, Store, Topology, bench_check, check,
+    http_get, metric, presence, stored_messages,
 };
 use chat_testkit::accounts_http::{AccountsHttp, access_token};
+use chat_testkit::fault_proxy::Fault as LinkFault;
 use chat_testkit::process::{eventually, signal};
 use chat_testkit::ws::WsClient;
 use serde_json::json;
@@ -67,6 +71,10 @@ const PRESENCE_TTL: Duration = Duration::from_millis(1500);
 /// How long the presence case keeps the service down at least: longer than the lease,
 /// so every user key expires meanwhile.
 const PRESENCE_OUTAGE: Duration = Duration::from_secs(2);
+/// How long the gateway ↔ Redis case keeps the link cut (the issue's figure).
+const REDIS_CUT: Duration = Duration::from_secs(60);
+/// How long the gateway ↔ history case keeps the link cut (the issue's figure).
+const HISTORY_CUT: Duration = Duration::from_secs(30);
 /// A user who never connects: presence must report them offline.
 const NOBODY: &str = "nobody";
 
@@ -130,6 +138,26 @@ async fn mongo_paused_past_call_timeout_under_load() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn accounts_kill9_and_restart_under_load() -> anyhow::Result<()> {
     chaos("accounts-kill9", accounts_restart).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_redis_cut_60s_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "gateway-redis-cut",
+        CASE_TIMEOUT + REDIS_CUT,
+        gateway_redis_cut,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_history_cut_30s_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "gateway-history-cut",
+        CASE_TIMEOUT + HISTORY_CUT,
+        gateway_history_cut,
+    )
+    .await
 }
 
 /// Runs one case on its own harness with [`CASE_TIMEOUT`] ([`Harness::run`]).
@@ -677,12 +705,14 @@ async fn embedded_history_kill9(h: &Harness) -> anyhow::Result<()> {
 /// How long the MongoDB-wire server stays paused.
 #[derive(Debug, Clone, Copy)]
 enum Pause {
-    /// A fixed time, shorter than the gateway's history call timeout (5 s): sends just
-    /// wait.
+    /// A fixed time, shorter than the gateway's history call timeout (5 s) but longer
+    /// than history's MongoDB driver takes to give up on a silent server (2.5 s): sends
+    /// in flight are answered `unavailable` and resent.
     For(Duration),
-    /// Until some send was answered `unavailable` (the gateway's history call timed
-    /// out): the append it abandoned may still be stored when the server resumes, and the
-    /// resend must then get that message's seq back instead of storing it again.
+    /// Until some send was answered `unavailable` (history's driver gave up, or the
+    /// gateway's history call timed out): the append it abandoned may still be stored
+    /// when the server resumes, and the resend must then get that message's seq back
+    /// instead of storing it again.
     UntilUnavailable,
 }
 
@@ -735,6 +765,194 @@ async fn mongo_pause(h: &Harness, pause: Pause) -> anyhow::Result<()> {
         &format!("paused {:?}", fault.repaired - fault.started),
     )
     .await
+}
+
+/// `gw-1`'s gateway, its metrics and `/readyz`: whether fan-out is degraded and why it
+/// is unready, if it is.
+async fn island_state(gateway: SocketAddr) -> Option<(f64, u16, String)> {
+    let degraded = metric(gateway, "chat_gateway_redis_degraded").await.ok()?;
+    let (status, body) = http_get(gateway, "/readyz").await.ok()?;
+    Some((degraded, status, body))
+}
+
+/// Gateway `gw-1` ↔ Redis blackholed for [`REDIS_CUT`] (both its connections, nothing
+/// reset) under the load. Its clients stay connected and keep getting `gw-0`'s clients'
+/// messages (the rooms read history while fan-out is down); their own sends are acked;
+/// detection within 3 s, normal again within 5 s of the heal.
+async fn gateway_redis_cut(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2).proxied(Link::Redis(1)).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let island = running.gateways[1].addr;
+    let island_id = running.gateways[1].name.clone();
+
+    let fault = Fault::begin(format!("{island_id} <-> Redis blackholed {REDIS_CUT:?}"));
+    running.proxy(Link::Redis(1))?.set(LinkFault::Blackhole);
+    eventually(Duration::from_secs(10), "the cut detected", || async {
+        let (degraded, status, body) = island_state(island).await?;
+        (degraded == 1.0 && status == 503 && body.contains("fan-out")).then_some(())
+    })
+    .await?;
+    let detected = fault.started.elapsed();
+    tokio::time::sleep(REDIS_CUT.saturating_sub(detected)).await;
+    anyhow::ensure!(
+        !load.tasks.iter().any(JoinHandle::is_finished),
+        "a client stopped during the cut: {:?}",
+        load.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    running.proxy(Link::Redis(1))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    eventually(Duration::from_secs(10), "the heal seen", || async {
+        let (degraded, status, _) = island_state(island).await?;
+        (degraded == 0.0 && status == 200).then_some(())
+    })
+    .await?;
+    let recovered = fault.repaired.elapsed();
+    load.wait_each_after(ACKS_AFTER, "load after the heal")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    // Delivery to the island's clients of the other gateway's messages stored during the
+    // cut: from the sender's ack to the receiver reading it. Over the whole cut, and once
+    // the cut was detected (before, messages wait for the detection: up to 3 s).
+    let detected_at = fault.started + detected;
+    let acked: BTreeMap<(&str, u64), (Instant, bool)> = participants
+        .iter()
+        .flat_map(|p| p.acks.iter().map(move |a| (p, a)))
+        .map(|(p, a)| ((a.room.as_str(), a.seq), (a.at, p.gateways[0] == island_id)))
+        .collect();
+    let (mut latencies, mut whole_cut) = (
+        chat_bench::latency::Latency::new(),
+        chat_bench::latency::Latency::new(),
+    );
+    participants
+        .iter()
+        .filter(|p| p.gateways[0] == island_id)
+        .flat_map(|p| &p.arrivals)
+        .filter_map(|(room, seq, at)| {
+            let &(acked_at, from_island) = acked.get(&(room.as_str(), *seq))?;
+            let during = acked_at > fault.started && acked_at < fault.repaired;
+            (during && !from_island).then(|| (acked_at, at.saturating_duration_since(acked_at)))
+        })
+        .for_each(|(acked_at, latency)| {
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            whole_cut.record_micros(micros);
+            if acked_at > detected_at {
+                latencies.record_micros(micros);
+            }
+        });
+    anyhow::ensure!(
+        latencies.count() > 100,
+        "only {} deliveries to the island measured",
+        latencies.count()
+    );
+    let during_p99 = Duration::from_secs_f64(latencies.percentiles().p99 / 1000.0);
+    let whole = whole_cut.percentiles();
+    verdict(
+        "gateway-redis-cut",
+        &fault,
+        &participants,
+        running.gateways[0].addr,
+        &format!(
+            "detected {detected:.1?} after the cut; delivery to {island_id}'s clients once \
+             detected p99 {during_p99:.1?} over {}, over the whole cut p99 {:.0} ms, max \
+             {:.0} ms; normal {recovered:.1?} after the heal",
+            latencies.count(),
+            whole.p99,
+            whole.max
+        ),
+    )
+    .await?;
+    anyhow::ensure!(
+        detected <= Duration::from_secs(5),
+        "detected {detected:?} after the cut"
+    );
+    anyhow::ensure!(
+        during_p99 <= Duration::from_secs(2),
+        "p99 delivery once the cut was detected {during_p99:?}"
+    );
+    anyhow::ensure!(
+        recovered <= Duration::from_secs(5),
+        "normal {recovered:?} after the heal"
+    );
+    Ok(())
+}
+
+/// Gateway `gw-1` ↔ its history replica blackholed for [`HISTORY_CUT`] under the load.
+/// Its clients' sends are answered `unavailable` at the call deadline, never left
+/// hanging, and resent (same `client_id`) until acked; `/readyz` turns 503; acks resume
+/// within 5 s of the heal, and every resend is stored once.
+async fn gateway_history_cut(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2).proxied(Link::History(1)).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let island = running.gateways[1].addr;
+    let island_id = running.gateways[1].name.clone();
+    let on_island: Vec<usize> = (0..CLIENTS)
+        .filter(|&i| load.first_gateways[i] == island_id)
+        .collect();
+
+    let fault = Fault::begin(format!(
+        "{island_id} <-> history blackholed {HISTORY_CUT:?}"
+    ));
+    running.proxy(Link::History(1))?.set(LinkFault::Blackhole);
+    let resends_before: Vec<usize> = on_island
+        .iter()
+        .map(|&i| load.progress[i].resends())
+        .collect();
+    eventually(Duration::from_secs(15), "gw-1 unready", || async {
+        (http_get(island, "/readyz").await.ok()?.0 == 503).then_some(())
+    })
+    .await?;
+    let unready = fault.started.elapsed();
+    tokio::time::sleep(HISTORY_CUT.saturating_sub(unready)).await;
+    // Each of the island's clients was answered (`unavailable`) again and again: a call
+    // left hanging would have shown as one long wait, or a lost connection.
+    let answers: Vec<usize> = on_island
+        .iter()
+        .zip(&resends_before)
+        .map(|(&i, before)| load.progress[i].resends() - before)
+        .collect();
+    running.proxy(Link::History(1))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    let marks: Vec<usize> = on_island.iter().map(|&i| load.progress[i].acks()).collect();
+    load.wait_for("the island's clients acked after the heal", || {
+        on_island
+            .iter()
+            .zip(&marks)
+            .all(|(&i, mark)| load.progress[i].acks() > *mark)
+    })
+    .await?;
+    let acked_again = fault.repaired.elapsed();
+    chat_e2e::wait_ready(island, WAIT).await?;
+    let ready_again = fault.repaired.elapsed();
+    load.wait_each_after(ACKS_AFTER, "load after the heal")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "gateway-history-cut",
+        &fault,
+        &participants,
+        running.gateways[0].addr,
+        &format!(
+            "{} clients on {island_id}, answered unavailable {answers:?} times during the \
+             cut; unready {unready:.1?} after the cut; acked again {acked_again:.1?}, ready \
+             {ready_again:.1?} after the heal",
+            on_island.len()
+        ),
+    )
+    .await?;
+    // The 5 s call deadline and 100 ms between resends: at least 5 answers in 30 s.
+    anyhow::ensure!(
+        !on_island.is_empty() && answers.iter().all(|&n| n >= 5),
+        "answers during the cut: {answers:?}"
+    );
+    anyhow::ensure!(
+        acked_again <= Duration::from_secs(5),
+        "acked again {acked_again:?} after the heal"
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

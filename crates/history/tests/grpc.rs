@@ -1,16 +1,20 @@
 //! The gRPC surface, end to end: a real `HistoryServer` on port 0 over an embedded store,
 //! driven by the generated tonic client.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_history::store::embedded::EmbeddedStore;
+use chat_history::store::mongo::MongoStore;
 use chat_history::{HistoryServer, MessageStore};
 use chat_metrics::Metrics;
 use chat_proto::history::history_client::HistoryClient;
 use chat_proto::history::history_server::SERVICE_NAME as SERVICE;
 use chat_proto::history::{AppendRequest, ListRequest};
+use chat_testkit::fault_proxy::{Fault, FaultProxy};
 use chat_testkit::grpc::{self, Served};
+use chat_testkit::mongo::{MongoServer, unique_db_name};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -207,8 +211,117 @@ async fn health_follows_the_store() {
         .await
         .expect("connect");
     let served = serve(Arc::new(store)).await;
-    // Killing the database makes pings fail (within the 5 s server selection timeout).
+    // Killing the database makes pings fail (within the 2 s server selection timeout).
     grpc::assert_health_follows(&served.channel().await, SERVICE, mongo, "MongoDB").await;
+    served.join().await;
+}
+
+/// The gateway's deadline on a history call (`CALL_TIMEOUT`, crates/gateway/src/history.rs).
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `message` with the gateway's call deadline (sent as `grpc-timeout`).
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_DEADLINE);
+    request
+}
+
+/// The outcome of `call` and how long it took; fails the test if it outlives the
+/// deadline by a second (the server did not answer in time and nothing cut it short).
+async fn timed<T>(
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> (Result<T, tonic::Status>, Duration) {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(CALL_DEADLINE + Duration::from_secs(1), call)
+        .await
+        .expect("the call hung past its deadline");
+    (outcome, started.elapsed())
+}
+
+/// A silent cut between history and MongoDB (docs/architecture.md, "Failure modes:
+/// silent partitions"): nothing forwarded either way, nothing reset. Appends and reads
+/// answer UNAVAILABLE within the gateway's call deadline (the driver's own server checks
+/// end them: not a hang, not INTERNAL), health turns NOT_SERVING, SERVING again within
+/// 5 s of the heal, and the sends resent after the heal are stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_cut_answers_unavailable_and_heals() {
+    let mongo = MongoServer::start().await.expect("start MongoDB server");
+    let Some(upstream) = mongo.addr() else {
+        eprintln!("skipped: no proxy can be put in front of CHAT_TEST_MONGODB_URL");
+        return;
+    };
+    let mut proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let url = format!("mongodb://{}", proxy.addr());
+    let store = MongoStore::connect(&url, &unique_db_name())
+        .await
+        .expect("connect");
+    let served = serve(Arc::new(store)).await;
+    let channel = served.channel().await;
+    let health = |want, within| grpc::wait_health(&channel, SERVICE, want, within);
+    health(ServingStatus::Serving, Duration::from_secs(10))
+        .await
+        .expect("serving");
+    let mut client = HistoryClient::new(channel.clone());
+    let send = |id: &str| with_deadline(append("cut", "alice", id, "hi"));
+    let first = client
+        .append(send("c1"))
+        .await
+        .expect("append before the cut");
+    assert_eq!(first.into_inner().message.map(|m| m.seq), Some(1));
+
+    proxy.set(Fault::Blackhole);
+    let cut = Instant::now();
+    // c2 goes out on a pooled connection that fell silent, c3 once the driver has
+    // marked the server unreachable, then a read.
+    let mut took = Vec::new();
+    for id in ["c2", "c3"] {
+        let (outcome, elapsed) = timed(client.append(send(id))).await;
+        let status = outcome.expect_err("the store is cut off");
+        assert_eq!(status.code(), Code::Unavailable, "append {id}: {status:?}");
+        took.push(elapsed);
+    }
+    let (outcome, elapsed) = timed(client.list(with_deadline(list("cut", None, None, 10)))).await;
+    let status = outcome.expect_err("the store is cut off");
+    assert_eq!(status.code(), Code::Unavailable, "list: {status:?}");
+    took.push(elapsed);
+    for elapsed in &took {
+        assert!(
+            *elapsed < CALL_DEADLINE,
+            "answered after {elapsed:?}: {took:?}"
+        );
+    }
+    health(ServingStatus::NotServing, Duration::from_secs(10))
+        .await
+        .expect("NOT_SERVING while the store is cut off");
+    let detected = cut.elapsed();
+
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+    health(ServingStatus::Serving, Duration::from_secs(5))
+        .await
+        .expect("SERVING within 5 s of the heal");
+    let recovered = healed.elapsed();
+    // The clients resend after `unavailable`: each message stored once (an insert held
+    // by the cut and applied after the heal makes its resend a duplicate).
+    let mut seqs = Vec::new();
+    for id in ["c2", "c3"] {
+        let reply = client.append(send(id)).await.expect("acked after the heal");
+        seqs.extend(reply.into_inner().message.map(|m| m.seq));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3]);
+    let page = client
+        .list(list("cut", None, None, 10))
+        .await
+        .expect("list after the heal")
+        .into_inner();
+    let ids: Vec<_> = page.messages.iter().map(|m| m.client_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    eprintln!(
+        "history <-> MongoDB cut: unavailable after {took:?} (append on a silent \
+         connection, append, list), NOT_SERVING {detected:?} after the cut, SERVING \
+         {recovered:?} after the heal"
+    );
     served.join().await;
 }
 

@@ -81,21 +81,44 @@ pub mod mongo {
 
     use super::StoreError;
 
-    /// The client options of `url` with `app_name` and 5 s server selection and connect
-    /// timeouts unless the URL sets them. An invalid URL is [`StoreError::Internal`]
-    /// naming only the kind of error: the URL may hold a password.
+    /// How often the driver checks each server (`heartbeatFrequencyMS`; its default is
+    /// 10 s, its minimum 500 ms). The driver has no socket timeout: what ends an
+    /// operation stuck on a link that went silent is a check that gets no answer within
+    /// [`CONNECT_TIMEOUT`], which marks the server unknown and interrupts every
+    /// operation in flight on its connections. So a silent cut fails calls within
+    /// 500 ms + 2 s, and a retried write then waits [`SERVER_SELECTION_TIMEOUT`] at most:
+    /// 4.5 s in all, inside the gateway's 5 s call deadline. A check costs one `hello`
+    /// round trip.
+    pub const HEARTBEAT_FREQUENCY: Duration = Duration::from_millis(500);
+
+    /// TCP connect and handshake timeout (`connectTimeoutMS`; default 10 s), also the
+    /// time a server check may take before the server counts as unreachable: 2 s is far
+    /// above a round trip inside a data centre (or the 200 ms links the tests add), and
+    /// keeps detection inside the call deadline.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// How long an operation waits for a reachable server (`serverSelectionTimeoutMS`;
+    /// default 30 s) before failing with `unavailable`: while the store is cut off or
+    /// electing a primary, calls fail fast and clients resend (appends are idempotent)
+    /// instead of holding the caller past its deadline. Health checks recover as soon
+    /// as a check succeeds again (within [`HEARTBEAT_FREQUENCY`] of the heal).
+    pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// The client options of `url` with `app_name` and the timeouts above, unless the URL
+    /// sets them (`heartbeatFrequencyMS`, `connectTimeoutMS`, `serverSelectionTimeoutMS`).
+    /// An invalid URL is [`StoreError::Internal`] naming only the kind of error: the
+    /// URL may hold a password.
     pub async fn client_options(url: &str, app_name: &str) -> Result<ClientOptions, StoreError> {
         let mut options = ClientOptions::parse(url).await.map_err(|e| {
             // Only the kind: the URL may hold a password, and the kind says what is wrong.
             StoreError::Internal(format!("invalid MongoDB URL: {}", e.kind))
         })?;
         options.app_name.get_or_insert_with(|| app_name.into());
+        options.heartbeat_freq.get_or_insert(HEARTBEAT_FREQUENCY);
         options
             .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
-        options
-            .connect_timeout
-            .get_or_insert(Duration::from_secs(5));
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
         Ok(options)
     }
 }

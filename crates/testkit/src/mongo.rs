@@ -121,6 +121,15 @@ impl MongoServer {
         }
     }
 
+    /// The server's address, when it is our own `nx-27017` (for tests that put a
+    /// `FaultProxy` in front of it); `None` for `CHAT_TEST_MONGODB_URL`.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match &self.backing {
+            Backing::External(_) => None,
+            Backing::Process { addr, .. } => Some(*addr),
+        }
+    }
+
     /// The connection string, e.g. `mongodb://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         match &self.backing {

@@ -101,7 +101,7 @@ fn starts_with(field: &str, prefix: &str) -> Document {
 impl MongoStore {
     /// Connects to `url`, uses database `db_name`, and creates the indexes if missing.
     /// Fails with [`StoreError::Unavailable`] when no server answers within the server
-    /// selection timeout (5 s unless the URL sets `serverSelectionTimeoutMS`).
+    /// selection timeout (2 s unless the URL sets `serverSelectionTimeoutMS`).
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
         let mut options = chat_runtime::store::mongo::client_options(url, "chat-accounts").await?;
         options.write_concern.get_or_insert(

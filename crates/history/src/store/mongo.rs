@@ -142,7 +142,7 @@ impl MongoStore {
     /// Connects to `url`, uses database `db_name`, and creates the indexes if missing.
     ///
     /// Fails with [`StoreError::Unavailable`] when no server answers within the server
-    /// selection timeout (5 s unless the URL sets `serverSelectionTimeoutMS`).
+    /// selection timeout (2 s unless the URL sets `serverSelectionTimeoutMS`).
     pub async fn connect(url: &str, db_name: &str) -> Result<Self, StoreError> {
         let options = chat_runtime::store::mongo::client_options(url, "chat-history").await?;
         let client = Client::with_options(options).map_err(map_error)?;

@@ -8,10 +8,14 @@
 //! - the same heartbeat through gRPC as a gateway sends it: 100k users with 64-character
 //!   ids (the longest) in calls of 5,000 users, to a `PresenceServer` on port 0;
 //! - releasing a dead gateway that held 100k users, each told in one room: background
-//!   sweep steps, then claims of the offline events.
+//!   sweep steps, then claims of the offline events;
+//! - throughput on 1 primary vs a 3-master Redis Cluster (64 buckets): connect +
+//!   disconnect, heartbeats of 4 gateways at once, and the sweep of a dead gateway
+//!   (medians of [`RUNS`]).
 //!
 //! Run: `cargo bench -p chat-presence --bench presence_scale` (starts its own
-//! `redis-server` on a free port; `CHAT_TEST_REDIS_SERVER` picks the executable).
+//! `redis-server` on a free port, and its own cluster of three;
+//! `CHAT_TEST_REDIS_SERVER` / `CHAT_TEST_REDIS_CLI` pick the executables).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use chat_presence::PresenceStore;
 use chat_presence::store::memory::MemoryPresence;
 use chat_presence::store::redis::RedisPresence;
 use chat_testkit::redis::RedisServer;
+use chat_testkit::redis_cluster::RedisCluster;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::config::Config;
@@ -36,6 +41,15 @@ const INTERVAL: Duration = Duration::from_secs(10);
 const GRPC_CHUNK: usize = 5_000;
 /// Connections opened at once in the attach measurement.
 const IN_FLIGHT: usize = 64;
+/// Runs of each 1-primary-vs-cluster measurement; the median is shown.
+const RUNS: usize = 3;
+/// Users connected and disconnected in the throughput comparison.
+const CHURN_USERS: usize = 10_000;
+/// Gateways heartbeating at once in the throughput comparison, each with
+/// `USERS / HEARTBEAT_GATEWAYS` users.
+const HEARTBEAT_GATEWAYS: usize = 4;
+/// Users of the dead gateway in the sweep comparison, each told in one room.
+const SWEPT_USERS: usize = 20_000;
 
 fn user(i: usize) -> UserId {
     UserId::parse(&format!("user{i}")).unwrap_or_else(|e| panic!("user id: {e}"))
@@ -349,7 +363,116 @@ async fn main() -> anyhow::Result<()> {
         format!("{:.3} ms", median.as_secs_f64() * 1e3),
     );
 
+    // 1 primary vs a 3-master cluster, each fresh.
+    let (fresh, cluster) = (RedisServer::start().await?, RedisCluster::start(3).await?);
+    for (label, url) in [
+        ("1 primary", fresh.url()),
+        ("3-master cluster", cluster.url()),
+    ] {
+        let store = RedisPresence::connect(&url, TTL).await?;
+        let short = RedisPresence::connect(&url, Duration::from_secs(1)).await?;
+        throughput(&mut table, label, &store, &short).await?;
+    }
+
     table.print();
     let _ = admin.quit().await;
+    Ok(())
+}
+
+fn per_second(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// Connect + disconnect, heartbeats of several gateways at once, and sweeping a dead
+/// gateway, on `store` (ttl 30 s) and `short` (ttl 1 s, for the sweep), as rates.
+async fn throughput(
+    table: &mut Table,
+    label: &str,
+    store: &RedisPresence,
+    short: &RedisPresence,
+) -> anyhow::Result<()> {
+    let (mut churn, mut beats, mut sweeps) = (Vec::new(), Vec::new(), Vec::new());
+    let room = RoomId::parse("lobby").unwrap_or_else(|e| panic!("room: {e}"));
+    for run in 0..RUNS {
+        let users: Vec<UserId> = (0..CHURN_USERS)
+            .map(|i| UserId::parse(&format!("churn{run}x{i}")).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let start = Instant::now();
+        for batch in users.chunks(IN_FLIGHT) {
+            for result in join_all(batch.iter().map(|u| store.connect("gw-churn", u))).await {
+                result?;
+            }
+        }
+        for batch in users.chunks(IN_FLIGHT) {
+            for result in join_all(batch.iter().map(|u| store.disconnect("gw-churn", u))).await {
+                result?;
+            }
+        }
+        churn.push(per_second(2 * CHURN_USERS, start.elapsed()));
+
+        let per_gateway = USERS / HEARTBEAT_GATEWAYS;
+        let gateways: Vec<(String, Vec<UserId>)> = (0..HEARTBEAT_GATEWAYS)
+            .map(|g| {
+                let users = (0..per_gateway)
+                    .map(|i| user(g * per_gateway + i))
+                    .collect();
+                (format!("gw-beat{g}"), users)
+            })
+            .collect();
+        // The first heartbeat registers the users; the next one is the steady state.
+        for first in [true, false] {
+            let start = Instant::now();
+            for result in join_all(gateways.iter().map(|(g, u)| store.heartbeat(g, u))).await {
+                result?;
+            }
+            if !first {
+                beats.push(per_second(USERS, start.elapsed()));
+            }
+        }
+
+        let doomed: Vec<UserId> = (0..SWEPT_USERS)
+            .map(|i| UserId::parse(&format!("swept{run}x{i}")).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let gateway = format!("gw-dead{run}");
+        short.heartbeat(&gateway, &doomed).await?;
+        for batch in doomed.chunks(IN_FLIGHT) {
+            for result in join_all(batch.iter().map(|u| short.enter_room(&gateway, u, &room))).await
+            {
+                result?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let start = Instant::now();
+        while short.sweep().await? {}
+        sweeps.push(per_second(SWEPT_USERS, start.elapsed()));
+        let mut ack = 0;
+        loop {
+            let batch = short.take_exits("gw-live", ack, 10_000).await?;
+            if batch.exits.is_empty() {
+                break;
+            }
+            ack = batch.claim;
+        }
+    }
+    table.row(
+        format!("{label}: connect + disconnect, {IN_FLIGHT} in flight (median of {RUNS})"),
+        format!("{:.0} calls/s", median(churn)),
+    );
+    table.row(
+        format!("{label}: heartbeat, {HEARTBEAT_GATEWAYS} gateways x {}k users at once, steady state (median of {RUNS})", USERS / HEARTBEAT_GATEWAYS / 1000),
+        format!("{:.0} users/s", median(beats)),
+    );
+    table.row(
+        format!(
+            "{label}: sweep of a dead gateway, {}k users each in 1 room (median of {RUNS})",
+            SWEPT_USERS / 1000
+        ),
+        format!("{:.0} users/s", median(sweeps)),
+    );
     Ok(())
 }

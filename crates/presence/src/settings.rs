@@ -27,7 +27,9 @@ pub struct Settings {
     /// `CHAT_GRPC_ADDR` (`0.0.0.0:50052`), `CHAT_METRICS_ADDR`, `CHAT_INTERNAL_TOKEN`.
     pub service: ServiceSettings,
     /// `CHAT_REDIS_URL`: Redis holding the online status; unset or empty = in-memory
-    /// store (correct for one presence process only). May hold a password, so `Debug`
+    /// store (correct for one presence process only). A `redis-cluster://` URL (or
+    /// `CHAT_REDIS_CLUSTER=true`, which turns `redis://` into `redis-cluster://` as for
+    /// the gateway's fan-out) selects a Redis Cluster. May hold a password, so `Debug`
     /// never prints it.
     pub redis_url: Option<String>,
     /// How long a user or gateway stays without a heartbeat before it is gone:
@@ -61,7 +63,7 @@ impl FromEnv for Settings {
     fn read(env: &Env<'_>, defaults: Self) -> Result<Self, EnvError> {
         Ok(Self {
             service: defaults.service.read(env)?,
-            redis_url: env.get("CHAT_REDIS_URL"),
+            redis_url: env.redis_url()?,
             ttl: ttl(env)?.unwrap_or(defaults.ttl),
         })
     }
@@ -132,6 +134,12 @@ mod tests {
         assert_eq!(s.ttl, Duration::from_secs(12));
         assert_eq!(s.redis_url.as_deref(), Some("redis://:secret@redis:6379"));
         assert!(!format!("{s:?}").contains("secret"));
+        let s = Settings::from_pairs(&[
+            ("CHAT_REDIS_URL", "redis://r:7000"),
+            ("CHAT_REDIS_CLUSTER", "true"),
+        ])
+        .expect("valid");
+        assert_eq!(s.redis_url.as_deref(), Some("redis-cluster://r:7000"));
     }
 
     #[test]
@@ -152,6 +160,7 @@ mod tests {
             ("CHAT_PRESENCE_TTL_SECS", "1.5"),
             ("CHAT_PRESENCE_TTL_MS", "99"),
             ("CHAT_PRESENCE_TTL_MS", "-1"),
+            ("CHAT_REDIS_CLUSTER", "perhaps"),
         ] {
             let err = Settings::from_pairs(&[(var, value)]).expect_err(value);
             assert_eq!(err.var, var, "{err}");

@@ -1,6 +1,7 @@
 //! The behaviour every `PresenceStore` backend must show, run against each of them by
 //! `chat_testkit::backend_suite!`: `memory::*` in process, `redis::*` on a private
-//! `redis-server` per test.
+//! `redis-server` per test, `redis_cluster::*` on a private 3-master Redis Cluster per
+//! test (64 buckets over 3 shards).
 //!
 //! Leases are short ([`TTL`]) so that expiry is seen quickly; gateways heartbeat every
 //! ttl / 3 as in production. Waits poll with deadlines; the only sleeps are the heartbeat
@@ -17,6 +18,7 @@ use chat_presence::store::redis::RedisPresence;
 use chat_presence::{PresenceStats, PresenceStore, RoomExit};
 use chat_testkit::process::eventually;
 use chat_testkit::redis::RedisServer;
+use chat_testkit::redis_cluster::RedisCluster;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,20 +35,24 @@ struct Fixture {
     store: Arc<dyn PresenceStore>,
     /// The Redis server of a Redis store.
     redis: Option<RedisServer>,
+    /// The Redis Cluster of a Redis store on a cluster.
+    cluster: Option<RedisCluster>,
 }
 
 impl Fixture {
     /// Another presence replica on the same backend (the same store in memory, which is
     /// only ever shared within one process).
     async fn replica(&self) -> Arc<dyn PresenceStore> {
-        match &self.redis {
-            Some(server) => Arc::new(
-                RedisPresence::connect(&server.url(), TTL)
-                    .await
-                    .expect("connect second replica"),
-            ),
-            None => Arc::clone(&self.store),
-        }
+        let url = match (&self.redis, &self.cluster) {
+            (Some(server), _) => server.url(),
+            (None, Some(cluster)) => cluster.url(),
+            (None, None) => return Arc::clone(&self.store),
+        };
+        Arc::new(
+            RedisPresence::connect(&url, TTL)
+                .await
+                .expect("connect second replica"),
+        )
     }
 }
 
@@ -54,6 +60,7 @@ async fn open_memory() -> Fixture {
     Fixture {
         store: Arc::new(MemoryPresence::new(TTL)),
         redis: None,
+        cluster: None,
     }
 }
 
@@ -65,6 +72,23 @@ async fn open_redis() -> Fixture {
     Fixture {
         store: Arc::new(store),
         redis: Some(server),
+        cluster: None,
+    }
+}
+
+async fn open_redis_cluster() -> Fixture {
+    let cluster = RedisCluster::start(3).await.expect("start redis cluster");
+    let store = RedisPresence::connect(&cluster.url(), TTL)
+        .await
+        .expect("connect redis store to the cluster");
+    assert_eq!(
+        store.buckets(),
+        chat_presence::store::redis::CLUSTER_BUCKETS
+    );
+    Fixture {
+        store: Arc::new(store),
+        redis: None,
+        cluster: Some(cluster),
     }
 }
 
@@ -81,6 +105,11 @@ fn exit(room: &str, user: &str) -> RoomExit {
         room: rid(room),
         user: uid(user),
     }
+}
+
+async fn assert_all_offline(store: &dyn PresenceStore, users: &[UserId]) {
+    let online = store.online(users).await.expect("online");
+    assert!(online.iter().all(|o| !o), "still online: {online:?}");
 }
 
 async fn online(store: &dyn PresenceStore, user: &str) -> bool {
@@ -151,12 +180,32 @@ impl Heartbeats {
         self.exits.lock().expect("exits").clone()
     }
 
+    /// A few more rounds (in which nothing more may come), then stops: the exits handed
+    /// out, each of them once.
+    async fn stop_after_quiet(self) -> BTreeSet<RoomExit> {
+        self.wait_beats(3).await;
+        let exits = self.stop().await;
+        let got: BTreeSet<_> = exits.iter().cloned().collect();
+        assert_eq!(got.len(), exits.len(), "an exit came twice: {exits:?}");
+        got
+    }
+
     async fn stop(self) -> Vec<RoomExit> {
         self.stop.cancel();
         let Self { task, exits, .. } = self;
         task.await.expect("heartbeat task");
         exits.lock().expect("exits").clone()
     }
+}
+
+/// A gateway silent since `died` was released within the promised ttl + one interval.
+fn assert_released_in_time(died: Instant) {
+    let took = died.elapsed();
+    assert!(
+        took <= TTL + INTERVAL + SLACK,
+        "released after {took:?}, promised ttl + interval = {:?}",
+        TTL + INTERVAL
+    );
 }
 
 // ---- the behaviours ----
@@ -333,17 +382,9 @@ async fn dead_gateway_is_released(fx: Fixture) {
     })
     .await
     .expect("released");
-    let took = died.elapsed();
-    assert!(
-        took <= TTL + INTERVAL + SLACK,
-        "released after {took:?}, promised ttl + interval = {:?}",
-        TTL + INTERVAL
-    );
+    assert_released_in_time(died);
     // A few more heartbeats and sweeps: nothing more comes, bob and carol are untouched.
-    live.wait_beats(3).await;
-    let exits = live.stop().await;
-    let got: BTreeSet<_> = exits.iter().cloned().collect();
-    assert_eq!(got.len(), exits.len(), "an exit came twice: {exits:?}");
+    let got = live.stop_after_quiet().await;
     assert_eq!(
         got,
         BTreeSet::from([exit("r1", "alice"), exit("r2", "alice")])
@@ -463,14 +504,7 @@ async fn replicas_hand_out_each_exit_once(fx: Fixture) {
     let got: BTreeSet<_> = all.iter().cloned().collect();
     assert_eq!(got.len(), all.len(), "some exit was handed out twice");
     assert_eq!(got, expected);
-    assert!(
-        store
-            .online(&users)
-            .await
-            .expect("online")
-            .iter()
-            .all(|o| !o)
-    );
+    assert_all_offline(&**store, &users).await;
 }
 
 /// A batch whose reply was lost (the gateway acknowledges an older claim) is handed out
@@ -792,6 +826,8 @@ chat_testkit::backend_suite! {
         memory => open_memory,
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         redis => open_redis,
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        redis_cluster => open_redis_cluster,
     },
     cases: [
         online_with_one_connection,
@@ -957,4 +993,217 @@ async fn redis_query_of_500_users() {
     let online = store.online(&users).await.expect("online");
     let expected: Vec<bool> = (0..500).map(|u| u % 3 == 0).collect();
     assert_eq!(online, expected);
+}
+
+// ---- on a Redis Cluster ----
+
+/// A private 3-master cluster and a presence store on it, typed (for its key names).
+async fn cluster_store() -> (RedisCluster, Arc<RedisPresence>) {
+    let cluster = RedisCluster::start(3).await.expect("start redis cluster");
+    let store = RedisPresence::connect(&cluster.url(), TTL)
+        .await
+        .expect("connect redis store to the cluster");
+    (cluster, Arc::new(store))
+}
+
+/// Every `presence:*` key on every node of `cluster`, as `"<node> <key>"`.
+async fn cluster_presence_keys(cluster: &RedisCluster) -> Vec<String> {
+    let mut keys = Vec::new();
+    for node in cluster.addrs() {
+        let out = cluster
+            .command(node, &["--scan", "--pattern", "presence:*"])
+            .await
+            .expect("redis-cli --scan");
+        keys.extend(out.lines().map(|k| format!("{node} {k}")));
+    }
+    keys
+}
+
+/// Users `<prefix><n>` whose keys sit on each node of `cluster`, `per_node` per node.
+async fn users_on_every_node(
+    cluster: &RedisCluster,
+    store: &RedisPresence,
+    prefix: &str,
+    per_node: usize,
+) -> Vec<Vec<UserId>> {
+    let nodes = cluster.addrs();
+    let mut found = vec![Vec::new(); nodes.len()];
+    for n in 0.. {
+        if found.iter().all(|f: &Vec<UserId>| f.len() >= per_node) {
+            break;
+        }
+        let user = uid(&format!("{prefix}{n}"));
+        let node = cluster
+            .node_of(&store.status_key(&user))
+            .await
+            .expect("node of key");
+        let at = nodes.iter().position(|a| *a == node).expect("a known node");
+        if found[at].len() < per_node {
+            found[at].push(user);
+        }
+    }
+    found
+}
+
+/// A gateway whose users' keys sit on all three shards stops heartbeating (killed with
+/// no goodbye): every user it alone held is offline, and the live gateway is handed each
+/// offline event once, within ttl + one heartbeat interval, from every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_dead_gateway_with_users_on_every_shard() {
+    let (cluster, store) = cluster_store().await;
+    let users: Vec<UserId> = users_on_every_node(&cluster, &store, "doomed", 3)
+        .await
+        .concat();
+    let mut expected = BTreeSet::new();
+    for (i, user) in users.iter().enumerate() {
+        store.connect("doomed", user).await.expect("connect");
+        let room = rid(&format!("room{}", i % 2));
+        assert!(
+            store
+                .enter_room("doomed", user, &room)
+                .await
+                .expect("enter")
+        );
+        expected.insert(RoomExit {
+            room,
+            user: user.clone(),
+        });
+    }
+    let live = Heartbeats::start(store.clone(), "live", &[]);
+    store
+        .heartbeat("doomed", &users)
+        .await
+        .expect("last heartbeat");
+    let died = Instant::now();
+    eventually(TTL * 3, "every exit handed out", || async {
+        (live.exits().len() >= expected.len()).then_some(())
+    })
+    .await
+    .expect("released");
+    assert_released_in_time(died);
+    let got = live.stop_after_quiet().await;
+    assert_eq!(got, expected);
+    assert_all_offline(&*store, &users).await;
+}
+
+/// The slot of a bucket moves to another shard while users of that bucket connect,
+/// enter a room and disconnect, a live gateway heartbeats and a dead one is swept: no
+/// call fails, each period tells its room `online` once and `offline` once, every exit
+/// of the dead gateway is handed out once, and afterwards no key is left on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_slot_move_during_traffic() {
+    let (cluster, store) = cluster_store().await;
+    // Users of one bucket: their status keys share the bucket's slot.
+    let first = uid("mover0");
+    let slot = chat_testkit::redis_cluster::key_slot(store.status_key(&first).as_bytes());
+    let in_bucket =
+        |u: &UserId| chat_testkit::redis_cluster::key_slot(store.status_key(u).as_bytes()) == slot;
+    let movers: Vec<UserId> = (0..)
+        .map(|n| uid(&format!("mover{n}")))
+        .filter(|u| in_bucket(u))
+        .take(8)
+        .collect();
+    let doomed: Vec<UserId> = (0..)
+        .map(|n| uid(&format!("doomed{n}")))
+        .filter(|u| in_bucket(u))
+        .take(20)
+        .collect();
+    for user in &doomed {
+        store.connect("doomed", user).await.expect("connect");
+        store
+            .enter_room("doomed", user, &rid("lobby"))
+            .await
+            .expect("enter");
+    }
+    store.heartbeat("doomed", &doomed).await.expect("heartbeat");
+    let live = Heartbeats::start(store.clone(), "live", &[]);
+
+    // Traffic: each mover connects, enters its room, disconnects, over and over, on a
+    // gateway that heartbeats.
+    let gw = Heartbeats::start(store.clone(), "gw", &[]);
+    let stop = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let traffic: Vec<JoinHandle<usize>> = movers
+        .iter()
+        .cloned()
+        .map(|user| {
+            let (store, stop, done) = (store.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let room = rid(&format!("room-{user}"));
+                let mut periods = 0;
+                while !stop.is_cancelled() {
+                    assert!(store.connect("gw", &user).await.expect("connect"));
+                    assert!(store.enter_room("gw", &user, &room).await.expect("enter"));
+                    assert!(!store.enter_room("gw", &user, &room).await.expect("again"));
+                    assert_eq!(
+                        store.disconnect("gw", &user).await.expect("disconnect"),
+                        Some(vec![room.clone()]),
+                        "period {periods}"
+                    );
+                    periods += 1;
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                periods
+            })
+        })
+        .collect();
+    let periods_done = |n: usize| {
+        let done = done.clone();
+        eventually(Duration::from_secs(10), "traffic periods", move || {
+            let done = done.clone();
+            async move { (done.load(Ordering::SeqCst) >= n).then_some(()) }
+        })
+    };
+    periods_done(movers.len() * 5)
+        .await
+        .expect("traffic before the move");
+    let from = cluster
+        .node_of(&store.status_key(&first))
+        .await
+        .expect("owner");
+    let to = *cluster
+        .addrs()
+        .iter()
+        .find(|a| **a != from)
+        .expect("another node");
+    cluster.move_slot(slot, to).await.expect("move the slot");
+    assert_eq!(
+        cluster
+            .node_of(&store.status_key(&first))
+            .await
+            .expect("owner"),
+        to
+    );
+    let after = done.load(Ordering::SeqCst) + movers.len() * 5;
+    periods_done(after).await.expect("traffic after the move");
+    stop.cancel();
+    for task in traffic {
+        let periods = task.await.expect("traffic task");
+        assert!(periods >= 2, "only {periods} periods");
+    }
+    assert!(gw.stop().await.is_empty());
+    // The dead gateway's exits, once each, also those swept after the move.
+    eventually(TTL * 3, "the dead gateway's exits", || async {
+        (live.exits().len() >= doomed.len()).then_some(())
+    })
+    .await
+    .expect("exits");
+    let got = live.stop_after_quiet().await;
+    let expected: BTreeSet<_> = doomed.iter().map(|u| exit("lobby", u.as_str())).collect();
+    assert_eq!(got, expected);
+    // Nothing stale: once the live gateway's lease and the disconnect marks ran out and
+    // it was swept, no presence key is left anywhere.
+    let left = eventually(TTL * 4, "no presence key left", || async {
+        store.sweep().await.expect("sweep");
+        cluster_presence_keys(&cluster)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        left.is_ok(),
+        "left behind: {:?}",
+        cluster_presence_keys(&cluster).await
+    );
 }

@@ -64,8 +64,8 @@ pub enum Redis {
     Single,
     /// A 3-master Redis Cluster ([`RedisCluster`], sharded pub/sub). Gateways get its
     /// `redis-cluster://` URL, or its plain URL when their environment sets
-    /// `CHAT_REDIS_CLUSTER` (the other way to ask for a cluster). Presence keeps its keys
-    /// in memory (one replica only), as a cluster deployment gives it a separate Redis.
+    /// `CHAT_REDIS_CLUSTER` (the other way to ask for a cluster). Presence and accounts
+    /// keep their keys on the cluster too (`redis-cluster://` URL).
     Cluster,
 }
 
@@ -187,7 +187,7 @@ impl Topology {
         }
     }
 
-    /// `replicas` presence processes (on Redis with [`Redis::Single`]).
+    /// `replicas` presence processes (on the topology's Redis or Redis Cluster).
     pub fn presences(self, replicas: usize) -> Self {
         Self {
             presences: replicas,
@@ -309,10 +309,7 @@ impl Topology {
             None => self.presences,
         };
         for i in 0..replicas {
-            let mut env = Vec::new();
-            if let Some(redis) = &redis {
-                env.extend(vars([("CHAT_REDIS_URL", redis.url())]));
-            }
+            let mut env = redis_env(&redis, &redis_cluster);
             if let Some(ttl) = self.presence_ttl {
                 let millis = ttl.as_millis().to_string();
                 env.extend(vars([("CHAT_PRESENCE_TTL_MS", millis)]));
@@ -336,11 +333,7 @@ impl Topology {
                     vars([("CHAT_DATA_DIR", dir.display().to_string())])
                 }
             };
-            match (&redis, &redis_cluster) {
-                (Some(redis), _) => env.extend(vars([("CHAT_REDIS_URL", redis.url())])),
-                (None, Some(cluster)) => env.extend(vars([("CHAT_REDIS_URL", cluster.url())])),
-                (None, None) => {}
-            }
+            env.extend(redis_env(&redis, &redis_cluster));
             accounts.push(self.grpc_service(h, "accounts", i, env).await?);
         }
 
@@ -447,11 +440,6 @@ impl Topology {
         );
         if self.presence_url.is_none() {
             anyhow::ensure!(self.presences >= 1, "a topology needs presence");
-            anyhow::ensure!(
-                self.redis == Redis::Single || self.presences == 1,
-                "presence in memory (no single Redis) cannot have {} replicas",
-                self.presences
-            );
         }
         anyhow::ensure!(
             self.redis == Redis::Single
@@ -582,5 +570,15 @@ impl Running {
         self.mongo
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("this topology has no MongoDB-wire server"))
+    }
+}
+
+/// `CHAT_REDIS_URL` of a service that keeps keys in the topology's Redis (presence,
+/// accounts): the single server's URL, or the cluster's `redis-cluster://` one.
+fn redis_env(redis: &Option<RedisServer>, cluster: &Option<RedisCluster>) -> Vec<(String, String)> {
+    match (redis, cluster) {
+        (Some(redis), _) => vars([("CHAT_REDIS_URL", redis.url())]),
+        (None, Some(cluster)) => vars([("CHAT_REDIS_URL", cluster.url())]),
+        (None, None) => Vec::new(),
     }
 }

@@ -1,9 +1,10 @@
 //! Gateways on a Redis Cluster (sharded pub/sub), as real processes: two `chat-gateway`s
 //! on a local 3-master cluster (one given a `redis-cluster://` URL, the other a plain URL
-//! and `CHAT_REDIS_CLUSTER=true`), one `chat-history`, one `chat-presence`. Clients on
-//! both gateways exchange messages in rooms whose channels live on different shards; the
-//! checker finds nothing lost, duplicated or out of order, and Redis shows each room as a
-//! shard channel subscribed by both gateways on the master that owns its slot.
+//! and `CHAT_REDIS_CLUSTER=true`), one `chat-history`, one `chat-presence` (its keys on
+//! the same cluster). Clients on both gateways exchange messages in rooms whose channels
+//! live on different shards; the checker finds nothing lost, duplicated or out of order,
+//! and Redis shows each room as a shard channel subscribed by both gateways on the
+//! master that owns its slot.
 //!
 //! Then one room's slot moves to another master (resharding), which drops both
 //! gateways' subscriptions of it on the old owner without any reconnect. Only clients of
@@ -46,9 +47,8 @@ async fn rooms_on_every_shard(cluster: &RedisCluster) -> anyhow::Result<Vec<Stri
 async fn scenario(h: &Harness) -> anyhow::Result<()> {
     let started = Instant::now();
     // Gateway 0 gets the cluster's `redis-cluster://` URL, gateway 1 its plain URL and
-    // `CHAT_REDIS_CLUSTER=true`. Presence keeps its own keys: in-memory here (one
-    // replica); on a cluster deployment it uses a separate, non-cluster Redis
-    // (docs/deployment.md).
+    // `CHAT_REDIS_CLUSTER=true`. Presence keeps its keys on the same cluster (its users
+    // split over 64 buckets spread over the masters, docs/architecture.md).
     let running = Topology::new()
         .gateways(2)
         .gateway_env(1, "CHAT_REDIS_CLUSTER", "true")

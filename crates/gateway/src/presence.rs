@@ -46,6 +46,9 @@ const MAX_EXITS_PER_CLAIM: usize = 10_000;
 pub const HEARTBEAT_CHUNK: usize = 5_000;
 /// `EnterRoom` calls in flight when re-reporting every membership after a lost lease.
 const REENTER_CONCURRENCY: usize = 64;
+/// Longest wait before retrying a failed heartbeat (shorter when the heartbeat interval
+/// is).
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 /// Heartbeat interval while a dead gateway's exits are still being handed out.
 const DRAIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Failed `Detach`es remembered for a retry. Past this many (presence down while a
@@ -472,6 +475,8 @@ impl PresenceTracker {
 /// heartbeat, so a batch whose reply was lost is handed out again).
 pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
     let mut next = Duration::ZERO;
+    // The regular interval (a third of the lease), which bounds the retry delay too.
+    let mut interval = DEFAULT_HEARTBEAT;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -480,6 +485,9 @@ pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: 
         match presence.heartbeat().await {
             Ok(beat) => {
                 next = beat.next_in;
+                if beat.next_in != DRAIN_HEARTBEAT {
+                    interval = beat.next_in;
+                }
                 for (room, user) in beat.expired {
                     hub.announce_presence(&room, &user, false).await;
                 }
@@ -506,8 +514,9 @@ pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: 
             }
             Err(e) => {
                 tracing::warn!(error = %e, "presence heartbeat failed; retrying");
-                // Retry soon: the lease is a few heartbeats long.
-                next = Duration::from_secs(1);
+                // Retry soon: the lease is a few heartbeats long, and once the link is
+                // back, online status must converge within one heartbeat.
+                next = interval.min(HEARTBEAT_RETRY);
             }
         }
     }

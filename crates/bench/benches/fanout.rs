@@ -82,7 +82,7 @@ fn broadcast(c: &mut Criterion) {
                     black_box(conn.try_deliver(&frame));
                 }
                 for body in bodies.iter_mut() {
-                    black_box(Pin::new(body).poll_next(&mut cx));
+                    let _ = black_box(Pin::new(body).poll_next(&mut cx));
                 }
             });
         });

@@ -6,12 +6,19 @@
 #   - a Node.js `ws` relay (bench/peers/node/ws.js, --protocol raw): no storage at all
 # and the all-in-one chat again, in the same session, for a like-for-like table.
 # The peers store nothing and promise nothing; the chat stores every message durably.
+# Then, per stack, the marginal CPU per delivery at 200 msg/s (`cpu_per_delivery` in
+# bench/lib.sh: servers on CPU 0, client on CPU 1, a 20 s run minus a 5 s run).
 #
-#   bench/peers.sh           # RUNS=3 fixed-rate runs per stack, then one ramp each
+#   bench/peers.sh                 # RUNS=3 fixed-rate runs per stack, a ramp, CPU runs
+#   CPU=only STACKS=chat bench/peers.sh   # only the CPU figure, only the all-in-one
+#   CPU=0 bench/peers.sh           # no CPU runs
 source "$(dirname "$0")/lib.sh"
 raise_nofile
 build chat chat-bench
-(cd "$ROOT/bench/peers/node" && npm ci --no-audit --no-fund --silent)
+STACKS=${STACKS:-chat socketio socketio-redis ws}
+if [ "$STACKS" != chat ]; then
+    (cd "$ROOT/bench/peers/node" && npm ci --no-audit --no-fund --silent)
+fi
 machine | tee "$RESULTS/peers-$STAMP-machine.txt"
 PEERS="$ROOT/bench/peers/node"
 LOAD=(--connections 1000 --rooms 10)
@@ -24,37 +31,46 @@ measure() {
         --p99-limit-ms 50
 }
 
-for stack in ${STACKS:-chat socketio socketio-redis ws}; do
-    case $stack in
-    chat)
-        start_chat
-        measure chat --target "ws://127.0.0.1:$CHAT_PORT"
-        ;;
-    socketio)
-        port=$(free_port)
-        start socketio env PORT="$port" node "$PEERS/socketio.js"
-        wait_port "$port"
-        measure socketio --protocol socketio --target "ws://127.0.0.1:$port"
-        ;;
-    socketio-redis)
-        start_redis
-        p1=$(free_port)
-        start socketio-r1 env PORT="$p1" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
-        p2=$(free_port)
-        start socketio-r2 env PORT="$p2" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
-        wait_port "$p1"
-        wait_port "$p2"
-        measure socketio-redis --protocol socketio --target "ws://127.0.0.1:$p1,ws://127.0.0.1:$p2"
-        ;;
-    ws)
-        port=$(free_port)
-        start ws env PORT="$port" node "$PEERS/ws.js"
-        wait_port "$port"
-        measure ws --protocol raw --target "ws://127.0.0.1:$port"
-        ;;
-    esac
-    # Stop this stack before the next one so they never compete for the two cores.
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
+# Each starts one stack and sets TARGET_ARGS.
+stack_chat() {
+    start_chat
+    TARGET_ARGS=(--target "ws://127.0.0.1:$CHAT_PORT")
+}
+stack_socketio() {
+    local port
+    port=$(free_port)
+    start socketio env PORT="$port" node "$PEERS/socketio.js"
+    wait_port "$port"
+    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$port")
+}
+stack_socketio-redis() {
+    local p1 p2
+    start_redis
+    p1=$(free_port)
+    start socketio-r1 env PORT="$p1" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
+    p2=$(free_port)
+    start socketio-r2 env PORT="$p2" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
+    wait_port "$p1"
+    wait_port "$p2"
+    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$p1,ws://127.0.0.1:$p2")
+}
+stack_ws() {
+    local port
+    port=$(free_port)
+    start ws env PORT="$port" node "$PEERS/ws.js"
+    wait_port "$port"
+    TARGET_ARGS=(--protocol raw --target "ws://127.0.0.1:$port")
+}
+
+for stack in $STACKS; do
+    if [ "${CPU:-1}" != only ]; then
+        "stack_$stack"
+        measure "$stack" "${TARGET_ARGS[@]}"
+        # Stop this stack before the next one so they never compete for the two cores.
+        stop_all
+    fi
+    if [ "${CPU:-1}" != 0 ]; then
+        cpu_per_delivery "peers-$stack" "stack_$stack" "${LOAD[@]}" --rate 200
+    fi
 done
+

@@ -1,12 +1,16 @@
 //! The fan-out path inside one gateway: building a `message` frame, the in-process bus
 //! (publish -> the subscribed gateway's signal queue), and a room sequencer's broadcast
-//! into its members' bounded outbound queues.
+//! into its members' bounded outbound queues, drained by their response bodies.
 
 use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Waker};
+
+use actix_web::body::{BoxBody, MessageBody};
 
 use bytestring::ByteString;
 use chat_bench::wire::sample_message as message;
-use chat_gateway::conn::Conn;
+use chat_gateway::conn::{Conn, ConnBody};
 use chat_gateway::fanout::memory::InProcessBus;
 use chat_gateway::fanout::{FanOut, Signal};
 use chat_gateway::rooms::message_frame;
@@ -59,20 +63,26 @@ fn broadcast(c: &mut Criterion) {
     let user = UserId::parse("bench-u1").expect("valid user");
     let mut g = c.benchmark_group("room_broadcast_and_drain");
     for members in [10usize, 100, 1000] {
-        let (conns, mut queues): (Vec<_>, Vec<_>) = (0..members as u64)
+        let conns: Vec<_> = (0..members as u64)
             .map(|id| Conn::new(id, user.clone()))
-            .unzip();
+            .collect();
+        // No control frames: the bodies write the queues only.
+        let mut bodies: Vec<_> = conns
+            .iter()
+            .map(|conn| ConnBody::new(conn.clone(), BoxBody::new(()), Default::default()))
+            .collect();
+        let mut cx = Context::from_waker(Waker::noop());
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
             b.iter(|| {
                 // What a sequencer does per message: one frame, shared by every member's
-                // queue; then what each session's writer takes out of its queue.
+                // queue; then what each connection's body encodes for the socket.
                 let frame = message_frame(&msg);
                 for conn in &conns {
                     black_box(conn.try_deliver(&frame));
                 }
-                for queue in queues.iter_mut() {
-                    black_box(queue.try_recv().ok());
+                for body in bodies.iter_mut() {
+                    let _ = black_box(Pin::new(body).poll_next(&mut cx));
                 }
             });
         });

@@ -1,13 +1,27 @@
 //! One WebSocket connection as the rest of the gateway sees it: an identity, a bounded
 //! outbound queue, and a way to close it with a reason.
+//!
+//! The queue is drained by the connection's response body, [`ConnBody`]: actix-http's
+//! dispatcher polls it whenever it can write, so a delivery is a push under the queue's
+//! lock and, when the socket's worker is idle, one wake-up of it. No task of our own and
+//! no second channel sit between a room and the socket. A client that does not read
+//! stops the dispatcher polling, the queue fills, and the next delivery closes it as a
+//! slow consumer (1013).
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 
+use actix_http::ws::{CloseReason, OpCode, Parser};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::web::{Bytes, BytesMut};
 use actix_ws::CloseCode;
 use bytestring::ByteString;
+use chat_metrics::WsMetrics;
 use chat_model::UserId;
 use chat_model::revocation::RevocationReason;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Gateway-local connection number.
@@ -17,6 +31,9 @@ pub type ConnId = u64;
 /// with 1013. Sized for bursts (a catch-up page is 200) while bounding memory at
 /// roughly this many shared frames per connection.
 pub const OUTBOUND_QUEUE: usize = 1024;
+/// Encoded bytes [`ConnBody`] hands the dispatcher at most per poll (actix-http's own
+/// write buffer limit), so a long queue is written in slices, not copied at once.
+const BODY_CHUNK: usize = 32 * 1024;
 
 /// Why the server closes a connection; each maps to a WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,17 +93,30 @@ impl Disconnect {
     }
 }
 
-/// A connection's shared half: rooms deliver into it, the session drains it.
+/// A connection's shared half: rooms deliver into it, its [`ConnBody`] drains it.
 #[derive(Debug)]
 pub struct Conn {
     pub id: ConnId,
     pub user: UserId,
     /// Frames to write, in order. Bounded: see [`OUTBOUND_QUEUE`].
-    outbound: mpsc::Sender<ByteString>,
-    /// Cancelled when the connection must close; the writer then closes the socket.
+    outbound: Mutex<Outbound>,
+    /// Told when a full queue has room again (senders of replies wait for it).
+    room: Notify,
+    /// Told when the body has finished: close frame encoded, or socket gone.
+    finished: Notify,
+    /// Cancelled when the connection must close; the body then writes the close frame.
     closing: CancellationToken,
     /// The first close reason wins.
     reason: OnceLock<Disconnect>,
+}
+
+#[derive(Debug, Default)]
+struct Outbound {
+    frames: VecDeque<ByteString>,
+    /// The body's waker while it waits for frames (or the close).
+    writer: Option<Waker>,
+    /// The body is done (close frame encoded, or dropped): nothing more is queued.
+    gone: bool,
 }
 
 /// The connection is closing; nothing more can be sent.
@@ -94,45 +124,85 @@ pub struct Conn {
 pub struct Closed;
 
 impl Conn {
-    /// A new connection and the receiving end of its outbound queue.
-    pub fn new(id: ConnId, user: UserId) -> (Arc<Self>, mpsc::Receiver<ByteString>) {
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let conn = Arc::new(Self {
+    /// A new connection with an empty outbound queue.
+    pub fn new(id: ConnId, user: UserId) -> Arc<Self> {
+        Arc::new(Self {
             id,
             user,
-            outbound: tx,
+            outbound: Mutex::new(Outbound::default()),
+            room: Notify::new(),
+            finished: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
-        });
-        (conn, rx)
+        })
+    }
+
+    fn outbound(&self) -> MutexGuard<'_, Outbound> {
+        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `frame` if there is room: `Ok(true)` queued, `Ok(false)` full.
+    fn push(&self, frame: &ByteString) -> Result<bool, Closed> {
+        let mut q = self.outbound();
+        if q.gone || self.closing.is_cancelled() {
+            return Err(Closed);
+        }
+        if q.frames.len() >= OUTBOUND_QUEUE {
+            return Ok(false);
+        }
+        q.frames.push_back(frame.clone());
+        let writer = q.writer.take();
+        drop(q);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(true)
     }
 
     /// Queues a frame without waiting (room deliveries). A full queue closes the
     /// connection as a slow consumer; returns false then.
     pub fn try_deliver(&self, frame: &ByteString) -> bool {
-        match self.outbound.try_send(frame.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.push(frame) {
+            Ok(true) => true,
+            Ok(false) => {
                 self.close(Disconnect::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Closed) => false,
         }
     }
 
     /// Queues a frame, waiting for room (direct replies, catch-up pages).
     pub async fn send(&self, frame: ByteString) -> Result<(), Closed> {
-        tokio::select! {
-            biased;
-            _ = self.closing.cancelled() => Err(Closed),
-            sent = self.outbound.send(frame) => sent.map_err(|_| Closed),
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.push(&frame)? {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => return Err(Closed),
+                _ = room => {}
+            }
         }
     }
 
-    /// Asks the session to close the connection.
+    /// Asks the body to close the connection: after what is queued, or at once for a
+    /// slow consumer (its queue is dropped).
     pub fn close(&self, reason: Disconnect) {
         let _ = self.reason.set(reason);
         self.closing.cancel();
+        let mut q = self.outbound();
+        if self.reason() == Some(Disconnect::SlowConsumer) {
+            q.frames = VecDeque::new();
+        }
+        let writer = q.writer.take();
+        drop(q);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// Completes when the connection must close.
@@ -143,5 +213,133 @@ impl Conn {
     /// Why it is closing, once it is.
     pub fn reason(&self) -> Option<Disconnect> {
         self.reason.get().copied()
+    }
+
+    /// Completes once the body has written the close frame or the socket is gone; then
+    /// drops whatever is still queued. Waits at most `timeout`: a client that does not
+    /// read keeps the body from being polled, and must not keep its queue alive.
+    pub async fn finish(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.finished.notified()).await;
+        let mut q = self.outbound();
+        q.gone = true;
+        q.frames = VecDeque::new();
+    }
+}
+
+/// The WebSocket response body of a connection: actix-ws's own body (control frames:
+/// pings, pongs) first, then the connection's queued text frames, then the close frame.
+#[derive(Debug)]
+pub struct ConnBody {
+    conn: Arc<Conn>,
+    /// actix-ws's body, fed by its `Session` handle (pings and pongs only); `None` once
+    /// it ended.
+    control: Option<BoxBody>,
+    buf: BytesMut,
+    metrics: WsMetrics,
+    done: bool,
+}
+
+impl ConnBody {
+    /// The body writing `conn`'s queue after `control`'s frames.
+    pub fn new(conn: Arc<Conn>, control: BoxBody, metrics: WsMetrics) -> Self {
+        Self {
+            conn,
+            control: Some(control),
+            buf: BytesMut::new(),
+            metrics,
+            done: false,
+        }
+    }
+
+    /// Encodes queued frames (up to [`BODY_CHUNK`]), or the close frame once closing and
+    /// drained; registers for a wake-up when there is nothing to write.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        let conn = &*self.conn;
+        let mut q = conn.outbound();
+        let was_full = q.frames.len() >= OUTBOUND_QUEUE;
+        let mut written = 0;
+        while self.buf.len() < BODY_CHUNK {
+            let Some(frame) = q.frames.pop_front() else {
+                break;
+            };
+            Parser::write_message(&mut self.buf, frame.as_bytes(), OpCode::Text, true, false);
+            written += 1;
+        }
+        if q.frames.is_empty() {
+            if let Some(reason) = conn.reason() {
+                q.gone = true;
+                self.done = true;
+                Parser::write_close(
+                    &mut self.buf,
+                    Some(CloseReason {
+                        code: reason.close_code(),
+                        description: Some(reason.description().to_owned()),
+                    }),
+                    false,
+                );
+            } else if self.buf.is_empty() {
+                match &q.writer {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => q.writer = Some(cx.waker().clone()),
+                }
+            }
+        }
+        drop(q);
+        if was_full && written > 0 {
+            conn.room.notify_waiters();
+        }
+        if written > 0 {
+            self.metrics.messages_out(written);
+        }
+        if self.done {
+            conn.finished.notify_one();
+        }
+    }
+}
+
+impl MessageBody for ConnBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done && this.buf.is_empty() {
+            return Poll::Ready(None);
+        }
+        if let Some(control) = this.control.as_mut() {
+            match Pin::new(control).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(bytes))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                // Every `Session` handle dropped: control frames are over, text is not.
+                Poll::Ready(None) => this.control = None,
+                Poll::Pending => {}
+            }
+        }
+        if !this.done {
+            this.fill(cx);
+        }
+        if this.buf.is_empty() {
+            return if this.done {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        }
+        Poll::Ready(Some(Ok(this.buf.split().freeze())))
+    }
+}
+
+impl Drop for ConnBody {
+    fn drop(&mut self) {
+        self.conn.outbound().gone = true;
+        // The socket is gone: the session ends too.
+        self.conn.close(Disconnect::Normal);
+        self.conn.finished.notify_one();
     }
 }

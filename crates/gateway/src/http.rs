@@ -15,6 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::conn::{Conn, ConnBody};
 use crate::error::{GatewayError, json_error};
 use crate::metrics::Refusal;
 use crate::state::AppState;
@@ -122,9 +123,15 @@ async fn websocket(
             .json(json_error(ErrorCode::Unavailable, &message)));
     };
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let conn = Conn::new(state.next_conn_id(), identity.user.clone());
+    let metrics = state.metrics.ws.clone();
+    let response = response
+        .map_body(|_, control| ConnBody::new(conn.clone(), control, metrics))
+        .map_into_boxed_body();
     actix_web::rt::spawn(crate::session::serve(
         state.into_inner(),
         identity,
+        conn,
         ws,
         stream,
         admitted,

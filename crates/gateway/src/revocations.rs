@@ -305,9 +305,9 @@ mod tests {
     fn closes_listed_sessions_and_remembers_them() {
         let revocations = Revocations::new(TokenMetrics::default());
         let user = UserId::parse("u1").expect("valid");
-        let (a, _rx_a) = Conn::new(1, user.clone());
-        let (b, _rx_b) = Conn::new(2, user.clone());
-        let (c, _rx_c) = Conn::new(3, user);
+        let a = Conn::new(1, user.clone());
+        let b = Conn::new(2, user.clone());
+        let c = Conn::new(3, user);
         assert_eq!(revocations.register("s1", &a), Ok(()));
         assert_eq!(revocations.register("s1", &b), Ok(()));
         assert_eq!(revocations.register("s2", &c), Ok(()));
@@ -322,7 +322,7 @@ mod tests {
         assert!(revocations.is_revoked("s1") && revocations.is_revoked("s9"));
         assert!(!revocations.is_revoked("s2"));
         // A socket of a revoked session cannot register (revoked between check and use).
-        let (d, _rx_d) = Conn::new(4, UserId::parse("u1").expect("valid"));
+        let d = Conn::new(4, UserId::parse("u1").expect("valid"));
         assert_eq!(
             revocations.register("s1", &d),
             Err(RevocationReason::LogOutAll)

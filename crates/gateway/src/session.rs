@@ -1,5 +1,6 @@
-//! One WebSocket session: a reader that handles the client's frames in order, and a
-//! writer that drains the connection's bounded outbound queue into the socket.
+//! One WebSocket session: a reader that handles the client's frames in order; the
+//! connection's response body ([`crate::conn::ConnBody`]) writes its bounded outbound
+//! queue into the socket.
 //!
 //! The reader handles one request at a time, so a client's sends are stored in the order
 //! it sent them. Replies and room deliveries share the outbound queue, so they reach the
@@ -10,12 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_ws::{AggregatedMessage, CloseReason, ProtocolError};
-use bytestring::ByteString;
-use chat_metrics::WsMetrics;
+use actix_ws::{AggregatedMessage, ProtocolError};
 use chat_model::frame::{ClientFrame, Request, ServerFrame, parse_client_frame};
 use chat_model::{ClientMsgId, ErrorCode, RoomId, Seq};
-use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use crate::auth::{AuthError, Identity};
@@ -29,7 +27,8 @@ use crate::state::{Admitted, AppState};
 /// Frames above this size close the connection with 1009; frames between the protocol
 /// limit (64 KiB) and this are answered with `too_large` and the connection stays.
 pub const HARD_FRAME_LIMIT: usize = 1024 * 1024;
-/// How long a closing connection's writer waits for a client that does not read.
+/// How long a closing session waits for its close frame to be written to a client that
+/// does not read; then its queue is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rooms one connection may have joined at once.
 pub const MAX_ROOMS_PER_CONN: usize = 256;
@@ -47,25 +46,19 @@ pub const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn serve(
     state: Arc<AppState>,
     identity: Identity,
+    conn: Arc<Conn>,
     ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
     admitted: Admitted,
 ) {
     let _admitted = admitted;
     let _active = state.metrics.ws.connection_opened();
-    let (conn, outbound) = Conn::new(state.next_conn_id(), identity.user.clone());
     // Revoked between the token's check and now: the socket never opens for real.
     if let Some(sid) = &identity.session
         && let Err(reason) = state.revocations.register(sid, &conn)
     {
         conn.close(Disconnect::Revoked(reason));
     }
-    let writer = actix_web::rt::spawn(write(
-        conn.clone(),
-        ws.clone(),
-        outbound,
-        state.metrics.ws.clone(),
-    ));
     let mut session = Session {
         conn_name: format!("{}-{}", state.gateway_id, conn.id),
         rate: state.limits.send_rate(Instant::now()),
@@ -99,7 +92,7 @@ pub async fn serve(
     for room in state.presence.disconnected(&conn.user).await {
         state.hub.announce_presence(&room, &conn.user, false).await;
     }
-    let _ = writer.await;
+    conn.finish(CLOSE_TIMEOUT).await;
 }
 
 /// When a socket whose token expires at `exp` (Unix seconds) must close: `grace` after
@@ -119,74 +112,6 @@ async fn expired(timer: &mut Option<Pin<Box<Sleep>>>) {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// Writes queued frames until the connection closes, then sends the close frame.
-///
-/// A client that stops reading fills the socket and then actix-ws's channel, and a
-/// write waits. The writer still notices a close: a slow consumer's pending frame is
-/// dropped at once, any other close gives it [`CLOSE_TIMEOUT`]; draining what is queued
-/// and the close frame get the same bound. So a stuck client never holds the session
-/// (its queue, rooms, presence) past that.
-async fn write(
-    conn: Arc<Conn>,
-    mut ws: actix_ws::Session,
-    mut outbound: mpsc::Receiver<ByteString>,
-    metrics: WsMetrics,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = conn.closing() => break,
-            frame = outbound.recv() => match frame {
-                Some(frame) => {
-                    let send = ws.text(frame);
-                    tokio::pin!(send);
-                    let sent = tokio::select! {
-                        biased;
-                        sent = &mut send => sent,
-                        _ = conn.closing() => {
-                            if conn.reason() == Some(Disconnect::SlowConsumer) {
-                                break;
-                            }
-                            // Boxed, like the other paths taken only while closing: an
-                            // inline timer would make every idle writer larger.
-                            match Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, send)).await {
-                                Ok(sent) => sent,
-                                Err(_) => break,
-                            }
-                        }
-                    };
-                    if sent.is_err() {
-                        conn.close(Disconnect::Normal);
-                        return;
-                    }
-                    metrics.message_out();
-                }
-                None => break,
-            },
-        }
-    }
-    let reason = conn.reason().unwrap_or(Disconnect::Normal);
-    let finish = async {
-        if reason != Disconnect::SlowConsumer {
-            // Replies already queued (acks above all) still go out before the close.
-            while let Ok(frame) = outbound.try_recv() {
-                if ws.text(frame).await.is_err() {
-                    return;
-                }
-                metrics.message_out();
-            }
-        }
-        let _ = ws
-            .close(Some(CloseReason {
-                code: reason.close_code(),
-                description: Some(reason.description().to_owned()),
-            }))
-            .await;
-    };
-    // On timeout the session handle is dropped, which ends the response stream.
-    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, finish)).await;
 }
 
 struct Session {

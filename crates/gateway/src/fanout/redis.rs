@@ -701,24 +701,35 @@ impl FanOut for RedisFanOut {
                 "redis unresponsive; published when it answers again".into(),
             ));
         }
-        let published: Result<i64, _> = match self.mode {
-            PubSubMode::Classic => {
-                self.publisher
-                    .publish(channel(room), payload.to_string())
-                    .await
+        let publish = async {
+            match self.mode {
+                PubSubMode::Classic => {
+                    self.publisher
+                        .publish::<i64, _, _>(channel(room), payload.to_string())
+                        .await
+                }
+                PubSubMode::Sharded => {
+                    self.publisher
+                        .spublish::<i64, _, _>(channel(room), payload.to_string())
+                        .await
+                }
             }
-            PubSubMode::Sharded => {
-                self.publisher
-                    .spublish(channel(room), payload.to_string())
-                    .await
-            }
+            .map_err(unavailable)
+        };
+        // A publish unanswered for as long as a ping may be means the same as an
+        // unanswered ping: the link is down. Waiting out the command timeout (5 s) would
+        // hold up the sender's next message until then; the frame is kept instead.
+        let published = match tokio::time::timeout(LIVENESS_TIMEOUT, publish).await {
+            Ok(published) => published,
+            Err(_) => Err(FanOutError::Unavailable(format!(
+                "redis did not answer a publish within {LIVENESS_TIMEOUT:?}"
+            ))),
         };
         self.metrics.published(published.is_ok());
-        if let Err(e) = published {
+        if published.is_err() {
             self.liveness.keep(room, payload);
-            return Err(unavailable(e));
         }
-        Ok(())
+        published.map(|_| ())
     }
 
     fn is_connected(&self) -> bool {

@@ -84,10 +84,12 @@ stop_all() {
     PIDS=()
 }
 
-# "user system" CPU seconds used so far by every process started (all their threads).
+# "user system" CPU seconds used so far by the processes $@ (default: every process
+# started), all their threads.
 server_cpu() {
     local pid user=0 sys=0 u s
-    for pid in "${PIDS[@]}"; do
+    (($# > 0)) || set -- "${PIDS[@]}"
+    for pid in "$@"; do
         read -r u s < <(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
         user=$((user + u))
         sys=$((sys + s))
@@ -152,16 +154,6 @@ start_chat() {
         "$SERVER_BIN/chat"
     CHAT_PID=$LAST_PID
     wait_port "$CHAT_PORT"
-}
-
-# CPU seconds (user + system) the processes $@ have used so far, summed.
-cpu_secs() {
-    local pid ticks=0
-    for pid in "$@"; do
-        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends the name.
-        ticks=$((ticks + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
-    done
-    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
 
 # Machine facts for the record.

@@ -52,11 +52,11 @@ for replicas in 1 2; do
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
         # The replicas' CPU over the whole run: the sign-ups (one hash each) and the
         # log-ins; the floor is measured in chat-bench's own process.
-        before=$(cpu_secs "${ACCOUNTS_PIDS[@]}")
+        before=$(server_cpu "${ACCOUNTS_PIDS[@]}")
         CHAT_INTERNAL_TOKEN=$TOKEN bench "logins-$replicas-$run" logins --target "$targets" \
             --users 200 --concurrency "${CONCURRENCY:-32}" --seconds "${SECONDS_PER_RUN:-20}" \
             --floor-seconds 5
-        used=$(awk -v a="$before" -v b="$(cpu_secs "${ACCOUNTS_PIDS[@]}")" 'BEGIN {print b - a}')
+        used=$(echo "$before $(server_cpu "${ACCOUNTS_PIDS[@]}")" | awk '{print $3 + $4 - $1 - $2}')
         json="$RESULTS/logins-$replicas-$run-$STAMP.json"
         log "run $run: replicas used $used CPU-s for $(jq '.ok + .signed_up' "$json") hashes:" \
             "$(jq --argjson cpu "$used" '(.ok + .users) / $cpu | floor' "$json")/s per CPU-second"

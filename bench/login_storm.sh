@@ -5,14 +5,13 @@
 # service (its loopback gRPC port, 32 log-ins in flight, argon2id with OWASP's
 # parameters). Target: p99 at most 10% worse during the storm.
 #
-# Runs each pair per hashing pool in CONFIGS, `threads:nice` (CHAT_HASH_THREADS and
-# CHAT_HASH_NICE), by default the all-in-one's default (the cores, nice 10) and the
-# same pool at the process's own priority (nice 0, how hashes ran before
-# CHAT_HASH_NICE): on a machine with few cores a pool as wide as the machine takes the
-# CPU the deliveries need unless it yields to them.
+# Runs each pair per hashing pool in CONFIGS, `threads:priority` (CHAT_HASH_THREADS and
+# CHAT_HASH_PRIORITY), by default the cores at idle and the same pool at the process's
+# own priority (normal, how hashes ran before CHAT_HASH_PRIORITY): on a machine with few cores a pool as wide as the machine takes
+# the CPU the deliveries need unless it yields to them.
 #
-#   bench/login_storm.sh                   # RUNS=3 pairs per pool
-#   CONFIGS="2:10 1:0" bench/login_storm.sh
+#   bench/login_storm.sh                          # RUNS=3 pairs per pool
+#   CONFIGS="2:low 1:normal" bench/login_storm.sh
 source "$(dirname "$0")/lib.sh"
 raise_nofile
 build chat chat-bench
@@ -22,24 +21,24 @@ TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 # The all-in-one in dev mode (the load's ?user=) with a known internal token; its
 # accounts' loopback port is the third `grpc listening on` it logs.
 start_storm_chat() {
-    local threads=$1 nice=$2
+    local threads=$1 priority=$2
     CHAT_PORT=$(free_port)
     start chat env RUST_LOG=warn,chat_runtime=info CHAT_HTTP_ADDR="127.0.0.1:$CHAT_PORT" \
         CHAT_DATA_DIR="$WORK/data-storm-$CHAT_PORT" CHAT_AUTH_MODE=dev CHAT_REDIS_URL= \
         CHAT_MONGODB_URL= CHAT_INTERNAL_TOKEN="$TOKEN" CHAT_HASH_THREADS="$threads" \
-        CHAT_HASH_NICE="$nice" CHAT_HASH_QUEUE=256 "$SERVER_BIN/chat"
+        CHAT_HASH_PRIORITY="$priority" CHAT_HASH_QUEUE=256 "$SERVER_BIN/chat"
     CHAT_PID=$LAST_PID
     wait_port "$CHAT_PORT"
     ACCOUNTS=$(grep -o 'grpc listening on [0-9.:]*' "$WORK/chat.log" | sed -n 3p | awk '{print $4}')
     [ -n "$ACCOUNTS" ] || { log "no accounts address in $WORK/chat.log"; exit 1; }
 }
 
-for config in ${CONFIGS:-$(nproc):10 $(nproc):0}; do
+for config in ${CONFIGS:-$(nproc):idle $(nproc):normal}; do
     threads=${config%%:*}
-    nice=${config#*:}
-    start_storm_chat "$threads" "$nice"
-    log "all-in-one on $CHAT_PORT, accounts on $ACCOUNTS, $threads hashing thread(s) at nice $nice"
-    tag="$threads-n$nice"
+    priority=${config#*:}
+    start_storm_chat "$threads" "$priority"
+    log "all-in-one on $CHAT_PORT, accounts on $ACCOUNTS, $threads hashing thread(s), $priority"
+    tag="$threads-$priority"
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
         bench "storm-$tag-quiet-$run" run --target "ws://127.0.0.1:$CHAT_PORT" \
             --connections 1000 --rooms 10 --rate 200 --duration "${DURATION:-20}"
@@ -54,7 +53,7 @@ for config in ${CONFIGS:-$(nproc):10 $(nproc):0}; do
         wait "$STORM" || log "the storm exited non-zero: $(cat "$WORK/storm-$run.txt")"
         cat "$WORK/storm-$run.txt"
     done
-    log "$threads thread(s) at nice $nice: p99 alone $(median .rounds[0].latency_ms.p99 "$RESULTS"/storm-"$tag"-quiet-*-"$STAMP".json) ms," \
+    log "$threads thread(s), $priority: p99 alone $(median .rounds[0].latency_ms.p99 "$RESULTS"/storm-"$tag"-quiet-*-"$STAMP".json) ms," \
         "during the storm $(median .rounds[0].latency_ms.p99 "$RESULTS"/storm-"$tag"-storm-*-"$STAMP".json) ms," \
         "log-ins $(median .per_sec "$RESULTS"/storm-"$tag"-logins-*-"$STAMP".json)/s"
     kill "$CHAT_PID"

@@ -161,15 +161,15 @@ impl Accounts {
             now(),
         )
         .await?;
-        let (params, threads, nice, queue) = (
+        let (params, threads, priority, queue) = (
             settings.hash_params,
             settings.hash_threads,
-            settings.hash_nice,
+            settings.hash_priority,
             settings.hash_queue,
         );
         let pool_metrics = metrics.clone();
         let hasher = tokio::task::spawn_blocking(move || {
-            PasswordHasher::new(params, threads, nice, queue, pool_metrics)
+            PasswordHasher::new(params, threads, priority, queue, pool_metrics)
         })
         .await
         .map_err(|e| AccountsError::Internal(format!("starting the hashing pool: {e}")))??;

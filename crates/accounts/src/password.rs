@@ -15,10 +15,11 @@
 //! dedicated threads (≤ cores), with at most `queue` more waiting; a hash beyond that is
 //! refused at once with `Unavailable` and a retry-after, so a log-in storm costs a
 //! bounded amount of memory (19 MiB per running hash) and never stalls the async
-//! runtime. The hashing threads run at a lower scheduling priority (`nice`, 10 by
-//! default): when the CPU is short, the async runtime's work (in the all-in-one, the
-//! deliveries of every chat message) goes first and log-ins wait, instead of a log-in
-//! storm making every message late; on an idle machine they run at full speed. A log-in for an unknown user verifies against a dummy hash of the
+//! runtime. The hashing threads run at a lower scheduling priority ([`HashPriority`],
+//! nice 10 by default, or Linux's `SCHED_IDLE`): when the CPU is short, the async runtime's work (in
+//! the all-in-one, the deliveries of every chat message) goes first and log-ins wait,
+//! instead of a log-in storm making every message late; on an idle machine they run at
+//! full speed. A log-in for an unknown user verifies against a dummy hash of the
 //! same parameters, so it costs the same as a wrong password.
 
 use std::fmt;
@@ -193,6 +194,37 @@ pub struct PasswordHasher {
     workers: Workers,
 }
 
+/// The scheduling priority of the hashing threads (`CHAT_HASH_PRIORITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashPriority {
+    /// `idle`: Linux's `SCHED_IDLE`: they run only when no other thread wants the CPU,
+    /// and any thread that wakes up preempts them at once; on a saturated CPU log-ins
+    /// wait until it is not.
+    Idle,
+    /// `low` (the default): nice 10, a tenth of a normal thread's share when the CPU is
+    /// contended.
+    #[default]
+    Low,
+    /// `normal`: the process's own priority.
+    Normal,
+}
+
+/// The nice value of [`HashPriority::Low`].
+const LOW_NICE: i32 = 10;
+
+impl std::str::FromStr for HashPriority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "idle" => Ok(Self::Idle),
+            "low" => Ok(Self::Low),
+            "normal" => Ok(Self::Normal),
+            _ => Err("must be idle, low or normal".into()),
+        }
+    }
+}
+
 /// A job for a hashing thread.
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -203,10 +235,10 @@ struct Workers {
 }
 
 impl Workers {
-    /// Starts `threads` threads at `nice` (0: the process's own priority). A priority
-    /// that cannot be set (not Linux, or a seccomp profile that forbids it) is logged
-    /// once and the threads run at the process's priority.
-    fn start(threads: usize, nice: i32) -> Result<Self, AccountsError> {
+    /// Starts `threads` threads at `priority`. A priority that cannot be set (not
+    /// Linux, or a seccomp profile that forbids it) is logged once and the threads run
+    /// at the process's priority.
+    fn start(threads: usize, priority: HashPriority) -> Result<Self, AccountsError> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let queue = Arc::new(std::sync::Mutex::new(queue));
         for i in 0..threads {
@@ -214,11 +246,10 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    if nice != 0
-                        && let Err(e) = lower_priority(nice)
+                    if let Err(e) = lower_priority(priority)
                         && i == 0
                     {
-                        tracing::warn!(nice, error = %e, "could not lower the hashing threads' priority");
+                        tracing::warn!(?priority, error = %e, "could not lower the hashing threads' priority");
                     }
                     loop {
                         // The lock is held only while waiting for the next job.
@@ -253,23 +284,49 @@ impl Workers {
     }
 }
 
-/// Lowers the calling thread's scheduling priority to `nice`, unless it is already as
-/// low (Linux keeps a nice value per thread, so the rest of the process keeps its own).
+/// Lowers the calling thread's scheduling priority to `priority` (Linux keeps the
+/// policy and the nice value per thread, so the rest of the process keeps its own). A
+/// nice value already lower than [`LOW_NICE`] is left alone.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) -> std::io::Result<()> {
-    let me = Some(rustix::thread::gettid());
-    if rustix::process::getpriority_process(me)? < nice {
-        rustix::process::setpriority_process(me, nice)?;
+fn lower_priority(priority: HashPriority) -> std::io::Result<()> {
+    match priority {
+        HashPriority::Normal => Ok(()),
+        HashPriority::Low => {
+            let me = Some(rustix::thread::gettid());
+            if rustix::process::getpriority_process(me)? < LOW_NICE {
+                rustix::process::setpriority_process(me, LOW_NICE)?;
+            }
+            Ok(())
+        }
+        HashPriority::Idle => set_idle_policy(),
     }
-    Ok(())
+}
+
+/// `sched_setscheduler(0, SCHED_IDLE, {0})`: the calling thread's policy becomes
+/// `SCHED_IDLE` (always allowed: it only lowers the priority). rustix has no wrapper.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_idle_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialised `sched_param` that outlives the call, which
+    // only reads it; pid 0 names the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) -> std::io::Result<()> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "per-thread priorities are Linux-only",
-    ))
+fn lower_priority(priority: HashPriority) -> std::io::Result<()> {
+    match priority {
+        HashPriority::Normal => Ok(()),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "per-thread priorities are Linux-only",
+        )),
+    }
 }
 
 impl fmt::Debug for PasswordHasher {
@@ -282,12 +339,12 @@ impl fmt::Debug for PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// A pool of `threads` (at least 1) hashing threads at `nice` with `queue` waiting
-    /// places. Computes the dummy hash, so it takes one hash's time.
+    /// A pool of `threads` (at least 1) hashing threads at `priority` with `queue`
+    /// waiting places. Computes the dummy hash, so it takes one hash's time.
     pub fn new(
         params: HashParams,
         threads: usize,
-        nice: i32,
+        priority: HashPriority,
         queue: usize,
         metrics: AccountsMetrics,
     ) -> Result<Self, AccountsError> {
@@ -309,7 +366,7 @@ impl PasswordHasher {
             running: Arc::new(Semaphore::new(threads)),
             dummy,
             metrics,
-            workers: Workers::start(threads, nice)?,
+            workers: Workers::start(threads, priority)?,
         })
     }
 
@@ -457,29 +514,53 @@ mod tests {
         assert_eq!(format!("{:?}", pw("hunter2")), "Password(<redacted>)");
     }
 
-    /// The hashing threads run at the nice value they were given; the caller's thread
+    /// The calling thread's scheduling policy and nice value, from
+    /// `/proc/thread-self/stat` (fields 41 and 19).
+    #[cfg(target_os = "linux")]
+    fn own_scheduling() -> (u32, i32) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // Fields after the command name's closing parenthesis start at field 3.
+        let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat").1.split(' ').collect();
+        (
+            fields[41 - 3].parse().expect("policy"),
+            fields[19 - 3].parse().expect("nice"),
+        )
+    }
+
+    /// The hashing threads run at the priority they were given; the caller's thread
     /// keeps its own.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn hashing_threads_run_at_the_given_nice() {
-        let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
-        let before = own().expect("own priority");
-        let hasher = PasswordHasher::new(CHEAP, 2, 7, 4, AccountsMetrics::default()).expect("pool");
-        for _ in 0..4 {
-            let nice = hasher
-                .workers
-                .run(own)
-                .await
-                .expect("job")
-                .expect("priority");
-            assert_eq!(nice, before.max(7));
+    async fn hashing_threads_run_at_the_given_priority() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let (policy, nice) = own_scheduling();
+        assert_eq!(policy, SCHED_OTHER);
+        for (priority, expected) in [
+            (HashPriority::Idle, (SCHED_IDLE, nice)),
+            (HashPriority::Low, (SCHED_OTHER, nice.max(LOW_NICE))),
+            (HashPriority::Normal, (SCHED_OTHER, nice)),
+        ] {
+            let hasher = PasswordHasher::new(CHEAP, 2, priority, 4, AccountsMetrics::default())
+                .expect("pool");
+            for _ in 0..4 {
+                let seen = hasher.workers.run(own_scheduling).await.expect("job");
+                assert_eq!(seen, expected, "{priority:?}");
+            }
         }
-        assert_eq!(own().expect("own priority"), before);
+        assert_eq!(own_scheduling(), (policy, nice));
     }
 
     #[tokio::test]
     async fn hash_verify_and_rehash() {
-        let hasher = PasswordHasher::new(CHEAP, 1, 0, 4, AccountsMetrics::default()).expect("pool");
+        let hasher = PasswordHasher::new(
+            CHEAP,
+            1,
+            HashPriority::Normal,
+            4,
+            AccountsMetrics::default(),
+        )
+        .expect("pool");
         let hash = hasher.hash(&pw("open sesame")).await.expect("hash");
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
         assert_eq!(
@@ -514,8 +595,14 @@ mod tests {
             iterations: 2,
             ..CHEAP
         };
-        let newer =
-            PasswordHasher::new(stronger, 1, 0, 4, AccountsMetrics::default()).expect("pool");
+        let newer = PasswordHasher::new(
+            stronger,
+            1,
+            HashPriority::Normal,
+            4,
+            AccountsMetrics::default(),
+        )
+        .expect("pool");
         assert_eq!(
             newer
                 .verify(&pw("open sesame"), Some(&hash))
@@ -530,7 +617,14 @@ mod tests {
         let metrics = AccountsMetrics::default();
         // One thread, one waiting place: of many hashes at once, most are refused.
         let hasher = Arc::new(
-            PasswordHasher::new(HashParams::OWASP, 1, 0, 1, metrics.clone()).expect("pool"),
+            PasswordHasher::new(
+                HashParams::OWASP,
+                1,
+                HashPriority::Normal,
+                1,
+                metrics.clone(),
+            )
+            .expect("pool"),
         );
         let calls: Vec<_> = (0..6)
             .map(|_| {

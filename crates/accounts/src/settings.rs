@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chat_runtime::env::{Env, EnvError, FromEnv, ServiceSettings, StoreSettings};
 
-use crate::password::HashParams;
+use crate::password::{HashParams, HashPriority};
 use crate::store::AccountStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
@@ -43,10 +43,10 @@ pub struct Settings {
     pub token_audience: String,
     /// `CHAT_HASH_THREADS`: password hashes running at once (the number of cores).
     pub hash_threads: usize,
-    /// `CHAT_HASH_NICE`: the hashing threads' scheduling priority, 0 (the process's) to
-    /// 19 (lowest); 10 by default, so that deliveries and every other request go first
-    /// when the CPU is short (Linux; ignored elsewhere).
-    pub hash_nice: i32,
+    /// `CHAT_HASH_PRIORITY`: the hashing threads' scheduling priority, `low` (the
+    /// default: nice 10), `idle` (`SCHED_IDLE`: deliveries and every other request go
+    /// first whenever they want the CPU) or `normal` (Linux; elsewhere only `normal`).
+    pub hash_priority: HashPriority,
     /// `CHAT_HASH_QUEUE`: password hashes waiting at most; beyond, log-ins are refused
     /// `unavailable` at once (64).
     pub hash_queue: usize,
@@ -72,7 +72,7 @@ impl Default for Settings {
             token_issuer: "chat-accounts".into(),
             token_audience: "chat".into(),
             hash_threads: std::thread::available_parallelism().map_or(1, usize::from),
-            hash_nice: 10,
+            hash_priority: HashPriority::Low,
             hash_queue: 64,
             purge_interval: Duration::from_secs(300),
             hash_params: HashParams::OWASP,
@@ -93,7 +93,7 @@ impl std::fmt::Debug for Settings {
             .field("token_issuer", &self.token_issuer)
             .field("token_audience", &self.token_audience)
             .field("hash_threads", &self.hash_threads)
-            .field("hash_nice", &self.hash_nice)
+            .field("hash_priority", &self.hash_priority)
             .field("hash_queue", &self.hash_queue)
             .field("purge_interval", &self.purge_interval)
             .field("hash_params", &self.hash_params)
@@ -124,14 +124,6 @@ impl FromEnv for Settings {
                 "must be at least CHAT_SESSION_IDLE_DAYS",
             ));
         }
-        let hash_nice = env.parse("CHAT_HASH_NICE", d.hash_nice)?;
-        if !(0..=19).contains(&hash_nice) {
-            return Err(EnvError::invalid(
-                "CHAT_HASH_NICE",
-                &hash_nice.to_string(),
-                "must be 0 to 19",
-            ));
-        }
         Ok(Self {
             service: d.service.read(env)?,
             store: d.store.read(env),
@@ -143,7 +135,7 @@ impl FromEnv for Settings {
             token_issuer: env.string("CHAT_TOKEN_ISSUER", &d.token_issuer),
             token_audience: env.string("CHAT_TOKEN_AUDIENCE", &d.token_audience),
             hash_threads: env.number_at_least("CHAT_HASH_THREADS", d.hash_threads, 1)?,
-            hash_nice,
+            hash_priority: env.parse("CHAT_HASH_PRIORITY", d.hash_priority)?,
             hash_queue: env.parse("CHAT_HASH_QUEUE", d.hash_queue)?,
             purge_interval: Duration::from_secs(env.number_at_least(
                 "CHAT_SESSION_PURGE_SECS",
@@ -183,7 +175,7 @@ mod tests {
             ("CHAT_TOKEN_ISSUER", "https://chat.example"),
             ("CHAT_TOKEN_AUDIENCE", "chat-web"),
             ("CHAT_HASH_THREADS", "2"),
-            ("CHAT_HASH_NICE", "0"),
+            ("CHAT_HASH_PRIORITY", "normal"),
             ("CHAT_HASH_QUEUE", "0"),
             ("CHAT_SESSION_PURGE_SECS", "60"),
             ("CHAT_REDIS_URL", "redis://:secret@r:6379"),
@@ -196,7 +188,10 @@ mod tests {
         assert_eq!(s.refresh_reuse_grace, Duration::from_secs(3));
         assert_eq!(s.token_issuer, "https://chat.example");
         assert_eq!(s.token_audience, "chat-web");
-        assert_eq!((s.hash_threads, s.hash_nice, s.hash_queue), (2, 0, 0));
+        assert_eq!(
+            (s.hash_threads, s.hash_priority, s.hash_queue),
+            (2, HashPriority::Normal, 0)
+        );
         assert_eq!(s.purge_interval, Duration::from_secs(60));
         assert_eq!(
             s.redis_url.as_deref(),
@@ -212,8 +207,8 @@ mod tests {
             ("CHAT_ACCESS_TOKEN_TTL_SECS", "0"),
             ("CHAT_SESSION_IDLE_DAYS", "0"),
             ("CHAT_HASH_THREADS", "0"),
-            ("CHAT_HASH_NICE", "20"),
-            ("CHAT_HASH_NICE", "-1"),
+            ("CHAT_HASH_PRIORITY", "10"),
+            ("CHAT_HASH_PRIORITY", "IDLE"),
             ("CHAT_REDIS_CLUSTER", "maybe"),
         ] {
             let err = Settings::from_pairs(&[(var, value)]).expect_err(var);

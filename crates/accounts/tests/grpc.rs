@@ -38,6 +38,8 @@ impl Running {
                 ..Settings::default().service
             },
             refresh_reuse_grace: GRACE,
+            // The timing test compares the hashes' own cost, not the scheduler's.
+            hash_priority: chat_accounts::password::HashPriority::Normal,
             ..Settings::default()
         };
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat_accounts::metrics::AccountsMetrics;
-use chat_accounts::password::{HashParams, Password, PasswordHasher};
+use chat_accounts::password::{HashParams, HashPriority, Password, PasswordHasher};
 use chat_proto::accounts::accounts_client::AccountsClient;
 use chat_proto::accounts::error_detail::Reason;
 use chat_proto::accounts::{ErrorDetail, LogInRequest, SignUpRequest};
@@ -66,7 +66,7 @@ type Client = AccountsClient<InterceptedService<Channel, AttachToken>>;
 pub async fn hash_floor(seconds: f64) -> anyhow::Result<f64> {
     let mut registry = chat_metrics::Registry::default();
     let metrics = AccountsMetrics::register(&mut registry);
-    let hasher = PasswordHasher::new(HashParams::OWASP, 1, 0, 0, metrics)?;
+    let hasher = PasswordHasher::new(HashParams::OWASP, 1, HashPriority::Normal, 0, metrics)?;
     let password = Password::new("correct horse battery staple 42");
     let started = Instant::now();
     let mut hashes = 0_u64;

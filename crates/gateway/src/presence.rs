@@ -405,10 +405,8 @@ impl PresenceTracker {
         let ttl = Duration::from_millis(reply.ttl_ms);
         let next_in = if exits.exits.len() >= MAX_EXITS_PER_CLAIM {
             DRAIN_HEARTBEAT
-        } else if ttl.is_zero() {
-            DEFAULT_HEARTBEAT
         } else {
-            ttl / 3
+            regular_interval(Some(ttl))
         };
         let lease_lost = {
             let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
@@ -435,6 +433,15 @@ impl PresenceTracker {
         if claim != 0 {
             *self.announced.lock().unwrap_or_else(|p| p.into_inner()) = claim;
         }
+    }
+
+    /// How long after a failed heartbeat to try again: soon, since the lease is a few
+    /// heartbeats long, and within one regular heartbeat of the last lease presence
+    /// reported, so that online status converges within one heartbeat once the link is
+    /// back.
+    pub fn retry_in(&self) -> Duration {
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        regular_interval(lease.map(|(_, ttl)| ttl)).min(HEARTBEAT_RETRY)
     }
 
     /// Reports every room membership this gateway holds again, after a lost lease, with
@@ -470,13 +477,20 @@ impl PresenceTracker {
     }
 }
 
+/// The heartbeat interval for a lease of `ttl`: a third of it ([`DEFAULT_HEARTBEAT`]
+/// before presence has reported one, or when it reports none).
+fn regular_interval(ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(ttl) if !ttl.is_zero() => ttl / 3,
+        _ => DEFAULT_HEARTBEAT,
+    }
+}
+
 /// Renews this gateway's presence lease until shutdown, and announces the offline events
 /// of dead gateways' users that the presence service hands out (acknowledged by the next
 /// heartbeat, so a batch whose reply was lost is handed out again).
 pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
     let mut next = Duration::ZERO;
-    // The regular interval (a third of the lease), which bounds the retry delay too.
-    let mut interval = DEFAULT_HEARTBEAT;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -485,9 +499,6 @@ pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: 
         match presence.heartbeat().await {
             Ok(beat) => {
                 next = beat.next_in;
-                if beat.next_in != DRAIN_HEARTBEAT {
-                    interval = beat.next_in;
-                }
                 for (room, user) in beat.expired {
                     hub.announce_presence(&room, &user, false).await;
                 }
@@ -514,9 +525,7 @@ pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: 
             }
             Err(e) => {
                 tracing::warn!(error = %e, "presence heartbeat failed; retrying");
-                // Retry soon: the lease is a few heartbeats long, and once the link is
-                // back, online status must converge within one heartbeat.
-                next = interval.min(HEARTBEAT_RETRY);
+                next = presence.retry_in();
             }
         }
     }

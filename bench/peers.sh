@@ -31,35 +31,36 @@ measure() {
         --p99-limit-ms 50
 }
 
+# A Node.js peer (SCRIPT, a file in $PEERS) on a free port with extra NAME=VALUE
+# environment; sets NODE_PORT once it listens.
+start_node() {
+    local name=$1 script=$2
+    shift 2
+    NODE_PORT=$(free_port)
+    start "$name" env PORT="$NODE_PORT" "$@" node "$PEERS/$script"
+    wait_port "$NODE_PORT"
+}
+
 # Each starts one stack and sets TARGET_ARGS.
 stack_chat() {
     start_chat
     TARGET_ARGS=(--target "ws://127.0.0.1:$CHAT_PORT")
 }
 stack_socketio() {
-    local port
-    port=$(free_port)
-    start socketio env PORT="$port" node "$PEERS/socketio.js"
-    wait_port "$port"
-    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$port")
+    start_node socketio socketio.js
+    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$NODE_PORT")
 }
 stack_socketio-redis() {
-    local p1 p2
+    local p1
     start_redis
-    p1=$(free_port)
-    start socketio-r1 env PORT="$p1" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
-    p2=$(free_port)
-    start socketio-r2 env PORT="$p2" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node "$PEERS/socketio.js"
-    wait_port "$p1"
-    wait_port "$p2"
-    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$p1,ws://127.0.0.1:$p2")
+    start_node socketio-r1 socketio.js REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    p1=$NODE_PORT
+    start_node socketio-r2 socketio.js REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    TARGET_ARGS=(--protocol socketio --target "ws://127.0.0.1:$p1,ws://127.0.0.1:$NODE_PORT")
 }
 stack_ws() {
-    local port
-    port=$(free_port)
-    start ws env PORT="$port" node "$PEERS/ws.js"
-    wait_port "$port"
-    TARGET_ARGS=(--protocol raw --target "ws://127.0.0.1:$port")
+    start_node ws ws.js
+    TARGET_ARGS=(--protocol raw --target "ws://127.0.0.1:$NODE_PORT")
 }
 
 for stack in $STACKS; do

@@ -15,11 +15,11 @@
 //! dedicated threads (≤ cores), with at most `queue` more waiting; a hash beyond that is
 //! refused at once with `Unavailable` and a retry-after, so a log-in storm costs a
 //! bounded amount of memory (19 MiB per running hash) and never stalls the async
-//! runtime. The hashing threads run at a lower scheduling priority ([`HashPriority`],
-//! nice 10 by default, or Linux's `SCHED_IDLE`): when the CPU is short, the async runtime's work (in
-//! the all-in-one, the deliveries of every chat message) goes first and log-ins wait,
-//! instead of a log-in storm making every message late; on an idle machine they run at
-//! full speed. A log-in for an unknown user verifies against a dummy hash of the
+//! runtime. The hashing threads run at a lower scheduling priority ([`HashPriority`]:
+//! nice 10 by default, or Linux's `SCHED_IDLE`): when the CPU is short, the async
+//! runtime's work (in the all-in-one, the deliveries of every chat message) goes first
+//! and log-ins wait, instead of a log-in storm making every message late; on an idle
+//! machine they run at full speed. A log-in for an unknown user verifies against a dummy hash of the
 //! same parameters, so it costs the same as a wrong password.
 
 use std::fmt;

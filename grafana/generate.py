@@ -529,6 +529,11 @@ def gateway():
         (f"sum(rate(chat_gateway_catchup_messages_total{sel}[{RATE}]))", "catch-up messages"),
         unit="ops",
     )
+    b.graph(
+        "Presence lease lapses",
+        "chat_gateway_presence_lease_lapses_total: presence declared this gateway dead (heartbeats missing for a lease; its users announced offline) and the gateway reported its rooms again. One per presence outage longer than the lease.",
+        (f"sum by (instance) (increase(chat_gateway_presence_lease_lapses_total{sel}[{RATE}]))", "{{instance}}"),
+    )
     b.row("Redis fan-out")
     b.graph(
         "Connected",

@@ -152,6 +152,18 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
     // Cut: nothing forwarded either way, nothing closed.
     proxy.set(Fault::Blackhole);
     let cut = Instant::now();
+    // Sent right after the cut, before anything noticed it: it reaches alice from
+    // history as soon as a ping is late (SUSPECT_AFTER, within 1.5 s of the cut), not
+    // after the detection (2 to 2.5 s).
+    let ack = bob.send_message(ROOM, "at the cut", "b-cut").await?;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    bob_seen.next(bob, "bob").await?;
+    alice_seen.next(alice, "alice").await?;
+    let first = cut.elapsed();
+    assert!(
+        first <= Duration::from_millis(2500),
+        "the cut's first message reached the island after {first:?}"
+    );
     eventually(Duration::from_secs(10), "the cut detected", || async {
         let degraded = gauge(cluster, 1, "chat_gateway_redis_degraded")
             .await
@@ -162,7 +174,7 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
     })
     .await?;
     let detected = cut.elapsed();
-    // One ping a second with a 2 s timeout: about 3 s at worst, plus scheduling slack.
+    // Two pings a second with a 2 s timeout: 2.5 s at worst, plus scheduling slack.
     assert!(
         detected <= Duration::from_secs(5),
         "detected after {detected:?}"
@@ -250,7 +262,8 @@ async fn gateway_cut_off_from_redis_keeps_delivering() -> anyhow::Result<()> {
         "after the heal: {after:?}"
     );
     println!(
-        "partition: detected after {detected:?}; p99 during the cut {during_p99:?}; \
+        "partition: first message after {first:?}; detected after {detected:?}; \
+         p99 during the cut {during_p99:?}; \
          ready again {recovered:?} and island messages delivered {caught_up:?} after the heal; \
          max latency after {after_max:?}; proxy connections {}",
         proxy.connections_accepted()
@@ -529,6 +542,19 @@ async fn gateway_cut_off_from_presence_past_the_lease_converges() -> anyhow::Res
         bob_seen.presence,
         [alice_events(false), alice_events(true)],
         "one offline/online pair"
+    );
+    // One lapse, reported (and the memberships reported again) once: the heartbeat held
+    // by the cut and answered at the heal was sent long before presence renewed the
+    // lease, which must not make the next heartbeat see a second lapse.
+    assert_eq!(
+        gauge(cluster, 1, "chat_gateway_presence_lease_lapses_total").await?,
+        1.0,
+        "lease lapses seen by gateway 1"
+    );
+    assert_eq!(
+        gauge(cluster, 0, "chat_gateway_presence_lease_lapses_total").await?,
+        0.0,
+        "lease lapses seen by gateway 0"
     );
     // The next heartbeat (a held one answered at the heal, or the retry of a failed one
     // a second later) registers her again and reports her room.

@@ -814,7 +814,7 @@ async fn gateway_redis_cut(h: &Harness) -> anyhow::Result<()> {
     no_closes(&participants)?;
     // Delivery to the island's clients of the other gateway's messages stored during the
     // cut: from the sender's ack to the receiver reading it. Over the whole cut, and once
-    // the cut was detected (before, messages wait for the detection: up to 3 s).
+    // the cut was detected (before, messages wait for a ping to be late: up to 1.5 s).
     let detected_at = fault.started + detected;
     let acked: BTreeMap<(&str, u64), (Instant, bool)> = participants
         .iter()
@@ -870,6 +870,13 @@ async fn gateway_redis_cut(h: &Harness) -> anyhow::Result<()> {
     anyhow::ensure!(
         during_p99 <= Duration::from_secs(2),
         "p99 delivery once the cut was detected {during_p99:?}"
+    );
+    // The target is 2 s over the whole cut too (measured on a quiet machine, see
+    // docs/architecture.md); the bound leaves room for a loaded CI machine.
+    anyhow::ensure!(
+        whole.p99 <= 3000.0,
+        "p99 delivery over the whole cut {:.0} ms",
+        whole.p99
     );
     anyhow::ensure!(
         recovered <= Duration::from_secs(5),

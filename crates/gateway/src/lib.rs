@@ -173,6 +173,7 @@ impl Gateway {
         tokio::spawn(crate::presence::run_heartbeats(
             presence.clone(),
             hub.clone(),
+            gateway_metrics.presence_lease_lapses.clone(),
             shutdown.clone(),
         ));
         let accounts = settings

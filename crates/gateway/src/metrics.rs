@@ -20,6 +20,9 @@
 //!   connection relayed one to the same room less than a second before.
 //! - `chat_gateway_online_users`: distinct users with at least one WebSocket on this
 //!   gateway (the sum over gateways counts a user once per gateway they are on).
+//! - `chat_gateway_presence_lease_lapses_total`: heartbeats that found the gateway's
+//!   presence lease lapsed (presence declared it dead, its users offline) and reported
+//!   its room memberships again.
 //! - `chat_gateway_rooms_active`: rooms with a sequencer (local members) on this gateway.
 //! - `chat_gateway_gap_fill_reads_total`: history reads a room made to fill a gap in
 //!   seqs or to check after a resync; `chat_gateway_gap_filled_messages_total`: messages
@@ -62,6 +65,8 @@ pub struct GatewayMetrics {
     pub rooms: RoomMetrics,
     /// `chat_gateway_online_users` (the presence tracker).
     pub online_users: Gauge,
+    /// `chat_gateway_presence_lease_lapses_total` (the presence heartbeats).
+    pub presence_lease_lapses: Counter,
     /// Token renewals on open sockets and revoked sessions.
     pub tokens: TokenMetrics,
 }
@@ -77,6 +82,13 @@ impl GatewayMetrics {
             "Distinct users with at least one WebSocket connection on this gateway",
             online_users.clone(),
         );
+        let presence_lease_lapses = Counter::default();
+        registry.register(
+            "presence_lease_lapses",
+            "Heartbeats that found this gateway's presence lease lapsed (presence declared \
+             it dead and its users offline) and reported its room memberships again",
+            presence_lease_lapses.clone(),
+        );
         let gateway = Self {
             http: metrics.http.clone(),
             ws: metrics.ws.clone(),
@@ -84,6 +96,7 @@ impl GatewayMetrics {
             sessions: SessionMetrics::register(registry),
             rooms: RoomMetrics::register(registry),
             online_users,
+            presence_lease_lapses,
             tokens: TokenMetrics::register(registry),
         };
         // Routes every gateway serves, present from the first scrape.
@@ -558,6 +571,8 @@ chat_gateway_rate_limited_frames_total 1
 chat_gateway_typing_throttled_total 1
 # TYPE chat_gateway_online_users gauge
 chat_gateway_online_users 1
+# TYPE chat_gateway_presence_lease_lapses_total counter
+chat_gateway_presence_lease_lapses_total 0
 # TYPE chat_gateway_rooms_active gauge
 chat_gateway_rooms_active 1
 chat_gateway_gap_fill_reads_total 1
@@ -597,6 +612,7 @@ http_requests_total{method="GET",endpoint="/metrics",status="200"} 0
         // checked in chat-metrics).
         let described = r#"# HELP chat_gateway_online_users Distinct users with at least one WebSocket connection on this gateway.
 # TYPE chat_gateway_online_users gauge
+# HELP chat_gateway_presence_lease_lapses_total Heartbeats that found this gateway's presence lease lapsed (presence declared it dead and its users offline) and reported its room memberships again.
 # HELP chat_gateway_disconnects_total WebSocket sessions ended, by reason: normal, going_away (1001), slow_consumer (1013), policy (1008), rate_limited (1008), too_big (1009), idle, token_expired (4001), revoked (4003).
 # TYPE chat_gateway_disconnects_total counter
 # HELP chat_gateway_upgrades_refused_total WebSocket upgrades refused before a session started, by reason: at_capacity (503), origin (403), shutting_down (503).

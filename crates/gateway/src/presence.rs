@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chat_metrics::{GrpcMetrics, MeteredChannel};
@@ -25,6 +26,7 @@ use chat_proto::presence::presence_client::PresenceClient as Grpc;
 use chat_proto::presence::{
     HeartbeatRequest, QueryRequest, RoomRequest, TakeExitsRequest, UserRequest,
 };
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -144,6 +146,9 @@ pub struct PresenceTracker {
     /// When the last heartbeat succeeded and the lease length it reported: a gap longer
     /// than the lease means presence may have swept this gateway.
     lease: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
+    /// Whether the last heartbeat attempt succeeded and found the lease lapsed (so it
+    /// re-established it, and the memberships were reported again).
+    reestablished: AtomicBool,
     /// The claim of the last batch of offline events announced, acknowledged by the next
     /// `TakeExits` (0: none). A batch not acknowledged is handed out again.
     announced: std::sync::Mutex<u64>,
@@ -198,6 +203,7 @@ impl PresenceTracker {
             rooms: RefCounts::default(),
             order: UserLocks::default(),
             lease: std::sync::Mutex::new(None),
+            reestablished: AtomicBool::new(false),
             announced: std::sync::Mutex::new(0),
             undetached: std::sync::Mutex::new(HashSet::new()),
         })
@@ -360,6 +366,8 @@ impl PresenceTracker {
     pub async fn heartbeat(&self) -> Result<Beat, GatewayError> {
         let users = self.users.keys();
         let sent_at = std::time::Instant::now();
+        // Cleared first, so that a failed attempt leaves it false.
+        let reestablished = self.reestablished.swap(false, Ordering::Relaxed);
         let mut first = None;
         let mut chunks = users.chunks(HEARTBEAT_CHUNK);
         // An empty gateway still renews its lease: one call without users.
@@ -410,10 +418,16 @@ impl PresenceTracker {
         };
         let lease_lost = {
             let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-            let lost = lease.is_some_and(|(ok_at, ttl)| sent_at.duration_since(ok_at) >= ttl);
+            let lapsed = lease.is_some_and(|(ok_at, ttl)| sent_at.duration_since(ok_at) >= ttl);
             *lease = Some((sent_at, ttl));
-            lost
+            // Our clock counts from when the previous heartbeat was sent. When that one
+            // re-established a lapsed lease it may have been held up by the outage for
+            // longer than the lease, and presence renewed the lease only when it arrived:
+            // if presence still holds the lease now, the lapse is the one already
+            // reported (and the memberships already reported again).
+            lapsed && (!reestablished || reply.lease_lost)
         };
+        self.reestablished.store(lease_lost, Ordering::Relaxed);
         // Our own clock only sees failed heartbeats. Presence also says when it lost track
         // of us although every heartbeat succeeded: Redis restarted empty between two of
         // them, so it forgot our room memberships and nobody would be told when those
@@ -488,8 +502,14 @@ fn regular_interval(ttl: Option<Duration>) -> Duration {
 
 /// Renews this gateway's presence lease until shutdown, and announces the offline events
 /// of dead gateways' users that the presence service hands out (acknowledged by the next
-/// heartbeat, so a batch whose reply was lost is handed out again).
-pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: CancellationToken) {
+/// heartbeat, so a batch whose reply was lost is handed out again). Counts each lapse of
+/// the lease it finds in `lapses`.
+pub async fn run_heartbeats(
+    presence: Arc<PresenceTracker>,
+    hub: Hub,
+    lapses: Counter,
+    shutdown: CancellationToken,
+) {
     let mut next = Duration::ZERO;
     loop {
         tokio::select! {
@@ -508,6 +528,7 @@ pub async fn run_heartbeats(presence: Arc<PresenceTracker>, hub: Hub, shutdown: 
                     hub.announce_presence(&room, &user, false).await;
                 }
                 if beat.lease_lost {
+                    lapses.inc();
                     tracing::warn!("presence lease lapsed; reporting room memberships again");
                     for (room, user) in presence.reenter_rooms().await {
                         hub.announce_presence(&room, &user, true).await;

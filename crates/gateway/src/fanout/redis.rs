@@ -21,8 +21,11 @@
 //! `chat_gateway_redis_degraded` = 1, `/readyz` unready). While degraded, publishes fail
 //! at once instead of waiting for their timeout (the newest frame per room is kept), and
 //! every room reads history every [`DEGRADED_POLL_INTERVAL`] (a [`Signal::Resync`]), so
-//! members here still get other gateways' messages. When both answer again: a resync, the
-//! kept frames published (receivers fill any gap before them from history), gauge 0.
+//! members here still get other gateways' messages. The polling starts earlier, as soon
+//! as an answer is [`SUSPECT_AFTER`] late (the link is *suspect*: nothing reported, no
+//! publish held back), so the messages of a cut's first seconds do not wait for its
+//! detection. When both answer again: a resync, the kept frames published (receivers
+//! fill any gap before them from history), gauge 0.
 //!
 //! On a cluster, slots also move between shards (resharding, scaling the cluster). The
 //! old owner then drops the moved slots' shard subscriptions with a `sunsubscribe` push,
@@ -62,11 +65,17 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pub/sub messages buffered inside the client before the reader falls behind.
 const MESSAGE_BUFFER: usize = 4096;
 /// How often the watch task pings the publisher and the subscriber.
-pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
-/// A ping unanswered for this long marks the fan-out degraded: with one ping a second,
-/// a silent link is noticed within 3 s, while 200 ms of added latency each way stays far
-/// below it.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
+/// A ping unanswered for this long marks the fan-out degraded: with two pings a second,
+/// a silent link is noticed within 2.5 s, while 200 ms of added latency each way stays
+/// far below it.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A ping unanswered for this long makes the link suspect: rooms start reading history
+/// (as while degraded) but nothing else changes, so a slow answer costs one history
+/// read per room and no false alarm. 2.5 times the round trip of a link with 200 ms
+/// added each way; with [`LIVENESS_INTERVAL`], a cut's messages reach members here from
+/// history within about 1.5 s of it instead of waiting for the detection.
+pub const SUSPECT_AFTER: Duration = Duration::from_secs(1);
 /// fred closes and reconnects a connection on which a command has waited this long
 /// (checked every [`UNRESPONSIVE_CHECK`]), so a dead link is replaced, not waited on.
 pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
@@ -123,6 +132,8 @@ pub struct RedisFanOut {
 struct Liveness {
     /// Set while a ping of the publisher or the subscriber goes unanswered.
     degraded: AtomicBool,
+    /// Set while a ping has waited [`SUSPECT_AFTER`] and not yet [`LIVENESS_TIMEOUT`].
+    suspect: AtomicBool,
     /// The newest frame per room whose publish failed, published again on recovery.
     unpublished: std::sync::Mutex<HashMap<RoomId, ByteString>>,
 }
@@ -130,6 +141,11 @@ struct Liveness {
 impl Liveness {
     fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Whether rooms should read history: degraded, or a ping late enough to suspect.
+    fn should_poll(&self) -> bool {
+        self.is_degraded() || self.suspect.load(Ordering::Relaxed)
     }
 
     /// Keeps `frame` as `room`'s newest unpublished one (frames of one room are
@@ -550,10 +566,11 @@ async fn follow_slot_moves(
 
 /// Pings the publisher and the subscriber every [`LIVENESS_INTERVAL`] and keeps
 /// [`Liveness::degraded`] (and its gauge) true while either misses an answer for
-/// [`LIVENESS_TIMEOUT`]. While degraded it asks every room to read history every
-/// [`DEGRADED_POLL_INTERVAL`]; on recovery it asks once more and publishes the newest
-/// frame of every room whose publish failed. Logs the transitions only, so a flapping
-/// link writes two lines per flap at most.
+/// [`LIVENESS_TIMEOUT`]. While degraded, or while a ping has waited [`SUSPECT_AFTER`],
+/// it asks every room to read history every [`DEGRADED_POLL_INTERVAL`] (at once when
+/// either begins); on recovery it asks once more and publishes the newest frame of every
+/// room whose publish failed. Logs the transitions only, so a flapping link writes two
+/// lines per flap at most.
 async fn watch_liveness(
     publisher: Client,
     subscriber: SubscriberClient,
@@ -568,7 +585,7 @@ async fn watch_liveness(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if liveness.is_degraded() && tx.send(Signal::Resync).await.is_err() {
+            if liveness.should_poll() && tx.send(Signal::Resync).await.is_err() {
                 return;
             }
         }
@@ -579,10 +596,29 @@ async fn watch_liveness(
         let mut since = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            let (published, subscribed) = tokio::join!(
-                answers(publisher.ping::<fred::types::Value>(None)),
-                answers(subscriber.ping::<fred::types::Value>(None)),
-            );
+            let pings = async {
+                tokio::join!(
+                    answers(publisher.ping::<fred::types::Value>(None)),
+                    answers(subscriber.ping::<fred::types::Value>(None)),
+                )
+            };
+            tokio::pin!(pings);
+            let (published, subscribed) = tokio::select! {
+                answered = &mut pings => answered,
+                () = tokio::time::sleep(SUSPECT_AFTER) => {
+                    // Late: read history now rather than after the detection. (While
+                    // degraded the polling runs anyway.)
+                    let newly = !liveness.suspect.swap(true, Ordering::Relaxed);
+                    if newly && !liveness.is_degraded() {
+                        tracing::debug!("redis ping late; rooms read history until it answers");
+                        if tx.send(Signal::Resync).await.is_err() {
+                            return;
+                        }
+                    }
+                    pings.await
+                }
+            };
+            liveness.suspect.store(false, Ordering::Relaxed);
             let alive =
                 published && subscribed && publisher.is_connected() && subscriber.is_connected();
             match (liveness.degraded.swap(!alive, Ordering::Relaxed), alive) {

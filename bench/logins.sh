@@ -15,9 +15,25 @@
 # CHAT_HASH_THREADS=$THREADS (default: all cores, as the service defaults to).
 #
 #   bench/logins.sh                 # RUNS=3, 20 s each, 1 then 2 replicas
+#
+# PIN=1 gives the replica a core of its own, as a deployment would: the replica (one
+# hashing thread) on the last CPU; the client, the store and Redis on CPU 0; one
+# replica only. The floor is then measured on CPU 0 while the replica idles, and the
+# target reads: log-ins/s within 20% of the floor.
+#
+#   PIN=1 bench/logins.sh
 source "$(dirname "$0")/lib.sh"
 build chat-accounts chat-bench
 machine | tee "$RESULTS/logins-$STAMP-machine.txt"
+REPLICAS=${REPLICAS:-1 2}
+if [ "${PIN:-0}" = 1 ]; then
+    LAST_CPU=$(($(nproc) - 1))
+    ((LAST_CPU > 0)) || { log "PIN=1 needs 2 CPUs"; exit 1; }
+    THREADS=${THREADS:-1}
+    REPLICAS=1
+    SERVER_WRAP=(taskset -c 0)
+    CLIENT_WRAP=(taskset -c 0)
+fi
 THREADS=${THREADS:-$(nproc)}
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 start_redis
@@ -37,16 +53,19 @@ start_accounts() {
     local port metrics
     port=$(free_port)
     metrics=$(free_port)
+    local wrap=("${SERVER_WRAP[@]}")
+    [ "${PIN:-0}" = 1 ] && SERVER_WRAP=(taskset -c "$LAST_CPU")
     start "accounts-$port" env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$port" \
         CHAT_METRICS_ADDR="127.0.0.1:$metrics" CHAT_INTERNAL_TOKEN="$TOKEN" \
         CHAT_MONGODB_URL="$MONGO_URL" CHAT_MONGODB_DB="bench_$STAMP" \
         CHAT_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" CHAT_HASH_THREADS="$THREADS" \
         CHAT_HASH_QUEUE=256 "$SERVER_BIN/chat-accounts"
+    SERVER_WRAP=("${wrap[@]}")
     ACCOUNTS_PIDS+=("$LAST_PID")
     wait_port "$port"
     TARGETS+=("http://127.0.0.1:$port")
 }
-for replicas in 1 2; do
+for replicas in $REPLICAS; do
     while ((${#TARGETS[@]} < replicas)); do start_accounts; done
     targets=$(IFS=,; echo "${TARGETS[*]}")
     for ((run = 1; run <= ${RUNS:-3}; run++)); do
@@ -58,7 +77,7 @@ for replicas in 1 2; do
             --floor-seconds 5
         used=$(echo "$before $(server_cpu "${ACCOUNTS_PIDS[@]}")" | awk '{print $3 + $4 - $1 - $2}')
         json="$RESULTS/logins-$replicas-$run-$STAMP.json"
-        log "run $run: replicas used $used CPU-s for $(jq '.ok + .signed_up' "$json") hashes:" \
+        log "run $run: replicas used $used CPU-s for $(jq '.ok + .users' "$json") hashes:" \
             "$(jq --argjson cpu "$used" '(.ok + .users) / $cpu | floor' "$json")/s per CPU-second"
     done
     log "$replicas replica(s): median $(median .per_sec "$RESULTS"/logins-"$replicas"-*-"$STAMP".json) log-ins/s," \

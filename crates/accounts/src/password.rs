@@ -14,7 +14,8 @@
 //! Each hash costs tens of milliseconds of one core, so hashes run on `threads`
 //! dedicated threads (≤ cores), with at most `queue` more waiting; a hash beyond that is
 //! refused at once with `Unavailable` and a retry-after, so a log-in storm costs a
-//! bounded amount of memory (19 MiB per running hash) and never stalls the async
+//! bounded amount of memory (19 MiB per hashing thread, allocated by its first hash and
+//! kept, which spares each hash ~4,900 page faults) and never stalls the async
 //! runtime. The hashing threads run at a lower scheduling priority ([`HashPriority`]:
 //! nice 10 by default, or Linux's `SCHED_IDLE`): when the CPU is short, the async
 //! runtime's work (in the all-in-one, the deliveries of every chat message) goes first
@@ -26,9 +27,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
-};
+use argon2::password_hash::phc::{Output, ParamsString, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 
@@ -181,7 +181,8 @@ impl Drop for Waiting {
 
 /// argon2id on a bounded pool (see the module documentation).
 pub struct PasswordHasher {
-    argon: Argon2<'static>,
+    /// `params` as argon2's.
+    argon_params: Params,
     params: HashParams,
     /// Running + waiting hashes: `threads + queue` permits, taken without waiting.
     admitted: Arc<Semaphore>,
@@ -355,12 +356,12 @@ impl PasswordHasher {
             None,
         )
         .map_err(|e| AccountsError::Internal(format!("argon2 parameters: {e}")))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
         let random = crate::hex::encode(&crate::names::random_bytes::<16>()?);
-        let dummy = hash_with(&argon, &random)?;
+        // Not on a hashing thread: in memory of its own, freed at once.
+        let dummy = hash_with(&argon_params, &random, &mut Vec::new())?;
         let threads = threads.max(1);
         Ok(Self {
-            argon,
+            argon_params,
             params,
             admitted: Arc::new(Semaphore::new(threads + queue)),
             running: Arc::new(Semaphore::new(threads)),
@@ -378,8 +379,10 @@ impl PasswordHasher {
     /// Hashes a new password (PHC string).
     pub async fn hash(&self, password: &Password) -> Result<String, AccountsError> {
         let password = password.clone();
-        self.run("hash", move |argon| hash_with(argon, password.expose()))
-            .await?
+        self.run("hash", move |params, memory| {
+            hash_with(params, password.expose(), memory)
+        })
+        .await?
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no
@@ -394,15 +397,12 @@ impl PasswordHasher {
         let stored = stored.unwrap_or(&self.dummy).to_owned();
         let params = self.params;
         let verified = self
-            .run("verify", move |argon| {
+            .run("verify", move |_, memory| {
                 let Ok(hash) = PasswordHash::new(&stored) else {
                     tracing::error!("a stored password hash is not a PHC string");
                     return Verified::Wrong;
                 };
-                if argon
-                    .verify_password(password.expose().as_bytes(), &hash)
-                    .is_err()
-                {
+                if !matches(&hash, password.expose(), memory) {
                     return Verified::Wrong;
                 }
                 Verified::Right {
@@ -417,7 +417,7 @@ impl PasswordHasher {
     async fn run<T: Send + 'static>(
         &self,
         op: &'static str,
-        job: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+        job: impl FnOnce(&Params, &mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, AccountsError> {
         let admitted = Arc::clone(&self.admitted)
             .try_acquire_owned()
@@ -434,14 +434,14 @@ impl PasswordHasher {
             .await
             .map_err(|_| AccountsError::Internal("hashing pool closed".into()))?;
         drop(waiting);
-        let argon = self.argon.clone();
+        let params = self.argon_params.clone();
         let metrics = self.metrics.clone();
         self.workers
             .run(move || {
                 // Held until the hash is done, even if the caller gave up meanwhile.
                 let _permits = (admitted, running);
                 let start = Instant::now();
-                let out = job(&argon);
+                let out = MEMORY.with_borrow_mut(|memory| job(&params, memory));
                 metrics.hashed(op, start.elapsed().as_secs_f64());
                 out
             })
@@ -449,11 +449,75 @@ impl PasswordHasher {
     }
 }
 
-fn hash_with(argon: &Argon2<'_>, password: &str) -> Result<String, AccountsError> {
-    argon
-        .hash_password(password.as_bytes())
-        .map(|hash| hash.to_string())
-        .map_err(|e| AccountsError::Internal(format!("argon2: {e}")))
+thread_local! {
+    /// A hashing thread's argon2 working memory (19 MiB at OWASP's parameters),
+    /// allocated by its first hash and reused by the next ones: allocated per hash, it
+    /// cost ~4,900 page faults whenever the allocator had handed it back to the kernel,
+    /// a third of the hash (docs/benchmarks.md, "Accounts").
+    static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `argon`'s hash of `password` with `salt` into `out`, in `memory` (resized to the
+/// parameters' block count; every block is written before it is read, so a reused one
+/// needs no clearing).
+fn compute(
+    argon: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+    memory: &mut Vec<Block>,
+) -> argon2::Result<()> {
+    memory.resize(params.block_count(), Block::default());
+    argon.hash_password_into_with_memory(password, salt, out, &mut memory[..])
+}
+
+/// A new PHC string for `password`: argon2id 1.3 with `params`, a random 16-byte salt
+/// and a 32-byte hash, as argon2's own `hash_password` makes it.
+fn hash_with(
+    params: &Params,
+    password: &str,
+    memory: &mut Vec<Block>,
+) -> Result<String, AccountsError> {
+    let internal = |e: &dyn fmt::Display| AccountsError::Internal(format!("argon2: {e}"));
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = crate::names::random_bytes::<16>()?;
+    let mut out = [0_u8; Params::DEFAULT_OUTPUT_LEN];
+    compute(&argon, params, password.as_bytes(), &salt, &mut out, memory)
+        .map_err(|e| internal(&e))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| internal(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| internal(&e))?),
+        hash: Some(Output::new(&out).map_err(|e| internal(&e))?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Whether `password` hashes to `hash` with `hash`'s own algorithm, version,
+/// parameters and salt (the outputs compared in constant time).
+fn matches(hash: &PasswordHash, password: &str, memory: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(hash.algorithm.as_str()),
+        Params::try_from(hash),
+    ) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0_u8; expected.len()];
+    if compute(&argon, &params, password.as_bytes(), salt, &mut out, memory).is_err() {
+        return false;
+    }
+    Output::new(&out).is_ok_and(|computed| computed == *expected)
 }
 
 /// Whether `hash` is argon2id 1.3 with exactly `params`.
@@ -549,6 +613,40 @@ mod tests {
             }
         }
         assert_eq!(own_scheduling(), (policy, nice));
+    }
+
+    /// Hashes computed in reused memory are argon2's own: `argon2`'s reference
+    /// `hash_password` / `verify_password` accept ours and we accept theirs (the hashes
+    /// stored before the memory was reused), across memory of other sizes.
+    #[test]
+    fn reused_memory_hashes_are_argon2s() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let small = Params::new(CHEAP.memory_kib, 1, 1, None).expect("params");
+        let larger = Params::new(128, 2, 1, None).expect("params");
+        let mut memory = Vec::new();
+        for params in [&small, &larger, &small] {
+            let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+            let ours = hash_with(params, "correct horse", &mut memory).expect("hash");
+            assert_eq!(memory.len(), params.block_count());
+            reference
+                .verify_password(b"correct horse", ours.as_str())
+                .expect("argon2 verifies ours");
+            let theirs = reference
+                .hash_password(b"correct horse")
+                .expect("reference hash")
+                .to_string();
+            for (stored, what) in [(&ours, "ours"), (&theirs, "theirs")] {
+                let parsed = PasswordHash::new(stored).expect("PHC");
+                assert!(matches(&parsed, "correct horse", &mut memory), "{what}");
+                assert!(!matches(&parsed, "correct horsf", &mut memory), "{what}");
+            }
+        }
+        // A PHC without a hash or of another algorithm never matches.
+        assert!(!matches(
+            &PasswordHash::new("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ").expect("PHC"),
+            "x",
+            &mut memory
+        ));
     }
 
     #[tokio::test]

@@ -2,9 +2,11 @@
 //!
 //! [`Topology`] declares what runs: gateways (how many, environment per gateway),
 //! history replicas and their store (embedded, or a MongoDB-wire server), presence (how
-//! many, its lease), accounts (none, or replicas on their own store), Redis (one `redis-server`, or a 3-master Redis Cluster), nginx in
-//! front or not, the internal token, the JWT secret, extra environment, and which links
-//! of which gateway run through a `FaultProxy` ([`Link`], to cut them silently).
+//! many, its lease), accounts (none, or replicas on their own store), Redis (one
+//! `redis-server`, or a 3-master Redis Cluster), nginx in front or not, the internal
+//! token, the JWT secret, extra environment, and which links (a gateway's to Redis,
+//! history or presence, a history replica's to its MongoDB-wire store) run through a
+//! `FaultProxy` ([`Link`], to cut them silently, slow them or make them flap).
 //! [`Topology::start`] starts the backends and the service binaries as processes
 //! through a [`Harness`] on free ports, waits until every gateway is ready, and gives
 //! back a [`Running`]: typed access to each process (kill -9, SIGTERM, restart on the
@@ -69,20 +71,28 @@ pub enum Redis {
     Cluster,
 }
 
-/// A link of one gateway (its index) that [`Topology::proxied`] runs through a
-/// [`FaultProxy`] in the test process, for [`Running::proxy`] to break.
+/// A link of one gateway or one history replica (its index) that
+/// [`Topology::proxied`] runs through a [`FaultProxy`] in the test process, for
+/// [`Running::proxy`] to break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Link {
     /// Gateway `i` ↔ Redis (both its connections; [`Redis::Single`] only).
     Redis(usize),
     /// Gateway `i` ↔ its history replica.
     History(usize),
+    /// Gateway `i` ↔ its presence replica.
+    Presence(usize),
+    /// History replica `i` ↔ the MongoDB-wire store ([`Store::Mongo`], our own
+    /// `nx-27017`).
+    Mongo(usize),
 }
 
 impl Link {
-    fn gateway(self) -> usize {
+    /// The gateway whose link this is, if it is a gateway's.
+    fn gateway(self) -> Option<usize> {
         match self {
-            Self::Redis(i) | Self::History(i) => i,
+            Self::Redis(i) | Self::History(i) | Self::Presence(i) => Some(i),
+            Self::Mongo(_) => None,
         }
     }
 }
@@ -289,12 +299,21 @@ impl Topology {
         let db = unique_db_name();
 
         let mut histories = Vec::new();
+        let mut proxies = BTreeMap::new();
         for i in 0..self.histories {
             let store = match mongo.as_ref().filter(|_| self.store == Store::Mongo) {
-                Some(mongo) => vars([
-                    ("CHAT_MONGODB_URL", mongo.url()),
-                    ("CHAT_MONGODB_DB", db.clone()),
-                ]),
+                Some(mongo) => {
+                    let mut url = mongo.url();
+                    if self.proxied.contains(&Link::Mongo(i)) {
+                        let addr = mongo.addr().ok_or_else(|| {
+                            anyhow::anyhow!("Link::Mongo needs our own nx-27017, not a URL")
+                        })?;
+                        let proxy = FaultProxy::start(addr).await?;
+                        url = format!("mongodb://{}", proxy.addr());
+                        proxies.insert(Link::Mongo(i), proxy);
+                    }
+                    vars([("CHAT_MONGODB_URL", url), ("CHAT_MONGODB_DB", db.clone())])
+                }
                 None => {
                     let dir = h.dir().join(format!("history-{i}-data"));
                     vars([("CHAT_DATA_DIR", dir.display().to_string())])
@@ -338,7 +357,6 @@ impl Topology {
         }
 
         let mut gateways = Vec::new();
-        let mut proxies = BTreeMap::new();
         for i in 0..self.gateways {
             let own: Vec<(String, String)> = self
                 .gateway_env
@@ -353,10 +371,18 @@ impl Topology {
                 (None, Some(cluster)) => cluster.url(),
                 (None, None) => anyhow::bail!("no Redis started"),
             };
-            let presence_url = match &self.presence_url {
+            let mut presence_url = match &self.presence_url {
                 Some(url) => url.clone(),
                 None => presences[i % presences.len()].url(),
             };
+            if self.proxied.contains(&Link::Presence(i)) {
+                let upstream = presences
+                    .get(i % presences.len().max(1))
+                    .ok_or_else(|| anyhow::anyhow!("Link::Presence needs our own presence"))?;
+                let proxy = FaultProxy::start(upstream.addr).await?;
+                presence_url = format!("http://{}", proxy.addr());
+                proxies.insert(Link::Presence(i), proxy);
+            }
             let mut history_url = histories[i % histories.len()].url();
             if self.proxied.contains(&Link::History(i)) {
                 let proxy = FaultProxy::start(histories[i % histories.len()].addr).await?;
@@ -447,7 +473,7 @@ impl Topology {
             "a proxied Redis link needs Redis::Single"
         );
         let named = self.gateway_env.iter().filter_map(|(at, _, _)| *at);
-        let proxied = self.proxied.iter().map(|link| link.gateway());
+        let proxied = self.proxied.iter().filter_map(|link| link.gateway());
         if let Some(i) = named
             .chain(self.outside.iter().copied())
             .chain(proxied)
@@ -458,6 +484,14 @@ impl Topology {
                 "gateway {i} is configured, but there are {} gateways",
                 self.gateways
             );
+        }
+        for link in &self.proxied {
+            if let Link::Mongo(i) = *link {
+                anyhow::ensure!(
+                    self.store == Store::Mongo && i < self.histories,
+                    "{link:?} needs Store::Mongo and history replica {i}"
+                );
+            }
         }
         Ok(())
     }

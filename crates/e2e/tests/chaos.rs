@@ -27,8 +27,10 @@
 //! sockets and new connects with an existing token keep working, since gateways verify
 //! tokens themselves; log-ins answer 503 meanwhile and work again after the restart);
 //! silent cuts (a `FaultProxy` blackholing the link, nothing reset, [`Link`]) of one
-//! gateway's Redis link for 60 s and of its history link for 30 s, with the timings the
-//! failure-mode table of docs/architecture.md promises.
+//! gateway's Redis link for 60 s, of its history link for 30 s, of its presence link
+//! past the lease, and of one history replica's MongoDB link for 15 s; that Redis link
+//! flapping (1 s cut, 1 s up) for 30 s, and 200 ms slower each way for 15 s: each with
+//! the timings the failure-mode table of docs/architecture.md promises.
 //! Each prints one line with what it measured (`--nocapture`).
 //!
 //! The Redis and presence cases run presence with a short lease ([`PRESENCE_TTL`]) and
@@ -44,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use chat_e2e::{
     Harness, Link, Nginx, Participant, Progress, Service, Store, Topology, bench_check, check,
-    http_get, metric, presence, stored_messages,
+    http_get, metric, presence, probe, stored_messages,
 };
 use chat_testkit::accounts_http::{AccountsHttp, access_token};
 use chat_testkit::fault_proxy::Fault as LinkFault;
@@ -75,6 +77,15 @@ const PRESENCE_OUTAGE: Duration = Duration::from_secs(2);
 const REDIS_CUT: Duration = Duration::from_secs(60);
 /// How long the gateway ↔ history case keeps the link cut (the issue's figure).
 const HISTORY_CUT: Duration = Duration::from_secs(30);
+/// How long the gateway ↔ presence case keeps the link cut: past the lease
+/// ([`PRESENCE_TTL`]) and the gateway's HTTP/2 keep-alive (8 s).
+const PRESENCE_CUT: Duration = Duration::from_secs(10);
+/// How long the history ↔ MongoDB case keeps the link cut.
+const MONGO_CUT: Duration = Duration::from_secs(15);
+/// How long the gateway ↔ Redis link flaps (the issue's figure), 1 s cut and 1 s up.
+const FLAPPING: Duration = Duration::from_secs(30);
+/// How long the gateway ↔ Redis link runs 200 ms slower each way.
+const SLOW_LINK: Duration = Duration::from_secs(15);
 /// A user who never connects: presence must report them offline.
 const NOBODY: &str = "nobody";
 
@@ -156,6 +167,46 @@ async fn gateway_history_cut_30s_under_load() -> anyhow::Result<()> {
         "gateway-history-cut",
         CASE_TIMEOUT + HISTORY_CUT,
         gateway_history_cut,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_presence_cut_past_the_lease_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "gateway-presence-cut",
+        CASE_TIMEOUT + PRESENCE_CUT,
+        gateway_presence_cut,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_mongo_cut_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "history-mongo-cut",
+        CASE_TIMEOUT + MONGO_CUT,
+        history_mongo_cut,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_redis_flapping_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "gateway-redis-flapping",
+        CASE_TIMEOUT + FLAPPING,
+        gateway_redis_flapping,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateway_redis_slow_link_under_load() -> anyhow::Result<()> {
+    Harness::run(
+        "gateway-redis-slow",
+        CASE_TIMEOUT + SLOW_LINK,
+        gateway_redis_slow_link,
     )
     .await
 }
@@ -958,6 +1009,323 @@ async fn gateway_history_cut(h: &Harness) -> anyhow::Result<()> {
     anyhow::ensure!(
         acked_again <= Duration::from_secs(5),
         "acked again {acked_again:?} after the heal"
+    );
+    Ok(())
+}
+
+/// Gateway `gw-1` ↔ presence blackholed for [`PRESENCE_CUT`] under the load, past the
+/// lease: chat goes on (no connection closed, checker clean); presence declares `gw-1`
+/// dead, so its users are reported offline and a room with one of them hears one
+/// `offline`; after the heal their status converges within one heartbeat (plus
+/// scheduling slack), the room hears one `online`, and nothing else; `gw-1` counts one
+/// lease lapse.
+async fn gateway_presence_cut(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2)
+        .presence_ttl(PRESENCE_TTL)
+        .proxied(Link::Presence(1))
+        .start(h)
+        .await?;
+    let mut watcher = quiet_member(&running.gateways[0], "watcher").await?;
+    let _islander = quiet_member(&running.gateways[1], "islander").await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let island_id = running.gateways[1].name.clone();
+    let (witness, island) = (running.gateways[0].addr, running.gateways[1].addr);
+    let mut online = load.users();
+    online.extend(["watcher".to_owned(), "islander".to_owned()]);
+    presence_converges(witness, &online, Instant::now()).await?;
+    let islanders: Vec<String> = (0..CLIENTS)
+        .filter(|&i| load.first_gateways[i] == island_id)
+        .map(|i| format!("user{i}"))
+        .chain(["islander".to_owned()])
+        .collect();
+    let mut events = PresenceEvents::default();
+    events
+        .read(&mut watcher, "islander", Duration::from_millis(300))
+        .await?;
+    anyhow::ensure!(events.0 == [true], "before the cut: {:?}", events.0);
+
+    let fault = Fault::begin(format!(
+        "{island_id} <-> presence blackholed {PRESENCE_CUT:?}"
+    ));
+    running.proxy(Link::Presence(1))?.set(LinkFault::Blackhole);
+    let asked: Vec<&str> = islanders.iter().map(String::as_str).collect();
+    eventually(WAIT, "the island's users reported offline", || async {
+        let status = presence(witness, "auditor", &asked).await.ok()?;
+        asked.iter().all(|u| !status[*u]).then_some(())
+    })
+    .await?;
+    let offline_after = fault.started.elapsed();
+    events
+        .read(
+            &mut watcher,
+            "islander",
+            PRESENCE_CUT.saturating_sub(offline_after),
+        )
+        .await?;
+    anyhow::ensure!(
+        events.0 == [true, false],
+        "the room heard {:?} about islander during the cut, expected one offline",
+        events.0
+    );
+    running.proxy(Link::Presence(1))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    let converged = presence_converges(witness, &online, fault.repaired).await?;
+    // Two leases later: nothing more than the one `online`.
+    events
+        .read(&mut watcher, "islander", PRESENCE_TTL * 2)
+        .await?;
+    anyhow::ensure!(
+        events.0 == [true, false, true],
+        "the room heard {:?} about islander, expected one offline/online pair",
+        events.0
+    );
+    still_online(witness, &online).await?;
+    load.wait_each_after(ACKS_AFTER, "load after the heal")
+        .await?;
+    let lapses = [
+        metric(witness, "chat_gateway_presence_lease_lapses_total").await?,
+        metric(island, "chat_gateway_presence_lease_lapses_total").await?,
+    ];
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "gateway-presence-cut",
+        &fault,
+        &participants,
+        witness,
+        &format!(
+            "{} users of {island_id} offline {offline_after:.1?} after the cut; online \
+             again {converged:.1?} after the heal; lease lapses {lapses:?}",
+            islanders.len()
+        ),
+    )
+    .await?;
+    let heartbeat = PRESENCE_TTL / 3;
+    anyhow::ensure!(
+        converged <= heartbeat + Duration::from_millis(500),
+        "online again {converged:?} after the heal (heartbeat {heartbeat:?})"
+    );
+    anyhow::ensure!(
+        lapses == [0.0, 1.0],
+        "lease lapses (gw-0, gw-1): {lapses:?}"
+    );
+    Ok(())
+}
+
+/// The `online` values of the presence events about one user in `quiet`, in order.
+#[derive(Debug, Default)]
+struct PresenceEvents(Vec<bool>);
+
+impl PresenceEvents {
+    /// Reads `watcher`'s frames for `time`, keeping the events about `user` in `quiet`.
+    async fn read(
+        &mut self,
+        watcher: &mut WsClient,
+        user: &str,
+        time: Duration,
+    ) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + time;
+        while let Ok(frame) = tokio::time::timeout_at(until, watcher.recv()).await {
+            let frame = frame?;
+            if frame["type"] == "presence" && frame["room"] == "quiet" && frame["user"] == user {
+                self.0.push(frame["online"] == true);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// History replica `history-0` ↔ the MongoDB-wire store blackholed for [`MONGO_CUT`]
+/// under the load. `gw-0`'s clients (it uses `history-0`) are answered `unavailable`
+/// again and again, never left hanging, and resend; `history-0` reports NOT_SERVING;
+/// after the heal it serves again and acks resume within 5 s; every resend stored once.
+async fn history_mongo_cut(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2).proxied(Link::Mongo(0)).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let cut_off_id = running.gateways[0].name.clone();
+    let cut_off: Vec<usize> = (0..CLIENTS)
+        .filter(|&i| load.first_gateways[i] == cut_off_id)
+        .collect();
+    let health = format!("grpc://{}", running.histories[0].addr);
+    anyhow::ensure!(probe(&[&health])?, "history-0 not serving before the cut");
+
+    let fault = Fault::begin(format!("history-0 <-> MongoDB blackholed {MONGO_CUT:?}"));
+    running.proxy(Link::Mongo(0))?.set(LinkFault::Blackhole);
+    let resends_before: Vec<usize> = cut_off
+        .iter()
+        .map(|&i| load.progress[i].resends())
+        .collect();
+    eventually(Duration::from_secs(15), "history-0 NOT_SERVING", || async {
+        (!probe(&[&health]).ok()?).then_some(())
+    })
+    .await?;
+    let not_serving = fault.started.elapsed();
+    tokio::time::sleep(MONGO_CUT.saturating_sub(not_serving)).await;
+    let answers: Vec<usize> = cut_off
+        .iter()
+        .zip(&resends_before)
+        .map(|(&i, before)| load.progress[i].resends() - before)
+        .collect();
+    running.proxy(Link::Mongo(0))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    eventually(Duration::from_secs(10), "history-0 SERVING", || async {
+        probe(&[&health]).ok()?.then_some(())
+    })
+    .await?;
+    let serving = fault.repaired.elapsed();
+    let marks: Vec<usize> = cut_off.iter().map(|&i| load.progress[i].acks()).collect();
+    load.wait_for("gw-0's clients acked after the heal", || {
+        cut_off
+            .iter()
+            .zip(&marks)
+            .all(|(&i, mark)| load.progress[i].acks() > *mark)
+    })
+    .await?;
+    let acked_again = fault.repaired.elapsed();
+    load.wait_each_after(ACKS_AFTER, "load after the heal")
+        .await?;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "history-mongo-cut",
+        &fault,
+        &participants,
+        running.gateways[1].addr,
+        &format!(
+            "{} clients on {cut_off_id}, answered unavailable {answers:?} times during the \
+             cut; NOT_SERVING {not_serving:.1?} after the cut; SERVING {serving:.1?}, acked \
+             again {acked_again:.1?} after the heal",
+            cut_off.len()
+        ),
+    )
+    .await?;
+    // Each send is answered within the gateway's 5 s call deadline (history's driver
+    // gives up on the cut connection after 2.5 s and retries the write once, waiting up
+    // to its 2 s server selection timeout: 4.5 s), then resent: at least 2 in 15 s. A
+    // hung call would make none.
+    anyhow::ensure!(
+        !cut_off.is_empty() && answers.iter().all(|&n| n >= 2),
+        "answers during the cut: {answers:?}"
+    );
+    anyhow::ensure!(
+        serving <= Duration::from_secs(5) && acked_again <= Duration::from_secs(5),
+        "serving {serving:?}, acked {acked_again:?} after the heal"
+    );
+    Ok(())
+}
+
+/// Gateway `gw-1` ↔ Redis flapping (1 s cut, 1 s up) for [`FLAPPING`] under the load:
+/// nothing lost or reordered, no connection closed, no reconnect storm (a few new
+/// connections to Redis at most: each cut is shorter than the liveness timeout), and
+/// bounded log volume (fan-out degraded at most once per flap, so at most two lines
+/// each).
+async fn gateway_redis_flapping(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2).proxied(Link::Redis(1)).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let island = running.gateways[1].addr;
+    let before = running.proxy(Link::Redis(1))?.connections_accepted();
+    let reconnects_before = metric(island, "chat_gateway_redis_reconnects_total").await?;
+
+    let fault = Fault::begin(format!(
+        "gw-1 <-> Redis flapping 1 s / 1 s for {FLAPPING:?}"
+    ));
+    running
+        .proxy(Link::Redis(1))?
+        .flap(Duration::from_secs(1), Duration::from_secs(1), FLAPPING);
+    let mut degraded_samples = 0_u32;
+    let end = Instant::now() + FLAPPING;
+    while Instant::now() < end {
+        if metric(island, "chat_gateway_redis_degraded").await? == 1.0 {
+            degraded_samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    running.proxy(Link::Redis(1))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    eventually(
+        Duration::from_secs(10),
+        "gw-1 ready after the flapping",
+        || async {
+            let (degraded, status, _) = island_state(island).await?;
+            (degraded == 0.0 && status == 200).then_some(())
+        },
+    )
+    .await?;
+    load.wait_each_after(ACKS_AFTER, "load after the flapping")
+        .await?;
+    let opened = running.proxy(Link::Redis(1))?.connections_accepted() - before;
+    let reconnects =
+        metric(island, "chat_gateway_redis_reconnects_total").await? - reconnects_before;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "gateway-redis-flapping",
+        &fault,
+        &participants,
+        running.gateways[0].addr,
+        &format!(
+            "{opened} new connections to Redis, {reconnects} reconnects, degraded in \
+             {degraded_samples} of {} samples",
+            FLAPPING.as_millis() / 250
+        ),
+    )
+    .await?;
+    // 15 flaps: a storm would be many connections per flap.
+    anyhow::ensure!(
+        opened <= 30,
+        "{opened} new connections in {FLAPPING:?} of flapping"
+    );
+    Ok(())
+}
+
+/// Gateway `gw-1` ↔ Redis 200 ms slower each way for [`SLOW_LINK`] under the load: not
+/// taken for a cut (degraded gauge 0 and `/readyz` 200 at every sample), no send answered
+/// `unavailable`, nothing lost or reordered.
+async fn gateway_redis_slow_link(h: &Harness) -> anyhow::Result<()> {
+    let mut running = on_mongo(2, 2).proxied(Link::Redis(1)).start(h).await?;
+    let load = Load::start_over(running.nginx()?, 2).await?;
+    let island = running.gateways[1].addr;
+    let resends = load.resends();
+
+    let fault = Fault::begin(format!("gw-1 <-> Redis +200 ms each way for {SLOW_LINK:?}"));
+    running
+        .proxy(Link::Redis(1))?
+        .set(LinkFault::Latency(Duration::from_millis(200)));
+    let end = Instant::now() + SLOW_LINK;
+    let mut samples = 0_u32;
+    while Instant::now() < end {
+        let (degraded, status, body) = island_state(island)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("gw-1 did not answer"))?;
+        anyhow::ensure!(
+            degraded == 0.0 && status == 200,
+            "a slow link taken for a cut: degraded {degraded}, /readyz {status} {body}"
+        );
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    running.proxy(Link::Redis(1))?.set(LinkFault::Pass);
+    let fault = fault.repaired();
+    load.wait_each_after(ACKS_AFTER, "load after the slow link")
+        .await?;
+    let resent = load.resends() - resends;
+
+    let participants = load.finish().await?;
+    no_closes(&participants)?;
+    verdict(
+        "gateway-redis-slow",
+        &fault,
+        &participants,
+        running.gateways[0].addr,
+        &format!("{samples} samples, never degraded, {resent} sends resent"),
+    )
+    .await?;
+    anyhow::ensure!(
+        resent == 0,
+        "{resent} sends answered unavailable on a slow link"
     );
     Ok(())
 }

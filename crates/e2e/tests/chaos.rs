@@ -153,62 +153,32 @@ async fn accounts_kill9_and_restart_under_load() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_redis_cut_60s_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "gateway-redis-cut",
-        CASE_TIMEOUT + REDIS_CUT,
-        gateway_redis_cut,
-    )
-    .await
+    chaos_lasting("gateway-redis-cut", REDIS_CUT, gateway_redis_cut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_history_cut_30s_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "gateway-history-cut",
-        CASE_TIMEOUT + HISTORY_CUT,
-        gateway_history_cut,
-    )
-    .await
+    chaos_lasting("gateway-history-cut", HISTORY_CUT, gateway_history_cut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_presence_cut_past_the_lease_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "gateway-presence-cut",
-        CASE_TIMEOUT + PRESENCE_CUT,
-        gateway_presence_cut,
-    )
-    .await
+    chaos_lasting("gateway-presence-cut", PRESENCE_CUT, gateway_presence_cut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_mongo_cut_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "history-mongo-cut",
-        CASE_TIMEOUT + MONGO_CUT,
-        history_mongo_cut,
-    )
-    .await
+    chaos_lasting("history-mongo-cut", MONGO_CUT, history_mongo_cut).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_redis_flapping_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "gateway-redis-flapping",
-        CASE_TIMEOUT + FLAPPING,
-        gateway_redis_flapping,
-    )
-    .await
+    chaos_lasting("gateway-redis-flapping", FLAPPING, gateway_redis_flapping).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_redis_slow_link_under_load() -> anyhow::Result<()> {
-    Harness::run(
-        "gateway-redis-slow",
-        CASE_TIMEOUT + SLOW_LINK,
-        gateway_redis_slow_link,
-    )
-    .await
+    chaos_lasting("gateway-redis-slow", SLOW_LINK, gateway_redis_slow_link).await
 }
 
 /// Runs one case on its own harness with [`CASE_TIMEOUT`] ([`Harness::run`]).
@@ -216,7 +186,16 @@ async fn chaos(
     test: &str,
     body: impl AsyncFnOnce(&Harness) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    Harness::run(test, CASE_TIMEOUT, body).await
+    chaos_lasting(test, Duration::ZERO, body).await
+}
+
+/// [`chaos`] for a case whose fault itself lasts `fault`: [`CASE_TIMEOUT`] plus that.
+async fn chaos_lasting(
+    test: &str,
+    fault: Duration,
+    body: impl AsyncFnOnce(&Harness) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    Harness::run(test, CASE_TIMEOUT + fault, body).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,9 +280,7 @@ async fn gateway_kill9_in_flight(h: &Harness) -> anyhow::Result<()> {
         .pid()
         .ok_or_else(|| anyhow::anyhow!("no nx-27017 process to pause (CHAT_TEST_MONGODB_URL?)"))?;
     let load = Load::start(running.nginx()?).await?;
-    let victims: Vec<usize> = (0..CLIENTS)
-        .filter(|&i| load.first_gateways[i] == "gw-0")
-        .collect();
+    let victims = load.clients_on("gw-0");
     anyhow::ensure!(!victims.is_empty(), "no client on gw-0");
     load.wait_each(ACKS_BEFORE, "load before the fault").await?;
 
@@ -945,18 +922,13 @@ async fn gateway_history_cut(h: &Harness) -> anyhow::Result<()> {
     let load = Load::start_over(running.nginx()?, 2).await?;
     let island = running.gateways[1].addr;
     let island_id = running.gateways[1].name.clone();
-    let on_island: Vec<usize> = (0..CLIENTS)
-        .filter(|&i| load.first_gateways[i] == island_id)
-        .collect();
+    let on_island = load.clients_on(&island_id);
 
     let fault = Fault::begin(format!(
         "{island_id} <-> history blackholed {HISTORY_CUT:?}"
     ));
     running.proxy(Link::History(1))?.set(LinkFault::Blackhole);
-    let resends_before: Vec<usize> = on_island
-        .iter()
-        .map(|&i| load.progress[i].resends())
-        .collect();
+    let resends_before = load.resends_of(&on_island);
     eventually(Duration::from_secs(15), "gw-1 unready", || async {
         (http_get(island, "/readyz").await.ok()?.0 == 503).then_some(())
     })
@@ -965,21 +937,16 @@ async fn gateway_history_cut(h: &Harness) -> anyhow::Result<()> {
     tokio::time::sleep(HISTORY_CUT.saturating_sub(unready)).await;
     // Each of the island's clients was answered (`unavailable`) again and again: a call
     // left hanging would have shown as one long wait, or a lost connection.
-    let answers: Vec<usize> = on_island
+    let answers: Vec<usize> = load
+        .resends_of(&on_island)
         .iter()
         .zip(&resends_before)
-        .map(|(&i, before)| load.progress[i].resends() - before)
+        .map(|(now, before)| now - before)
         .collect();
     running.proxy(Link::History(1))?.set(LinkFault::Pass);
     let fault = fault.repaired();
-    let marks: Vec<usize> = on_island.iter().map(|&i| load.progress[i].acks()).collect();
-    load.wait_for("the island's clients acked after the heal", || {
-        on_island
-            .iter()
-            .zip(&marks)
-            .all(|(&i, mark)| load.progress[i].acks() > *mark)
-    })
-    .await?;
+    load.wait_acked_again(&on_island, "the island's clients acked after the heal")
+        .await?;
     let acked_again = fault.repaired.elapsed();
     chat_e2e::wait_ready(island, WAIT).await?;
     let ready_again = fault.repaired.elapsed();
@@ -1033,8 +1000,9 @@ async fn gateway_presence_cut(h: &Harness) -> anyhow::Result<()> {
     let mut online = load.users();
     online.extend(["watcher".to_owned(), "islander".to_owned()]);
     presence_converges(witness, &online, Instant::now()).await?;
-    let islanders: Vec<String> = (0..CLIENTS)
-        .filter(|&i| load.first_gateways[i] == island_id)
+    let islanders: Vec<String> = load
+        .clients_on(&island_id)
+        .into_iter()
         .map(|i| format!("user{i}"))
         .chain(["islander".to_owned()])
         .collect();
@@ -1144,28 +1112,24 @@ async fn history_mongo_cut(h: &Harness) -> anyhow::Result<()> {
     let mut running = on_mongo(2, 2).proxied(Link::Mongo(0)).start(h).await?;
     let load = Load::start_over(running.nginx()?, 2).await?;
     let cut_off_id = running.gateways[0].name.clone();
-    let cut_off: Vec<usize> = (0..CLIENTS)
-        .filter(|&i| load.first_gateways[i] == cut_off_id)
-        .collect();
+    let cut_off = load.clients_on(&cut_off_id);
     let health = format!("grpc://{}", running.histories[0].addr);
     anyhow::ensure!(probe(&[&health])?, "history-0 not serving before the cut");
 
     let fault = Fault::begin(format!("history-0 <-> MongoDB blackholed {MONGO_CUT:?}"));
     running.proxy(Link::Mongo(0))?.set(LinkFault::Blackhole);
-    let resends_before: Vec<usize> = cut_off
-        .iter()
-        .map(|&i| load.progress[i].resends())
-        .collect();
+    let resends_before = load.resends_of(&cut_off);
     eventually(Duration::from_secs(15), "history-0 NOT_SERVING", || async {
         (!probe(&[&health]).ok()?).then_some(())
     })
     .await?;
     let not_serving = fault.started.elapsed();
     tokio::time::sleep(MONGO_CUT.saturating_sub(not_serving)).await;
-    let answers: Vec<usize> = cut_off
+    let answers: Vec<usize> = load
+        .resends_of(&cut_off)
         .iter()
         .zip(&resends_before)
-        .map(|(&i, before)| load.progress[i].resends() - before)
+        .map(|(now, before)| now - before)
         .collect();
     running.proxy(Link::Mongo(0))?.set(LinkFault::Pass);
     let fault = fault.repaired();
@@ -1174,14 +1138,8 @@ async fn history_mongo_cut(h: &Harness) -> anyhow::Result<()> {
     })
     .await?;
     let serving = fault.repaired.elapsed();
-    let marks: Vec<usize> = cut_off.iter().map(|&i| load.progress[i].acks()).collect();
-    load.wait_for("gw-0's clients acked after the heal", || {
-        cut_off
-            .iter()
-            .zip(&marks)
-            .all(|(&i, mark)| load.progress[i].acks() > *mark)
-    })
-    .await?;
+    load.wait_acked_again(&cut_off, "gw-0's clients acked after the heal")
+        .await?;
     let acked_again = fault.repaired.elapsed();
     load.wait_each_after(ACKS_AFTER, "load after the heal")
         .await?;
@@ -1407,6 +1365,33 @@ impl Load {
 
     fn resends(&self) -> usize {
         self.progress.iter().map(|p| p.resends()).sum()
+    }
+
+    /// The clients first connected to gateway `id`.
+    fn clients_on(&self, id: &str) -> Vec<usize> {
+        (0..CLIENTS)
+            .filter(|&i| self.first_gateways[i] == id)
+            .collect()
+    }
+
+    /// How many times each of `clients` resent a message so far.
+    fn resends_of(&self, clients: &[usize]) -> Vec<usize> {
+        clients
+            .iter()
+            .map(|&i| self.progress[i].resends())
+            .collect()
+    }
+
+    /// Waits until each of `clients` has an ack more than now.
+    async fn wait_acked_again(&self, clients: &[usize], what: &str) -> anyhow::Result<()> {
+        let marks: Vec<usize> = clients.iter().map(|&i| self.progress[i].acks()).collect();
+        self.wait_for(what, || {
+            clients
+                .iter()
+                .zip(&marks)
+                .all(|(&i, mark)| self.progress[i].acks() > *mark)
+        })
+        .await
     }
 
     /// Waits for `done`, failing early if a client task ended (with its error).

@@ -93,9 +93,7 @@ impl AccountsServer {
                 shutdown,
             )
             .await;
-        if let Err(e) = housekeeping.await {
-            tracing::error!(error = %e, "accounts housekeeping task failed");
-        }
+        chat_runtime::join_background("accounts housekeeping", housekeeping).await;
         served
     }
 }

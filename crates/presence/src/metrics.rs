@@ -140,7 +140,11 @@ pub async fn sample_stats(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.stats().await {
+        let sampled = tokio::select! {
+            () = stop.cancelled() => return,
+            sampled = store.stats() => sampled,
+        };
+        match sampled {
             Ok(stats) => metrics.set_stats(stats),
             Err(e) => tracing::debug!(error = %e, "presence stats not sampled"),
         }

@@ -42,14 +42,25 @@ async fn sweep_expired(store: Arc<dyn PresenceStore>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for _ in 0..SWEEP_STEPS_PER_TICK {
-            match store.sweep().await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweeping expired gateways failed");
-                    break;
-                }
+        // Raced with the stop: a sweep waiting on a Redis that went away must not
+        // hold up the shutdown (a step cut short is repeated by the next sweeper).
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sweep_burst(store.as_ref()) => {}
+        }
+    }
+}
+
+/// Sweep steps back to back until nothing is left, a step fails, or
+/// [`SWEEP_STEPS_PER_TICK`].
+async fn sweep_burst(store: &dyn PresenceStore) {
+    for _ in 0..SWEEP_STEPS_PER_TICK {
+        match store.sweep().await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping expired gateways failed");
+                break;
             }
         }
     }
@@ -98,7 +109,8 @@ impl PresenceServer {
     /// Serves Presence and `grpc.health.v1.Health` until `shutdown` is cancelled, then
     /// drains (see [`GrpcServer::serve`]). Health is SERVING while the store answers
     /// pings. Meanwhile background tasks sweep expired gateways every
-    /// [`sweep_interval`] and sample the online gauges; they stop with the shutdown.
+    /// [`sweep_interval`] and sample the online gauges; they stop with the shutdown
+    /// (within [`chat_runtime::BACKGROUND_STOP`] even when the store is unreachable).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let stop = shutdown.child_token();
         let stats_task = tokio::spawn(sample_stats(
@@ -116,12 +128,8 @@ impl PresenceServer {
             )
             .await;
         stop.cancel();
-        if let Err(e) = stats_task.await {
-            tracing::error!(error = %e, "presence stats task failed");
-        }
-        if let Err(e) = sweep_task.await {
-            tracing::error!(error = %e, "presence sweeper task failed");
-        }
+        chat_runtime::join_background("presence stats", stats_task).await;
+        chat_runtime::join_background("presence sweeper", sweep_task).await;
         result
     }
 }

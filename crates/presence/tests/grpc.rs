@@ -268,3 +268,28 @@ async fn health_follows_redis() {
     grpc::assert_health_follows(&served.channel().await, SERVICE, redis, "Redis").await;
     served.join().await;
 }
+
+/// A presence replica whose whole Redis Cluster was killed still stops promptly on
+/// shutdown: its sweeper and stats tasks, waiting on the dead cluster, are told to stop
+/// (and at worst aborted) instead of being awaited past the drain.
+#[tokio::test]
+async fn stops_promptly_after_its_redis_cluster_died() {
+    let cluster = chat_testkit::redis_cluster::RedisCluster::start(3)
+        .await
+        .expect("start redis cluster");
+    let store = chat_presence::store::redis::RedisPresence::connect(&cluster.url(), TTL)
+        .await
+        .expect("connect to the cluster");
+    let served = serve(Arc::new(store)).await;
+    drop(cluster);
+    // The sweeper runs every 60 ms (a tenth of the lease): by now it waits on the dead
+    // cluster, as do the health pings.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    served.join().await;
+    let took = started.elapsed();
+    // Nothing is in flight, so serving ends NOT_SERVING_LEAD after the cancel; the
+    // background tasks then stop at once.
+    let bound = chat_presence::server::NOT_SERVING_LEAD + Duration::from_millis(700);
+    assert!(took < bound, "stopped after {took:?}, more than {bound:?}");
+}

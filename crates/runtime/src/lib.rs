@@ -27,11 +27,24 @@ pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::{HealthCheck, MetricsEndpoint};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// How long a service's background task (presence's sweeper, accounts' purge) may take
+/// to stop once told to, before [`join_background`] aborts it.
+pub const BACKGROUND_STOP: Duration = Duration::from_secs(2);
+
+/// After the shutdown signal, how long a gRPC service's binary may take to exit before
+/// [`run_service`] ends the process anyway (exit code 1): more than its drain
+/// ([`health::NOT_SERVING_LEAD`] + [`health::DRAIN_GRACE`]) and [`BACKGROUND_STOP`] together, and less
+/// than the 20 s docker-compose and the 30 s Kubernetes give it before SIGKILL
+/// (docs/deployment.md).
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(18);
 
 /// Logs to stdout, filtered by `RUST_LOG` (tracing's `EnvFilter` syntax; `info` when
 /// unset or invalid).
@@ -45,7 +58,10 @@ pub fn init_tracing() {
 
 /// The life of a gRPC service binary once its server is bound: `/metrics` and
 /// `/healthz` (`health`) on `metrics_addr`, then `serve` until SIGINT or SIGTERM, whose
-/// result is returned after the metrics listener has stopped too.
+/// result is returned after the metrics listener has stopped too. A process that has
+/// not exited [`EXIT_DEADLINE`] after the signal (something awaited a dead backend
+/// without a bound) logs so and exits with code 1, from a thread of its own, so even
+/// a runtime whose workers are all stuck cannot keep it alive.
 pub async fn run_service<F, Fut>(
     metrics_addr: SocketAddr,
     metrics: Metrics,
@@ -58,6 +74,11 @@ where
 {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let deadline = shutdown.clone();
+    tokio::spawn(async move {
+        deadline.cancelled().await;
+        exit_after(EXIT_DEADLINE);
+    });
     let endpoint = MetricsEndpoint::start(
         metrics_addr,
         metrics,
@@ -68,6 +89,35 @@ where
     let result = serve(shutdown).await;
     endpoint.finish().await;
     result
+}
+
+/// Ends the process (exit code 1) `deadline` from now unless it has exited by then;
+/// watched by a thread of its own, not a task of the runtime.
+fn exit_after(deadline: Duration) {
+    let watchdog = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!("still running {deadline:?} after the shutdown signal: exiting");
+            std::process::exit(1);
+        });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "cannot start the exit deadline's thread");
+    }
+}
+
+/// Awaits `task`, a background task of a service that has been told to stop, for at
+/// most [`BACKGROUND_STOP`], then aborts it: a store call stuck on a backend that went
+/// away must not hold up the shutdown. Logs a task that failed or had to be aborted.
+pub async fn join_background(name: &str, mut task: JoinHandle<()>) {
+    match tokio::time::timeout(BACKGROUND_STOP, &mut task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "{name} task failed"),
+        Err(_) => {
+            task.abort();
+            tracing::warn!("{name} task did not stop within {BACKGROUND_STOP:?}: aborted");
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM. If one of the two cannot be
@@ -103,4 +153,46 @@ async fn terminate() {
 #[cfg(not(unix))]
 async fn terminate() {
     std::future::pending::<()>().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{DRAIN_GRACE, NOT_SERVING_LEAD};
+
+    #[test]
+    fn exit_deadline_covers_the_drain_and_fits_the_orchestrators_grace() {
+        assert!(EXIT_DEADLINE > NOT_SERVING_LEAD + DRAIN_GRACE + BACKGROUND_STOP);
+        // docker-compose's stop_grace_period for the gRPC services (docs/deployment.md).
+        assert!(EXIT_DEADLINE < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_does_not_stop_is_aborted_after_the_bound() {
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stuck = tokio::spawn(async move {
+            let _dropped_when_aborted = dropped_tx;
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        join_background("stuck", stuck).await;
+        let took = started.elapsed();
+        assert!(took >= BACKGROUND_STOP, "returned after {took:?}");
+        assert!(
+            took < BACKGROUND_STOP + Duration::from_secs(1),
+            "took {took:?}"
+        );
+        // Aborted: its future (and what it holds) is dropped.
+        tokio::time::timeout(Duration::from_secs(1), dropped_rx)
+            .await
+            .expect("the stuck task is dropped")
+            .expect_err("its sender is dropped, never used");
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_stops_is_joined_at_once() {
+        let started = tokio::time::Instant::now();
+        join_background("quick", tokio::spawn(async {})).await;
+        assert!(started.elapsed() < BACKGROUND_STOP);
+    }
 }

@@ -36,59 +36,11 @@ OUT="$RESULTS/capacity-$STAMP.txt"
 SERVER_WRAP=(taskset -c 0)
 CLIENT_WRAP=(taskset -c 1)
 
-# A 3-master Redis Cluster without replicas; sets CLUSTER_URL and REDIS_PIDS. (The bus
-# ports are free ports too: the default, port + 10,000, may be taken or past 65,535.)
-start_redis_cluster() {
-    local ports=() port nodes=() i
-    REDIS_PIDS=()
-    for i in 1 2 3; do
-        port=$(free_port)
-        mkdir -p "$WORK/cluster-$port"
-        start "redis-$port" redis-server --port "$port" --bind 127.0.0.1 \
-            --cluster-enabled yes --cluster-port "$(free_port)" \
-            --cluster-config-file "$WORK/cluster-$port/nodes.conf" \
-            --dir "$WORK/cluster-$port" --save '' --appendonly no --maxclients 10000
-        REDIS_PIDS+=("$LAST_PID")
-        ports+=("$port")
-    done
-    for port in "${ports[@]}"; do
-        wait_port "$port"
-        nodes+=("127.0.0.1:$port")
-    done
-    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
-    for port in "${ports[@]}"; do
-        until redis-cli -p "$port" cluster info | grep -q 'cluster_state:ok'; do sleep 0.1; done
-    done
-    CLUSTER_URL="redis-cluster://${nodes[0]}?node=${nodes[1]}&node=${nodes[2]}"
-}
-
-# The whole split stack on the cluster; sets TARGET, GATEWAY_PIDS, REDIS_PIDS.
+# The split stack on a fresh cluster (bench/lib.sh); sets TARGET, GATEWAY_PIDS, REDIS_PIDS.
+GATEWAY_ENV=(CHAT_MAX_CONNECTIONS=20000)
 start_stack() {
     start_redis_cluster
-    local history presence port gw targets=()
-    history=$(free_port)
-    start history env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$history" \
-        CHAT_METRICS_ADDR="127.0.0.1:$(free_port)" CHAT_DATA_DIR="$WORK/data-history-$history" \
-        CHAT_MONGODB_URL= "$SERVER_BIN/chat-history"
-    presence=$(free_port)
-    start presence env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$presence" \
-        CHAT_METRICS_ADDR="127.0.0.1:$(free_port)" CHAT_REDIS_URL="$CLUSTER_URL" \
-        "$SERVER_BIN/chat-presence"
-    wait_port "$history"
-    wait_port "$presence"
-    GATEWAY_PIDS=()
-    for gw in 1 2; do
-        port=$(free_port)
-        start "gateway-$gw" env RUST_LOG=warn CHAT_HTTP_ADDR="127.0.0.1:$port" \
-            CHAT_HISTORY_URL="http://127.0.0.1:$history" \
-            CHAT_PRESENCE_URL="http://127.0.0.1:$presence" CHAT_REDIS_URL="$CLUSTER_URL" \
-            CHAT_AUTH_MODE=dev CHAT_MAX_CONNECTIONS=20000 CHAT_GATEWAY_ID="gw-capacity-$gw" \
-            "$SERVER_BIN/chat-gateway"
-        GATEWAY_PIDS+=("$LAST_PID")
-        targets+=("ws://127.0.0.1:$port")
-    done
-    for target in "${targets[@]}"; do wait_port "${target##*:}"; done
-    TARGET=$(IFS=,; echo "${targets[*]}")
+    start_split_stack "$CLUSTER_URL"
 }
 
 # Steady CPU per second of the gateways and of the Redis nodes at $1 connections and $2

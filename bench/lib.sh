@@ -15,6 +15,8 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "${BENCH_TMP:-$ROOT/target}"
 WORK="$(mktemp -d -p "${BENCH_TMP:-$ROOT/target}" bench.XXXXXX)"
 PIDS=()
+# The name each of PIDS was started under (`start`), in the same order.
+NAMES=()
 # Command prefixes: `start` runs every server under SERVER_WRAP, `bench` runs chat-bench
 # under CLIENT_WRAP (both empty unless a measurement pins them to CPUs or runs the
 # server under valgrind).
@@ -74,6 +76,7 @@ start() {
     "${SERVER_WRAP[@]}" "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
+    NAMES+=("$name")
 }
 
 # Stops everything started so far (the next stack then has the cores to itself).
@@ -82,6 +85,7 @@ stop_all() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     PIDS=()
+    NAMES=()
 }
 
 # "user system" CPU seconds used so far by the processes $@ (default: every process
@@ -95,6 +99,16 @@ server_cpu() {
         sys=$((sys + s))
     done
     awk -v u="$user" -v s="$sys" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f %.2f\n", u / hz, s / hz}'
+}
+
+# "role cpu-seconds" per role of the processes started so far, user and system
+# together: a role is the name given to `start` without its instance suffix
+# (gateway-1 and gateway-2 are `gateway`, redis-<port> is `redis`).
+cpu_by_role() {
+    local i
+    for i in "${!PIDS[@]}"; do
+        echo "$(sed -E 's/-r?[0-9]+$//' <<<"${NAMES[$i]}") $(server_cpu "${PIDS[$i]}")"
+    done | awk '{cpu[$1] += $2 + $3} END {for (r in cpu) printf "%s %.2f\n", r, cpu[r]}' | sort
 }
 
 # Marginal CPU per delivery of a stack (docs/benchmarks.md, "CPU per delivery"):
@@ -138,12 +152,131 @@ cpu_per_delivery() {
     CLIENT_WRAP=()
 }
 
+# Marginal CPU per connection of a stack (docs/benchmarks.md, "CPU per connect"):
+#   cpu_per_connect NAME START_FN [CHAT-BENCH-RUN-ARGS...]
+# As cpu_per_delivery, but the two runs of each of RUNS (default 3) differ in
+# connections, not in duration: fresh servers for $CONNECT_FEW (default 1,000) and for
+# $CONNECT_MANY (default 5,000) connections, rooms of $CONNECT_ROOM (default 20: a join
+# tells about 10 members `online`, the traffic model's rooms), each held 1 s at 1 msg/s;
+# the servers' CPU is read 1 s after chat-bench has closed every connection. The
+# difference over the extra connections is the CPU of a connection's whole life: TCP
+# accept, upgrade, token, `hello`, one `join` (history and presence calls included),
+# the close and the leave. Prints one line per run, the same split by role
+# (`cpu_by_role`: gateway, presence, redis, ...) and the medians; also in
+# $RESULTS/NAME-connect-<time>.txt.
+cpu_per_connect() {
+    local name=$1 start_fn=$2
+    shift 2
+    local out="$RESULTS/$name-connect-$STAMP.txt" i n cpu
+    local few=${CONNECT_FEW:-1000} many=${CONNECT_MANY:-5000} room=${CONNECT_ROOM:-20}
+    local -A user sys roles
+    SERVER_WRAP=(taskset -c 0)
+    CLIENT_WRAP=(taskset -c 1)
+    for ((i = 1; i <= ${RUNS:-3}; i++)); do
+        for n in "$few" "$many"; do
+            log "$name: connect run $i of ${RUNS:-3}, $n connections"
+            "$start_fn"
+            bench "$name-connect$n-$i" run "${TARGET_ARGS[@]}" "$@" --connections "$n" \
+                --rooms $((n / room)) --rate 1 --duration 1 --quiet-ms 200 >/dev/null
+            sleep 1
+            cpu=$(server_cpu)
+            roles[$n]=$(cpu_by_role)
+            stop_all
+            user[$n]=${cpu% *}
+            sys[$n]=${cpu#* }
+        done
+        awk -v n="$name" -v i="$i" -v few="$few" -v many="$many" -v uf="${user[$few]}" \
+            -v um="${user[$many]}" -v sf="${sys[$few]}" -v sm="${sys[$many]}" 'BEGIN {
+                c = many - few; u = (um - uf) * 1e6 / c; s = (sm - sf) * 1e6 / c
+                printf "%s run %d: %.0f us CPU per connection (user %.0f, system %.0f) over %d extra connections\n", n, i, u + s, u, s, c
+            }' | tee -a "$out"
+        # The same difference per role (several processes: gateways, Redis, ...).
+        join <(echo "${roles[$few]}") <(echo "${roles[$many]}") |
+            awk -v n="$name" -v i="$i" -v c=$((many - few)) \
+                '{printf "%s%s %.0f", (NR > 1 ? ", " : n " roles " i ": "), $1, ($3 - $2) * 1e6 / c} END {print " us per connection"}' |
+            tee -a "$out"
+    done
+    awk -v n="$name" '{t[NR] = $4; u[NR] = $10; s[NR] = $12}
+        function med(a, k, m) { m = asort(a, k); return k[int((m + 1) / 2)] }
+        END { printf "%s median: %.0f us CPU per connection (user %.0f, system %.0f)\n", n, med(t), med(u), med(s) }' \
+        <(grep " run " "$out") | tee -a "$out"
+    grep " roles " "$out" | sed 's/^.*: //; s/ us per connection$//' | tr ',' '\n' |
+        awk -v n="$name" '{v[$1][++k[$1]] = $2}
+            END {
+                printf "%s median per role:", n
+                for (r in v) { m = asort(v[r]); printf " %s %.0f", r, v[r][int((m + 1) / 2)] }
+                print " us per connection"
+            }' | tee -a "$out"
+    SERVER_WRAP=()
+    CLIENT_WRAP=()
+}
+
 # A private redis-server without persistence; sets REDIS_PORT.
 start_redis() {
     REDIS_PORT=$(free_port)
     start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients 10000
     wait_port "$REDIS_PORT"
+}
+
+# A 3-master Redis Cluster without replicas; sets CLUSTER_URL and REDIS_PIDS. (The bus
+# ports are free ports too: the default, port + 10,000, may be taken or past 65,535.)
+start_redis_cluster() {
+    local ports=() port nodes=() i
+    REDIS_PIDS=()
+    for i in 1 2 3; do
+        port=$(free_port)
+        mkdir -p "$WORK/cluster-$port"
+        start "redis-$port" redis-server --port "$port" --bind 127.0.0.1 \
+            --cluster-enabled yes --cluster-port "$(free_port)" \
+            --cluster-config-file "$WORK/cluster-$port/nodes.conf" \
+            --dir "$WORK/cluster-$port" --save '' --appendonly no --maxclients 10000
+        REDIS_PIDS+=("$LAST_PID")
+        ports+=("$port")
+    done
+    for port in "${ports[@]}"; do
+        wait_port "$port"
+        nodes+=("127.0.0.1:$port")
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    for port in "${ports[@]}"; do
+        until redis-cli -p "$port" cluster info | grep -q 'cluster_state:ok'; do sleep 0.1; done
+    done
+    CLUSTER_URL="redis-cluster://${nodes[0]}?node=${nodes[1]}&node=${nodes[2]}"
+}
+
+# The split stack behind a Redis (or Redis Cluster) at URL $1, which carries both the
+# gateways' fan-out and presence: chat-history on its embedded store, chat-presence, and
+# two chat-gateways in dev auth, plus the NAME=VALUE settings in GATEWAY_ENV (later ones
+# win). Sets TARGET (the gateways' URLs, comma-separated: chat-bench alternates
+# connections between them), GATEWAY_PIDS, HISTORY_PORT and PRESENCE_PORT.
+GATEWAY_ENV=()
+start_split_stack() {
+    local url=$1 port gw targets=()
+    HISTORY_PORT=$(free_port)
+    start history env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$HISTORY_PORT" \
+        CHAT_METRICS_ADDR="127.0.0.1:$(free_port)" \
+        CHAT_DATA_DIR="$WORK/data-history-$HISTORY_PORT" CHAT_MONGODB_URL= \
+        "$SERVER_BIN/chat-history"
+    PRESENCE_PORT=$(free_port)
+    start presence env RUST_LOG=warn CHAT_GRPC_ADDR="127.0.0.1:$PRESENCE_PORT" \
+        CHAT_METRICS_ADDR="127.0.0.1:$(free_port)" CHAT_REDIS_URL="$url" \
+        "$SERVER_BIN/chat-presence"
+    wait_port "$HISTORY_PORT"
+    wait_port "$PRESENCE_PORT"
+    GATEWAY_PIDS=()
+    for gw in 1 2; do
+        port=$(free_port)
+        start "gateway-$gw" env RUST_LOG=warn CHAT_HTTP_ADDR="127.0.0.1:$port" \
+            CHAT_HISTORY_URL="http://127.0.0.1:$HISTORY_PORT" \
+            CHAT_PRESENCE_URL="http://127.0.0.1:$PRESENCE_PORT" CHAT_REDIS_URL="$url" \
+            CHAT_AUTH_MODE=dev CHAT_GATEWAY_ID="gw-bench-$gw" "${GATEWAY_ENV[@]}" \
+            "$SERVER_BIN/chat-gateway"
+        GATEWAY_PIDS+=("$LAST_PID")
+        targets+=("ws://127.0.0.1:$port")
+    done
+    for port in "${targets[@]}"; do wait_port "${port##*:}"; done
+    TARGET=$(IFS=,; echo "${targets[*]}")
 }
 
 # The all-in-one on a free port, embedded store in $WORK/data; sets CHAT_PORT, CHAT_PID.

@@ -111,6 +111,28 @@ cpu_by_role() {
     done | awk '{cpu[$1] += $2 + $3} END {for (r in cpu) printf "%s %.2f\n", r, cpu[r]}' | sort
 }
 
+# One run's marginal CPU by role: role_line NAME RUN BEFORE AFTER UNITS UNIT FORMAT, where
+# BEFORE and AFTER are `cpu_by_role` readings of the smaller and the larger run and
+# UNITS the extra units (deliveries, connections) between them. Prints
+# "NAME roles RUN: gateway 1.23, redis 0.45 us per UNIT".
+role_line() {
+    join <(echo "$3") <(echo "$4") |
+        awk -v n="$1" -v i="$2" -v c="$5" -v unit="$6" -v f="$7" '
+            {printf "%s%s " f, (NR > 1 ? ", " : n " roles " i ": "), $1, ($3 - $2) * 1e6 / c}
+            END {print " us per " unit}'
+}
+
+# The median per role of the `role_line` lines in FILE: role_medians NAME FILE UNIT FORMAT.
+role_medians() {
+    grep " roles " "$2" | sed 's/^.*: //; s/ us per .*$//' | tr ',' '\n' |
+        awk -v n="$1" -v unit="$3" -v f="$4" '{v[$1][++k[$1]] = $2}
+            END {
+                printf "%s median per role:", n
+                for (r in v) { m = asort(v[r]); printf " %s " f, r, v[r][int((m + 1) / 2)] }
+                print " us per " unit
+            }'
+}
+
 # Marginal CPU per delivery of a stack (docs/benchmarks.md, "CPU per delivery"):
 #   cpu_per_delivery NAME START_FN CHAT-BENCH-RUN-ARGS...
 # START_FN starts the stack's servers with `start` and sets TARGET_ARGS (chat-bench's
@@ -118,12 +140,13 @@ cpu_by_role() {
 # RUNS (default 3) runs starts fresh servers twice, for a 5 s and a 20 s run at the
 # given load, and reads the servers' utime and stime after each; the difference over the
 # difference in deliveries is the CPU per delivery, so connecting, joining and start-up
-# cancel out. Prints one line per run and the medians; also in $RESULTS/NAME-cpu-<time>.txt.
+# cancel out. Prints one line per run, the same by role (`role_line`) and the medians;
+# also in $RESULTS/NAME-cpu-<time>.txt.
 cpu_per_delivery() {
     local name=$1 start_fn=$2
     shift 2
     local out="$RESULTS/$name-cpu-$STAMP.txt" i d cpu p99
-    local -A user sys dlv
+    local -A user sys dlv roles
     SERVER_WRAP=(taskset -c 0)
     CLIENT_WRAP=(taskset -c 1)
     for ((i = 1; i <= ${RUNS:-3}; i++)); do
@@ -132,6 +155,7 @@ cpu_per_delivery() {
             "$start_fn"
             bench "$name-cpu$d-$i" run "${TARGET_ARGS[@]}" "$@" --duration "$d" >/dev/null
             cpu=$(server_cpu)
+            roles[$d]=$(cpu_by_role)
             stop_all
             user[$d]=${cpu% *}
             sys[$d]=${cpu#* }
@@ -143,11 +167,14 @@ cpu_per_delivery() {
                 d = d20 - d5; u = (u20 - u5) * 1e6 / d; s = (s20 - s5) * 1e6 / d
                 printf "%s run %d: %.2f us CPU per delivery (user %.2f, system %.2f) over %d extra deliveries; p99 %.2f ms\n", n, i, u + s, u, s, d, p99
             }' | tee -a "$out"
+        role_line "$name" "$i" "${roles[5]}" "${roles[20]}" $((dlv[20] - dlv[5])) delivery "%.2f" |
+            tee -a "$out"
     done
     awk -v n="$name" '{t[NR] = $4; u[NR] = $10; s[NR] = $12; p[NR] = $(NF - 1)}
         function med(a, k, m) { m = asort(a, k); return k[int((m + 1) / 2)] }
         END { printf "%s median: %.2f us CPU per delivery (user %.2f, system %.2f), p99 %.2f ms\n", n, med(t), med(u), med(s), med(p) }' \
         <(grep " run " "$out") | tee -a "$out"
+    role_medians "$name" "$out" delivery "%.2f" | tee -a "$out"
     SERVER_WRAP=()
     CLIENT_WRAP=()
 }
@@ -190,23 +217,14 @@ cpu_per_connect() {
                 c = many - few; u = (um - uf) * 1e6 / c; s = (sm - sf) * 1e6 / c
                 printf "%s run %d: %.0f us CPU per connection (user %.0f, system %.0f) over %d extra connections\n", n, i, u + s, u, s, c
             }' | tee -a "$out"
-        # The same difference per role (several processes: gateways, Redis, ...).
-        join <(echo "${roles[$few]}") <(echo "${roles[$many]}") |
-            awk -v n="$name" -v i="$i" -v c=$((many - few)) \
-                '{printf "%s%s %.0f", (NR > 1 ? ", " : n " roles " i ": "), $1, ($3 - $2) * 1e6 / c} END {print " us per connection"}' |
+        role_line "$name" "$i" "${roles[$few]}" "${roles[$many]}" $((many - few)) connection "%.0f" |
             tee -a "$out"
     done
     awk -v n="$name" '{t[NR] = $4; u[NR] = $10; s[NR] = $12}
         function med(a, k, m) { m = asort(a, k); return k[int((m + 1) / 2)] }
         END { printf "%s median: %.0f us CPU per connection (user %.0f, system %.0f)\n", n, med(t), med(u), med(s) }' \
         <(grep " run " "$out") | tee -a "$out"
-    grep " roles " "$out" | sed 's/^.*: //; s/ us per connection$//' | tr ',' '\n' |
-        awk -v n="$name" '{v[$1][++k[$1]] = $2}
-            END {
-                printf "%s median per role:", n
-                for (r in v) { m = asort(v[r]); printf " %s %.0f", r, v[r][int((m + 1) / 2)] }
-                print " us per connection"
-            }' | tee -a "$out"
+    role_medians "$name" "$out" connection "%.0f" | tee -a "$out"
     SERVER_WRAP=()
     CLIENT_WRAP=()
 }

@@ -41,9 +41,9 @@ pub const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
 /// After the shutdown signal, how long a gRPC service's binary may take to exit before
 /// [`run_service`] ends the process anyway (exit code 1): more than its drain
-/// ([`health::NOT_SERVING_LEAD`] + [`health::DRAIN_GRACE`]) and [`BACKGROUND_STOP`] together, and less
-/// than the 20 s docker-compose and the 30 s Kubernetes give it before SIGKILL
-/// (docs/deployment.md).
+/// ([`health::NOT_SERVING_LEAD`] + [`health::DRAIN_GRACE`]) and [`BACKGROUND_STOP`]
+/// together, and less than the 20 s docker-compose and the 30 s Kubernetes give it
+/// before SIGKILL (docs/deployment.md).
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(18);
 
 /// Logs to stdout, filtered by `RUST_LOG` (tracing's `EnvFilter` syntax; `info` when
@@ -165,6 +165,36 @@ mod tests {
         assert!(EXIT_DEADLINE > NOT_SERVING_LEAD + DRAIN_GRACE + BACKGROUND_STOP);
         // docker-compose's stop_grace_period for the gRPC services (docs/deployment.md).
         assert!(EXIT_DEADLINE < Duration::from_secs(20));
+    }
+
+    /// Set in the child process of the test below.
+    const STUCK_CHILD: &str = "CHAT_RUNTIME_TEST_STUCK_CHILD";
+
+    /// A process whose every thread is stuck still ends at the deadline, with code 1:
+    /// this test runs itself again as a child process that starts the deadline's
+    /// thread and then blocks its main thread for good.
+    #[test]
+    fn a_stuck_process_exits_with_code_1_at_the_deadline() {
+        let deadline = Duration::from_millis(300);
+        if std::env::var_os(STUCK_CHILD).is_some() {
+            exit_after(deadline);
+            std::thread::sleep(Duration::from_secs(60));
+            return;
+        }
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "tests::a_stuck_process_exits_with_code_1_at_the_deadline",
+                "--nocapture",
+            ])
+            .env(STUCK_CHILD, "1")
+            .status()
+            .expect("run the child");
+        let took = started.elapsed();
+        assert_eq!(status.code(), Some(1), "child ended with {status}");
+        assert!(took >= deadline, "ended after {took:?}");
+        assert!(took < Duration::from_secs(10), "ended after {took:?}");
     }
 
     #[tokio::test]

@@ -12,16 +12,29 @@ raise_nofile
 build chat chat-bench
 machine | tee "$RESULTS/instructions-$STAMP-machine.txt"
 LOAD=(--connections "${CONNECTIONS:-100}" --rooms 2 --rate "${RATE:-10}")
-SERVER_WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out")
+# --trace-children: start_chat runs the server through `env`, which execs it.
+SERVER_WRAP=(valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$WORK/callgrind.out")
 start_chat
 log "chat under callgrind, pid $CHAT_PID"
 TARGET="ws://127.0.0.1:$CHAT_PORT"
+# Asks for dump number $1 and waits until callgrind has written it (it writes when the
+# process next runs, not when asked).
+dump() {
+    local file="$WORK/callgrind.out.$1" i
+    callgrind_control --dump "$CHAT_PID" >"$WORK/dump-$1.log" 2>&1
+    for ((i = 0; i < 600; i++)); do
+        [ -s "$file" ] && grep -q '^totals:' "$file" && return
+        sleep 0.1
+    done
+    log "callgrind wrote no $file: $(cat "$WORK/dump-$1.log")"
+    exit 1
+}
 # Each dump holds what was counted since the previous one: exactly one run each.
 callgrind_control --zero "$CHAT_PID" >/dev/null
 bench instructions-5 run --target "$TARGET" "${LOAD[@]}" --duration 5 >/dev/null
-callgrind_control --dump "$CHAT_PID" >/dev/null
+dump 1
 bench instructions-15 run --target "$TARGET" "${LOAD[@]}" --duration 15 >/dev/null
-callgrind_control --dump "$CHAT_PID" >/dev/null
+dump 2
 ir() { awk '/^summary:/ {print $2}' "$1"; }
 short="$WORK/callgrind.out.1"
 long="$WORK/callgrind.out.2"

@@ -12,6 +12,7 @@ pub/sub's.
 import asyncio
 import os
 import re
+import sys
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
@@ -27,7 +28,17 @@ rooms: dict[str, set[WebSocket]] = {}
 
 
 async def relay_forever() -> None:
-    """Sends every message of the subscription to this process's sockets of its room."""
+    """Sends every message of the subscription to this process's sockets of its room.
+    A broken subscription ends the process: a relay that silently stopped relaying
+    would look like lost messages to the benchmark."""
+    try:
+        await relay_messages()
+    except Exception as e:  # noqa: BLE001 - any failure is fatal here
+        print(f"relay: subscription failed: {e!r}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+async def relay_messages() -> None:
     async for message in pubsub.listen():
         if message["type"] != "message":
             continue

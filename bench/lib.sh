@@ -3,7 +3,8 @@
 # Everything a scenario starts runs on 127.0.0.1 on free ports and is stopped on exit.
 # Results go to bench/results/<scenario>-<UTC time>.{json,txt}.
 
-set -euo pipefail
+# -E: the ERR trap below also fires inside functions.
+set -Eeuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 # The server binaries can be swapped for a before/after comparison of a patch, e.g.
@@ -34,6 +35,19 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# A scenario that stops on an error says which command failed, and shows the end of
+# every server's log before cleanup removes them.
+on_error() {
+    local status=$? line=$1 command=$2 f
+    log "failed (exit $status) at line $line: $command"
+    for f in "$WORK"/*.log; do
+        [ -e "$f" ] || continue
+        log "last lines of $(basename "$f"):"
+        tail -n 5 "$f" >&2
+    done
+}
+trap 'on_error "$LINENO" "$BASH_COMMAND"' ERR
 
 log() { printf '== %s\n' "$*" >&2; }
 

@@ -118,6 +118,21 @@ async fn online(store: &dyn PresenceStore, user: &str) -> bool {
     reply[0]
 }
 
+/// Waits (at most 3 ttl) until `expired` holds and then a sweep finds no expired gateway
+/// left. Neither a lease that ran out (`stats` counts only live ones) nor a status key
+/// that expired says the gateway was swept: only a sweep that starts after them does.
+async fn swept_after<F, Fut>(store: &dyn PresenceStore, what: &str, expired: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually(TTL * 3, what, || async {
+        (expired().await && !store.sweep().await.expect("sweep")).then_some(())
+    })
+    .await
+    .expect(what);
+}
+
 /// A live gateway: heartbeats every [`INTERVAL`], then sweeps and claims exits as the
 /// service's `TakeExits` does, acknowledging each batch with the next claim, and
 /// collects the exits it is handed.
@@ -523,13 +538,11 @@ async fn exits_are_handed_out_until_acknowledged(fx: Fixture) {
     }
     // claimer: live now, silent later (it dies holding a claim).
     store.heartbeat("claimer", &[]).await.expect("heartbeat");
-    eventually(TTL * 3, "doomed swept", || async {
+    swept_after(store, "doomed swept", || async {
         store.heartbeat("claimer", &[]).await.expect("heartbeat");
-        store.sweep().await.expect("sweep");
-        (!online(store, "alice").await && !online(store, "bob").await).then_some(())
+        !online(store, "alice").await && !online(store, "bob").await
     })
-    .await
-    .expect("swept");
+    .await;
     // bob is back before anyone announced his exit.
     store.connect("live", &bob).await.expect("bob back");
     let first = store.take_exits("claimer", 0, 1000).await.expect("take");
@@ -616,13 +629,10 @@ async fn disconnect_after_sweep_is_remembered(fx: Fixture) {
     let store = &*fx.store;
     let alice = uid("alice");
     store.connect("gw1", &alice).await.expect("connect");
-    eventually(TTL * 3, "gw1 swept", || async {
-        store.sweep().await.expect("sweep");
-        (store.stats().await.expect("stats").gateways == 0 && !online(store, "alice").await)
-            .then_some(())
+    swept_after(store, "gw1 swept", || async {
+        store.stats().await.expect("stats").gateways == 0 && !online(store, "alice").await
     })
-    .await
-    .expect("swept");
+    .await;
     assert!(
         store
             .disconnect("gw1", &alice)
@@ -876,12 +886,10 @@ async fn redis_nothing_of_a_swept_gateway_outlives_the_ttl() {
         .enter_room("gw1", &alice, &rid("general"))
         .await
         .expect("enter");
-    eventually(TTL * 3, "gw1 swept", || async {
-        store.sweep().await.expect("sweep");
-        (store.stats().await.expect("stats").gateways == 0).then_some(())
+    swept_after(store, "gw1 swept", || async {
+        store.stats().await.expect("stats").gateways == 0
     })
-    .await
-    .expect("swept");
+    .await;
     let taken = store.take_exits("gw2", 0, 100).await.expect("take");
     assert_eq!(taken.exits, vec![exit("general", "alice")]);
     store

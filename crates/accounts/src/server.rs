@@ -99,25 +99,20 @@ impl AccountsServer {
 }
 
 /// Purges expired sessions every `purge_interval` and re-reads the signing keys every
-/// [`KEY_RELOAD_INTERVAL`], until `stop`. Every replica runs one; the store makes that
-/// safe.
+/// [`KEY_RELOAD_INTERVAL`], until `stop` (which cuts a run short: both are safe to
+/// repeat). Every replica runs one; the store makes that safe.
 async fn housekeeping(accounts: Arc<Accounts>, purge_interval: Duration, stop: CancellationToken) {
-    let mut purge = tokio::time::interval(purge_interval);
-    let mut reload = tokio::time::interval(KEY_RELOAD_INTERVAL);
-    for tick in [&mut purge, &mut reload] {
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    }
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = purge.tick() => match accounts.purge_sessions().await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "expired sessions purged"),
-                Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
-            },
-            _ = reload.tick() => if let Err(e) = accounts.reload_keys().await {
-                tracing::warn!(error = %e, "re-reading the signing keys failed");
-            },
+    let purge = chat_runtime::every(purge_interval, &stop, || async {
+        match accounts.purge_sessions().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired sessions purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
         }
-    }
+    });
+    let reload = chat_runtime::every(KEY_RELOAD_INTERVAL, &stop, || async {
+        if let Err(e) = accounts.reload_keys().await {
+            tracing::warn!(error = %e, "re-reading the signing keys failed");
+        }
+    });
+    tokio::join!(purge, reload);
 }

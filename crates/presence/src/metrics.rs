@@ -133,22 +133,13 @@ pub async fn sample_stats(
     metrics: PresenceMetrics,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(STATS_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let sampled = tokio::select! {
-            () = stop.cancelled() => return,
-            sampled = store.stats() => sampled,
-        };
-        match sampled {
+    chat_runtime::every(STATS_INTERVAL, &stop, || async {
+        match store.stats().await {
             Ok(stats) => metrics.set_stats(stats),
             Err(e) => tracing::debug!(error = %e, "presence stats not sampled"),
         }
-    }
+    })
+    .await;
 }
 
 /// A store whose calls are timed and counted; otherwise exactly the store it wraps.

@@ -35,20 +35,12 @@ pub fn sweep_interval(ttl: std::time::Duration) -> std::time::Duration {
 /// Releases expired gateways every [`sweep_interval`] until `stop`, off the path of any
 /// gateway's call. Every presence replica runs one; the store makes that safe.
 async fn sweep_expired(store: Arc<dyn PresenceStore>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(sweep_interval(store.ttl()));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // Raced with the stop: a sweep waiting on a Redis that went away must not
-        // hold up the shutdown (a step cut short is repeated by the next sweeper).
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = sweep_burst(store.as_ref()) => {}
-        }
-    }
+    // Each burst is raced with the stop: a sweep waiting on a Redis that went away must
+    // not hold up the shutdown (a step cut short is repeated by the next sweeper).
+    chat_runtime::every(sweep_interval(store.ttl()), &stop, || {
+        sweep_burst(store.as_ref())
+    })
+    .await;
 }
 
 /// Sweep steps back to back until nothing is left, a step fails, or

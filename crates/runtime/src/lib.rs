@@ -120,6 +120,31 @@ pub async fn join_background(name: &str, mut task: JoinHandle<()>) {
     }
 }
 
+/// Runs `work` at once and then every `period` until `stop`: a service's periodic
+/// background job (presence's sweeper and stats sampler, accounts' purge and key
+/// reload). A run that overruns its period delays the next one instead of bunching
+/// them up. Each run is raced with `stop`: a run waiting on a backend that went away is
+/// dropped where it waits, so the job ends as soon as it is told to (a job whose step
+/// is cut short must be safe to repeat).
+pub async fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = work() => {}
+        }
+    }
+}
+
 /// Cancels `shutdown` on the first SIGINT or SIGTERM. If one of the two cannot be
 /// listened for, the other still works (and the failure is logged).
 pub async fn cancel_on_signal(shutdown: CancellationToken) {
@@ -224,5 +249,39 @@ mod tests {
         let started = tokio::time::Instant::now();
         join_background("quick", tokio::spawn(async {})).await;
         assert!(started.elapsed() < BACKGROUND_STOP);
+    }
+
+    /// The job runs at once, again after its period, and a run stuck on its backend is
+    /// dropped where it waits when the stop comes.
+    #[tokio::test]
+    async fn a_periodic_job_repeats_and_stops_in_the_middle_of_a_run() {
+        let stop = CancellationToken::new();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut dropped_tx = Some(dropped_tx);
+        let mut runs = 0;
+        let job = every(Duration::from_millis(20), &stop, || {
+            runs += 1;
+            started_tx.send(runs).expect("the test listens");
+            // The second run hangs, holding what it would drop when cut short.
+            let held = if runs == 2 { dropped_tx.take() } else { None };
+            async move {
+                if let Some(_dropped_when_cut) = held {
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        let watch = async {
+            assert_eq!(started_rx.recv().await, Some(1));
+            assert_eq!(started_rx.recv().await, Some(2));
+            stop.cancel();
+        };
+        tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(job, watch) })
+            .await
+            .expect("the job ends once stopped");
+        dropped_rx
+            .await
+            .expect_err("the stuck run is dropped, its sender never used");
+        assert_eq!(runs, 2, "no run after the stop");
     }
 }

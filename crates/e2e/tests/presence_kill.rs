@@ -6,13 +6,17 @@
 //! under the same id does not keep its dead users online; a hung presence service holds
 //! up no user's `hello` behind another's.
 //!
-//! Every case runs history on its embedded store, one `redis-server`, gateways in JWT
-//! mode, and presence on Redis with a short lease (`CHAT_PRESENCE_TTL_MS`), or a
-//! listener that never answers in its place.
+//! The kill is also run on a 3-master Redis Cluster, with the victim's users' presence
+//! keys on every master (presence splits users over buckets spread over the masters).
+//!
+//! Every case runs history on its embedded store, gateways in JWT mode, one
+//! `redis-server` (or the cluster), and presence on Redis with a short lease
+//! (`CHAT_PRESENCE_TTL_MS`), or a listener that never answers in its place.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chat_e2e::{Harness, Running, Service, Topology, http_get, jwt};
+use chat_e2e::{Harness, Redis, Running, Service, Topology, http_get, jwt};
 use chat_testkit::process::eventually;
 use chat_testkit::ws::WsClient;
 use serde_json::{Value, json};
@@ -55,6 +59,113 @@ async fn gateway_kill9(h: &Harness) -> anyhow::Result<()> {
     );
     // Exactly one event: no second one within another lease.
     bob_offline_once(alice, TTL).await
+}
+
+/// The kill on a Redis Cluster (fan-out and presence): the victim holds users whose
+/// presence keys sit on every master, and each of them goes offline within the TTL plus
+/// one heartbeat, once, told to the room by the survivor. (Every bucket sweeps its own
+/// copy of the dead gateway's lease: no step may wait on another shard's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_gateway_users_on_every_cluster_shard_go_offline() -> anyhow::Result<()> {
+    run("presence-gateway-kill9-cluster", gateway_kill9_cluster).await
+}
+
+async fn gateway_kill9_cluster(h: &Harness) -> anyhow::Result<()> {
+    /// Users on the victim. Fixed names, so where their keys land is fixed too; the
+    /// test checks that they cover every master rather than trusting it.
+    const VICTIMS: [&str; 9] = [
+        "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+    ];
+    let mut running = Topology::new()
+        .gateways(2)
+        .gateway_env(0, "CHAT_GATEWAY_ID", "survivor")
+        .gateway_env(VICTIM, "CHAT_GATEWAY_ID", "victim")
+        .presence_ttl(TTL)
+        .jwt_secret(SECRET)
+        .redis(Redis::Cluster)
+        .start(h)
+        .await?;
+    let mut alice = WsClient::connect(&ws_url(&running.gateways[0], "alice")?).await?;
+    alice.join("watch", None).await?;
+    // Kept until the kill: dropping a client would close it politely.
+    let mut victims = Vec::new();
+    for user in VICTIMS {
+        let mut client = WsClient::connect(&ws_url(&running.gateways[VICTIM], user)?).await?;
+        client.join("watch", None).await?;
+        let event = next_presence(&mut alice, 2 * TTL).await?;
+        user_event(&event, user, true)?;
+        victims.push(client);
+    }
+
+    // Where each user's online status lives: every master holds some of them.
+    let cluster = running.redis_cluster()?;
+    let mut shard_of = BTreeMap::new();
+    for node in cluster.addrs() {
+        let keys = cluster
+            .command(node, &["--scan", "--pattern", "presence:*user:*"])
+            .await?;
+        for key in keys.split_whitespace() {
+            // `<prefix>user:<uid>`, not its `:gws` and `:rooms` sets.
+            match key.rsplit_once(":user:") {
+                Some((_, user)) if !user.contains(':') => {
+                    shard_of.insert(user.to_owned(), node);
+                }
+                _ => {}
+            }
+        }
+    }
+    let shards: BTreeSet<_> = VICTIMS.iter().filter_map(|u| shard_of.get(*u)).collect();
+    anyhow::ensure!(
+        shards.len() == cluster.addrs().len(),
+        "the victim's users' keys are on {} of {} masters: {shard_of:?}",
+        shards.len(),
+        cluster.addrs().len()
+    );
+
+    eprintln!("the victim's users' status keys by master: {shard_of:?}");
+
+    running.gateways[VICTIM].kill();
+    let killed_at = Instant::now();
+    // TTL + one heartbeat interval (TTL / 3), plus scheduling slack for a loaded 2-core box.
+    let bound = TTL + TTL / 3 + Duration::from_millis(700);
+    let mut offline = BTreeMap::new();
+    while offline.len() < VICTIMS.len() {
+        let event = next_presence(&mut alice, 2 * bound).await?;
+        let user = event["user"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(
+            VICTIMS.contains(&user.as_str()),
+            "event for {user}: {event}"
+        );
+        user_event(&event, &user, false)?;
+        anyhow::ensure!(
+            offline.insert(user, killed_at.elapsed()).is_none(),
+            "a second offline event: {event}"
+        );
+    }
+    drop(victims);
+    eprintln!("offline events after SIGKILL (TTL {TTL:?}, bound {bound:?}): {offline:?}");
+    let late: Vec<_> = offline.iter().filter(|(_, took)| **took > bound).collect();
+    anyhow::ensure!(
+        late.is_empty(),
+        "offline events later than {bound:?}: {late:?}"
+    );
+
+    // A query agrees, and nothing more arrives within another lease.
+    let mut asked: Vec<&str> = VICTIMS.to_vec();
+    asked.push("alice");
+    let status = alice
+        .request(json!({"type": "presence", "users": asked}))
+        .await?;
+    let mut expected: serde_json::Map<String, Value> = VICTIMS
+        .iter()
+        .map(|u| ((*u).to_owned(), json!(false)))
+        .collect();
+    expected.insert("alice".to_owned(), json!(true));
+    anyhow::ensure!(
+        status["users"] == Value::Object(expected),
+        "presence after the events: {status}"
+    );
+    no_presence_within(&mut alice, TTL).await
 }
 
 /// A `Detach` that fails because presence is down at that moment is retried once presence
@@ -261,7 +372,12 @@ async fn next_presence(client: &mut WsClient, within: Duration) -> anyhow::Resul
 
 /// `event` is the one saying that bob went online (or offline) in `watch`.
 fn bob_event(event: &Value, online: bool) -> anyhow::Result<()> {
-    let expected = json!({"type": "presence", "room": "watch", "user": "bob", "online": online});
+    user_event(event, "bob", online)
+}
+
+/// `event` is the one saying that `user` went online (or offline) in `watch`.
+fn user_event(event: &Value, user: &str, online: bool) -> anyhow::Result<()> {
+    let expected = json!({"type": "presence", "room": "watch", "user": user, "online": online});
     anyhow::ensure!(*event == expected, "expected {expected}, got {event}");
     Ok(())
 }
@@ -276,10 +392,16 @@ async fn bob_offline_once(alice: &mut WsClient, quiet: Duration) -> anyhow::Resu
         status["users"] == json!({"bob": false, "alice": true}),
         "presence after the event: {status}"
     );
+    no_presence_within(alice, quiet).await
+}
+
+/// No presence event reaches `client` within `quiet` (the wait is the check: nothing may
+/// happen in it).
+async fn no_presence_within(client: &mut WsClient, quiet: Duration) -> anyhow::Result<()> {
     tokio::time::sleep(quiet).await;
     // A ping's answer comes after anything already sent.
-    alice.request(json!({"type": "ping"})).await?;
-    let backlog = alice.drain_backlog();
+    client.request(json!({"type": "ping"})).await?;
+    let backlog = client.drain_backlog();
     anyhow::ensure!(
         !backlog.iter().any(|f| f["type"] == "presence"),
         "a second presence event: {backlog:?}"

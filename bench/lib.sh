@@ -159,20 +159,17 @@ role_medians() {
 cpu_per_delivery() {
     local name=$1 start_fn=$2
     shift 2
-    local out="$RESULTS/$name-cpu-$STAMP.txt" i d cpu p99
+    local out="$RESULTS/$name-cpu-$STAMP.txt" i d p99
     local -A user sys dlv roles
     SERVER_WRAP=(taskset -c 0)
     CLIENT_WRAP=(taskset -c 1)
     for ((i = 1; i <= ${RUNS:-3}; i++)); do
         for d in 5 20; do
             log "$name: CPU run $i of ${RUNS:-3}, $d s"
-            "$start_fn"
-            bench "$name-cpu$d-$i" run "${TARGET_ARGS[@]}" "$@" --duration "$d" >/dev/null
-            cpu=$(server_cpu)
-            roles[$d]=$(cpu_by_role)
-            stop_all
-            user[$d]=${cpu% *}
-            sys[$d]=${cpu#* }
+            cpu_point "$start_fn" "$name-cpu$d-$i" 0 "$@" --duration "$d"
+            user[$d]=$POINT_USER
+            sys[$d]=$POINT_SYS
+            roles[$d]=$POINT_ROLES
             dlv[$d]=$(jq '.rounds[0].deliveries' "$RESULTS/$name-cpu$d-$i-$STAMP.json")
         done
         p99=$(jq '.rounds[0].latency_ms.p99' "$RESULTS/$name-cpu20-$i-$STAMP.json")
@@ -193,6 +190,24 @@ cpu_per_delivery() {
     CLIENT_WRAP=()
 }
 
+# One point of a marginal CPU measurement (cpu_per_delivery, cpu_per_connect):
+#   cpu_point START_FN NAME SETTLE [CHAT-BENCH-RUN-ARGS...]
+# Starts fresh servers with START_FN, runs chat-bench as NAME against them, waits SETTLE
+# seconds, reads the servers' CPU since they started and stops them. Sets POINT_USER and
+# POINT_SYS (seconds, `server_cpu`) and POINT_ROLES (`cpu_by_role`).
+cpu_point() {
+    local start_fn=$1 name=$2 settle=$3 cpu
+    shift 3
+    "$start_fn"
+    bench "$name" run "${TARGET_ARGS[@]}" "$@" >/dev/null
+    sleep "$settle"
+    cpu=$(server_cpu)
+    POINT_ROLES=$(cpu_by_role)
+    stop_all
+    POINT_USER=${cpu% *}
+    POINT_SYS=${cpu#* }
+}
+
 # Marginal CPU per connection of a stack (docs/benchmarks.md, "CPU per connect"):
 #   cpu_per_connect NAME START_FN [CHAT-BENCH-RUN-ARGS...]
 # As cpu_per_delivery, but the two runs of each of RUNS (default 3) differ in
@@ -208,7 +223,7 @@ cpu_per_delivery() {
 cpu_per_connect() {
     local name=$1 start_fn=$2
     shift 2
-    local out="$RESULTS/$name-connect-$STAMP.txt" i n cpu
+    local out="$RESULTS/$name-connect-$STAMP.txt" i n
     local few=${CONNECT_FEW:-1000} many=${CONNECT_MANY:-5000} room=${CONNECT_ROOM:-20}
     local -A user sys roles
     SERVER_WRAP=(taskset -c 0)
@@ -216,15 +231,11 @@ cpu_per_connect() {
     for ((i = 1; i <= ${RUNS:-3}; i++)); do
         for n in "$few" "$many"; do
             log "$name: connect run $i of ${RUNS:-3}, $n connections"
-            "$start_fn"
-            bench "$name-connect$n-$i" run "${TARGET_ARGS[@]}" "$@" --connections "$n" \
-                --rooms $((n / room)) --rate 1 --duration 1 --quiet-ms 200 >/dev/null
-            sleep 1
-            cpu=$(server_cpu)
-            roles[$n]=$(cpu_by_role)
-            stop_all
-            user[$n]=${cpu% *}
-            sys[$n]=${cpu#* }
+            cpu_point "$start_fn" "$name-connect$n-$i" 1 "$@" --connections "$n" \
+                --rooms $((n / room)) --rate 1 --duration 1 --quiet-ms 200
+            user[$n]=$POINT_USER
+            sys[$n]=$POINT_SYS
+            roles[$n]=$POINT_ROLES
         done
         awk -v n="$name" -v i="$i" -v few="$few" -v many="$many" -v uf="${user[$few]}" \
             -v um="${user[$many]}" -v sf="${sys[$few]}" -v sm="${sys[$many]}" 'BEGIN {

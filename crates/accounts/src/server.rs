@@ -9,6 +9,7 @@ use std::time::Duration;
 use chat_metrics::Metrics;
 use chat_metrics::serve::ping_check;
 use chat_proto::accounts::accounts_server::{AccountsServer as AccountsGrpc, SERVICE_NAME};
+use chat_proto::auth::RequireToken;
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -71,6 +72,12 @@ impl AccountsServer {
 
     chat_runtime::grpc_server_methods!();
 
+    /// What it serves: Accounts, behind the token check it is given.
+    fn routes(&self) -> impl FnOnce(RequireToken) -> Routes + use<> {
+        let service = AccountsService::new(Arc::clone(&self.accounts));
+        |auth| Routes::new(AccountsGrpc::with_interceptor(service, auth))
+    }
+
     /// The accounts logic (for tests).
     pub fn accounts(&self) -> &Arc<Accounts> {
         &self.accounts
@@ -85,14 +92,8 @@ impl AccountsServer {
             self.purge_interval,
             shutdown.clone(),
         ));
-        let service = AccountsService::new(self.accounts);
-        let served = self
-            .grpc
-            .serve(
-                |auth| Routes::new(AccountsGrpc::with_interceptor(service, auth)),
-                shutdown,
-            )
-            .await;
+        let routes = self.routes();
+        let served = self.grpc.serve(routes, shutdown).await;
         chat_runtime::join_background("accounts housekeeping", housekeeping).await;
         served
     }

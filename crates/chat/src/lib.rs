@@ -4,16 +4,21 @@
 //! auth `?user=` only with `CHAT_AUTH_MODE=dev`), HTTP on `0.0.0.0:8000`. The same
 //! `CHAT_*` variables as the split services select MongoDB or Redis instead.
 //!
-//! History, presence and accounts listen on loopback ports of their own and the gateway
-//! calls them over gRPC, exactly as in the split deployment, so both run one code path.
-//! The gateway always uses this process's accounts (`CHAT_ACCOUNTS_URL` is not read).
+//! History, presence and accounts are the split deployment's gRPC services, and the
+//! gateway calls them with the same gRPC clients, but in process: each call runs the
+//! service's routes directly (`chat_runtime::grpc::LocalService`: the same encoding,
+//! token check and `grpc_*` metrics, no HTTP/2 and no socket; docs/benchmarks.md has what
+//! that saves). They also listen on loopback ports of their own, as in the split
+//! deployment, for tools and probes. The gateway always uses this process's accounts
+//! (`CHAT_ACCOUNTS_URL` is not read).
 //!
 //! Revocations: without `CHAT_REDIS_URL`, accounts announces ended sessions on an
 //! in-process channel (`LocalRevocations`) whose receiver the gateway holds; with it,
 //! through Redis as in the split deployment.
 //!
 //! Internal token: the loopback ports are open to every local user, so the services
-//! require a token from the gateway as in the split deployment:
+//! require a token as in the split deployment (the gateway's in-process calls carry it
+//! too):
 //! `CHAT_INTERNAL_TOKEN` when set, else a random one made at start (32 bytes from the
 //! OS, never printed or stored), which no other process can know.
 //!
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use chat_accounts::AccountsServer;
 use chat_accounts::revocations::LocalRevocations;
-use chat_gateway::{AuthMode, Gateway};
+use chat_gateway::{AuthMode, Gateway, InProcess};
 use chat_history::HistoryServer;
 use chat_metrics::Metrics;
 use chat_presence::PresenceServer;
@@ -92,8 +97,8 @@ impl AllInOne {
         Self::build(history, presence, accounts, gateway_settings, shutdown).await
     }
 
-    /// Binds history, presence and accounts on private loopback ports and points the
-    /// gateway at them. The gateway settings' `internal_token` (or, when `None`, a random
+    /// Binds history, presence and accounts on private loopback ports and has the gateway
+    /// call them in process. The gateway settings' `internal_token` (or, when `None`, a random
     /// one) protects the services; that of their own settings is not used. The gateway
     /// verifies the tokens of this accounts (its issuer and audience).
     pub async fn build(
@@ -142,6 +147,8 @@ impl AllInOne {
         )
         .await
         .context("binding the in-process accounts service")?;
+        // What the gateway's settings name (and its token mode requires): the loopback
+        // ports. Its calls go in process.
         gateway_settings.history_url = format!("http://{}", history.local_addr());
         gateway_settings.presence_url = format!("http://{}", presence.local_addr());
         gateway_settings.accounts_url = Some(format!("http://{}", accounts.local_addr()));
@@ -151,13 +158,15 @@ impl AllInOne {
         gateway_settings
             .token_audience
             .clone_from(&accounts_settings.token_audience);
-        let gateway = Gateway::build_with_revocations(
-            &gateway_settings,
-            shutdown.clone(),
-            metrics,
-            local_revocations,
-        )
-        .await?;
+        let services = InProcess {
+            history: history.in_process(),
+            presence: presence.in_process(),
+            accounts: accounts.in_process(),
+            revocations: local_revocations,
+        };
+        let gateway =
+            Gateway::build_in_process(&gateway_settings, shutdown.clone(), metrics, services)
+                .await?;
         Ok(Self {
             history,
             presence,

@@ -1,6 +1,7 @@
 //! The all-in-one's loopback gRPC ports are open to every local user, so without
 //! `CHAT_INTERNAL_TOKEN` it makes a random token of its own: other processes are refused,
-//! its own gateway gets through.
+//! its own gateway gets through, and it does so in process: no connection to those ports
+//! is open while it chats.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -28,6 +29,25 @@ fn grpc_addrs(log: &str) -> Vec<SocketAddr> {
             rest[..end].parse().ok()
         })
         .collect()
+}
+
+/// How many established IPv4 TCP connections have one of `ports` as their local port
+/// (the server's side of a connection to that port), from `/proc/net/tcp`.
+fn established_to(ports: &[u16]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit_once(':'))
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            // State 01: ESTABLISHED.
+            fields.get(3) == Some(&"01") && local_port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +116,17 @@ async fn loopback_services_refuse_other_processes() -> anyhow::Result<()> {
     let ack = alice.send_message("general", "hello", "c1").await?;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["seq"], 1, "{ack}");
+
+    // Its gateway called history (join, send), presence (connect, join) and accounts
+    // in process: once the test's own refused connections are gone, nothing is
+    // connected to the three ports (a gRPC channel would hold its connection open).
+    let ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+    eventually(
+        Duration::from_secs(10),
+        "no connection to the loopback gRPC ports",
+        || async { (established_to(&ports) == 0).then_some(()) },
+    )
+    .await?;
 
     chat.terminate()?;
     chat.wait_exit(Duration::from_secs(30)).await?;

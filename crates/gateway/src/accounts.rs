@@ -13,7 +13,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use chat_metrics::{GrpcMetrics, MeteredChannel};
+use chat_metrics::GrpcMetrics;
 use chat_proto::accounts::Empty;
 use chat_proto::accounts::accounts_client::AccountsClient as Grpc;
 use chat_proto::auth::{AttachToken, InternalToken};
@@ -22,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::error::{Backend, GatewayError};
-use crate::history::{AuthChannel, backend_endpoint};
+use crate::history::BackendChannel;
+use chat_runtime::grpc::Transport;
 
 /// How long one accounts call may take. Password hashing is bounded by accounts' own
 /// queue, which answers `unavailable` at once when full, so a call that takes longer
 /// than this is a sick service.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the signing keys are re-read while nothing asks for a new one (retired
 /// keys leave the cache within this after accounts stops publishing them).
 pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -39,9 +40,10 @@ pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(5);
 pub const FAILED_FETCH_RETRY: Duration = Duration::from_secs(1);
 
 /// The gRPC client type, for the routes that call accounts.
-pub type AccountsGrpc = Grpc<AuthChannel<MeteredChannel>>;
+pub type AccountsGrpc = Grpc<BackendChannel>;
 
-/// Calls the accounts service; cheap to clone (one shared HTTP/2 channel).
+/// Calls the accounts service; cheap to clone (one shared HTTP/2 channel, or the
+/// service in this process).
 #[derive(Debug, Clone)]
 pub struct AccountsClient {
     grpc: AccountsGrpc,
@@ -49,24 +51,24 @@ pub struct AccountsClient {
 }
 
 impl AccountsClient {
-    /// A client for `url` (`http://host:port`), recording every call in `metrics`,
-    /// sending `token` (`CHAT_INTERNAL_TOKEN`) on every call and verifying tokens from
-    /// `issuer` for `audience`. Connects lazily and reconnects by itself, so the
-    /// gateway starts while accounts is still starting.
-    pub fn connect_lazy(
-        url: &str,
+    /// A client calling through `transport` ([`crate::history::transport`]: a channel
+    /// connects lazily and reconnects by itself, so the gateway starts while accounts is
+    /// still starting), recording every call in `metrics`, sending `token`
+    /// (`CHAT_INTERNAL_TOKEN`) on every call and verifying tokens from `issuer` for
+    /// `audience`.
+    pub fn new(
+        transport: Transport,
         metrics: &GrpcMetrics,
         token: Option<&InternalToken>,
         issuer: &str,
         audience: &str,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = backend_endpoint(url, CALL_TIMEOUT)?.connect_lazy();
+    ) -> Self {
         let grpc = Grpc::new(InterceptedService::new(
-            metrics.client_channel(channel),
+            metrics.client_channel(transport),
             AttachToken::new(token),
         ));
         let keys = Arc::new(KeyCache::new(grpc.clone(), issuer, audience));
-        Ok(Self { grpc, keys })
+        Self { grpc, keys }
     }
 
     /// A client of the accounts gRPC API (a clone of the shared one).

@@ -4,18 +4,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chat_metrics::{GrpcMetrics, MeteredChannel};
+use chat_metrics::{GrpcMetrics, Metered};
 use chat_model::{ClientMsgId, Message, RoomId, Seq, UserId};
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::history::history_client::HistoryClient as Grpc;
 use chat_proto::history::{AppendRequest, ListRequest, StoredMessage};
+use chat_runtime::grpc::{LocalService, Transport};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::error::{Backend, GatewayError};
 
 /// How long one history call may take before the client is told `unavailable`.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often an HTTP/2 PING checks a connection to a backend service, also while idle:
 /// a link that drops packets silently is otherwise found only by the next call's
 /// deadline, and every call in between waits that deadline out.
@@ -42,6 +43,23 @@ pub fn backend_endpoint(
         .keep_alive_while_idle(true))
 }
 
+/// How the gateway reaches a backend service: `local` when the service runs in this
+/// process (the all-in-one), else a channel to `url` ([`backend_endpoint`]). Calls end
+/// after `call_timeout` either way.
+pub fn transport(
+    url: &str,
+    local: Option<&LocalService>,
+    call_timeout: Duration,
+) -> Result<Transport, tonic::transport::Error> {
+    Ok(match local {
+        Some(service) => Transport::Local {
+            service: service.clone(),
+            timeout: call_timeout,
+        },
+        None => Transport::Remote(backend_endpoint(url, call_timeout)?.connect_lazy()),
+    })
+}
+
 /// A page read from history, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -53,13 +71,18 @@ pub struct Page {
 /// A channel whose calls carry the internal token, if there is one.
 pub type AuthChannel<C> = InterceptedService<C, AttachToken>;
 
-/// Calls the history service; cheap to clone (one shared HTTP/2 channel).
+/// What the gateway's gRPC clients call through: the internal token on every call, every
+/// call counted and timed (`grpc_client_*`), over the network or in process.
+pub type BackendChannel = AuthChannel<Metered<Transport>>;
+
+/// Calls the history service; cheap to clone (one shared HTTP/2 channel, or the
+/// service in this process).
 #[derive(Debug, Clone)]
 pub struct HistoryClient {
     /// Every call carries the internal token and is counted and timed (`grpc_client_*`).
-    grpc: Grpc<AuthChannel<MeteredChannel>>,
+    grpc: Grpc<BackendChannel>,
     /// Kept for health checks on the same connection.
-    channel: Channel,
+    transport: Transport,
     /// The token, also on health checks: history answers a wrong one `UNAUTHENTICATED`,
     /// so `/readyz` notices it.
     token: AttachToken,
@@ -70,25 +93,21 @@ pub struct HistoryClient {
 }
 
 impl HistoryClient {
-    /// A client for `url` (`http://host:port`), recording every call in `metrics` and
-    /// sending `token` (`CHAT_INTERNAL_TOKEN`) on every call. Connects lazily and
-    /// reconnects by itself, so the gateway starts even while history is still starting.
-    pub fn connect_lazy(
-        url: &str,
-        metrics: &GrpcMetrics,
-        token: Option<&InternalToken>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = backend_endpoint(url, CALL_TIMEOUT)?.connect_lazy();
+    /// A client calling through `transport` ([`transport`]: a channel connects lazily
+    /// and reconnects by itself, so the gateway starts even while history is still
+    /// starting), recording every call in `metrics` and sending `token`
+    /// (`CHAT_INTERNAL_TOKEN`) on every call.
+    pub fn new(transport: Transport, metrics: &GrpcMetrics, token: Option<&InternalToken>) -> Self {
         let token = AttachToken::new(token);
-        Ok(Self {
+        Self {
             grpc: Grpc::new(InterceptedService::new(
-                metrics.client_channel(channel.clone()),
+                metrics.client_channel(transport.clone()),
                 token.clone(),
             )),
-            channel,
+            transport,
             token,
             token_refused: Arc::new(AtomicBool::new(false)),
-        })
+        }
     }
 
     /// Whether history refused this gateway's internal token (missing or different) on
@@ -167,8 +186,8 @@ impl HistoryClient {
     }
 
     /// The channel with the internal token attached, for health checks.
-    pub fn channel(&self) -> AuthChannel<Channel> {
-        InterceptedService::new(self.channel.clone(), self.token.clone())
+    pub fn channel(&self) -> AuthChannel<Transport> {
+        InterceptedService::new(self.transport.clone(), self.token.clone())
     }
 }
 

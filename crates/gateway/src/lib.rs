@@ -66,6 +66,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 use chat_metrics::Metrics;
 use chat_model::revocation::Revocation;
+use chat_runtime::grpc::LocalService;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +74,7 @@ use crate::accounts::AccountsClient;
 use crate::fanout::FanOut;
 use crate::fanout::memory::InProcessFanOut;
 use crate::fanout::redis::RedisFanOut;
-use crate::history::HistoryClient;
+use crate::history::{HistoryClient, transport};
 use crate::metrics::{GatewayMetrics, RedisFanOutMetrics};
 use crate::presence::PresenceTracker;
 use crate::revocations::Revocations;
@@ -104,6 +105,18 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
+/// The services of this process a gateway calls in process instead of at the URLs of
+/// its settings (the all-in-one: no loopback gRPC, see docs/benchmarks.md).
+#[derive(Debug)]
+pub struct InProcess {
+    pub history: LocalService,
+    pub presence: LocalService,
+    pub accounts: LocalService,
+    /// The receiving end of the channel this process's accounts announces ended
+    /// sessions on (`LocalRevocations`), when not through Redis.
+    pub revocations: Option<broadcast::Receiver<Revocation>>,
+}
+
 /// A bound, not yet running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -121,24 +134,33 @@ impl Gateway {
     /// `/metrics` (so the all-in-one registers history and presence first).
     ///
     /// Ended accounts sessions are learnt from Redis (`chat:revocations`) when
-    /// `CHAT_REDIS_URL` is set; see [`Gateway::build_with_revocations`] for an in-process
-    /// accounts.
+    /// `CHAT_REDIS_URL` is set; see [`Gateway::build_in_process`] for services in this
+    /// process.
     pub async fn build(
         settings: &Settings,
         shutdown: CancellationToken,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
-        Self::build_with_revocations(settings, shutdown, metrics, None).await
+        Self::build_with(settings, shutdown, metrics, None).await
     }
 
-    /// [`Gateway::build`], learning ended sessions from `local` (the receiving end of the
-    /// channel an in-process accounts announces on, `LocalRevocations`) instead of Redis
-    /// when it is given.
-    pub async fn build_with_revocations(
+    /// [`Gateway::build`], calling history, presence and accounts in this process
+    /// (their URLs in `settings` are not used), and learning ended sessions from
+    /// `services.revocations` instead of Redis when it is given.
+    pub async fn build_in_process(
+        settings: &Settings,
+        shutdown: CancellationToken,
+        metrics: Metrics,
+        services: InProcess,
+    ) -> anyhow::Result<Self> {
+        Self::build_with(settings, shutdown, metrics, Some(services)).await
+    }
+
+    async fn build_with(
         settings: &Settings,
         shutdown: CancellationToken,
         mut metrics: Metrics,
-        local: Option<broadcast::Receiver<Revocation>>,
+        mut services: Option<InProcess>,
     ) -> anyhow::Result<Self> {
         settings.validate()?;
         let gateway_metrics = GatewayMetrics::register(&mut metrics);
@@ -157,43 +179,57 @@ impl Gateway {
                 (Arc::new(fanout), signals)
             }
         };
-        let history = HistoryClient::connect_lazy(
-            &settings.history_url,
+        let local_revocations = services.as_mut().and_then(|s| s.revocations.take());
+        let history = HistoryClient::new(
+            transport(
+                &settings.history_url,
+                services.as_ref().map(|s| &s.history),
+                history::CALL_TIMEOUT,
+            )?,
             &gateway_metrics.grpc,
             settings.internal_token.as_ref(),
-        )?;
+        );
         let hub = Hub::new(fanout, history, signals, gateway_metrics.rooms.clone());
-        let presence = Arc::new(PresenceTracker::connect_lazy(
-            &settings.presence_url,
+        let presence = Arc::new(PresenceTracker::new(
+            transport(
+                &settings.presence_url,
+                services.as_ref().map(|s| &s.presence),
+                presence::CALL_TIMEOUT,
+            )?,
             &settings.gateway_id,
             &gateway_metrics.grpc,
             gateway_metrics.online_users.clone(),
             settings.internal_token.as_ref(),
-        )?);
+        ));
         tokio::spawn(crate::presence::run_heartbeats(
             presence.clone(),
             hub.clone(),
             gateway_metrics.presence_lease_lapses.clone(),
             shutdown.clone(),
         ));
-        let accounts = settings
-            .accounts_url
-            .as_deref()
-            .map(|url| {
-                AccountsClient::connect_lazy(
-                    url,
-                    &gateway_metrics.grpc,
-                    settings.internal_token.as_ref(),
-                    &settings.token_issuer,
-                    &settings.token_audience,
-                )
-            })
-            .transpose()?;
+        let local_accounts = services.as_ref().map(|s| &s.accounts);
+        let accounts = match (local_accounts, settings.accounts_url.as_deref()) {
+            (None, None) => None,
+            (local, url) => Some(transport(
+                url.unwrap_or_default(),
+                local,
+                accounts::CALL_TIMEOUT,
+            )?),
+        }
+        .map(|transport| {
+            AccountsClient::new(
+                transport,
+                &gateway_metrics.grpc,
+                settings.internal_token.as_ref(),
+                &settings.token_issuer,
+                &settings.token_audience,
+            )
+        });
         if let Some(accounts) = &accounts {
             tokio::spawn(accounts.keys().clone().run_refresh(shutdown.clone()));
         }
         let revocations = Arc::new(Revocations::new(gateway_metrics.tokens.clone()));
-        match (local, &settings.redis_url) {
+        match (local_revocations, &settings.redis_url) {
             (Some(rx), _) => {
                 tokio::spawn(revocations.clone().follow_local(rx, shutdown.clone()));
             }

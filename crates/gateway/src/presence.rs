@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chat_metrics::{GrpcMetrics, MeteredChannel};
+use chat_metrics::GrpcMetrics;
 use chat_model::{RoomId, UserId};
 use chat_proto::auth::{AttachToken, InternalToken};
 use chat_proto::presence::presence_client::PresenceClient as Grpc;
@@ -33,11 +33,12 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::counts::RefCounts;
 use crate::error::{Backend, GatewayError};
-use crate::history::AuthChannel;
+use crate::history::BackendChannel;
 use crate::rooms::Hub;
+use chat_runtime::grpc::Transport;
 
 /// Deadline of one presence call on a connection's path (connect, join, leave).
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Heartbeat interval until the presence service has told us its TTL.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 /// The presence service hands back at most this many offline events per claim; a full
@@ -129,7 +130,7 @@ fn lease_id(gateway_id: &str) -> String {
 #[derive(Debug)]
 pub struct PresenceTracker {
     /// Every call carries the internal token and is counted and timed (`grpc_client_*`).
-    grpc: Grpc<AuthChannel<MeteredChannel>>,
+    grpc: Grpc<BackendChannel>,
     /// This process's name at the presence service ([`lease_id`]): the gateway id plus a
     /// per-process suffix.
     gateway_id: String,
@@ -181,20 +182,20 @@ pub struct Beat {
 }
 
 impl PresenceTracker {
-    /// A tracker for gateway `gateway_id` reporting to the presence service at `url`,
-    /// recording every call in `grpc` and the number of distinct users connected here in
-    /// `online_users`, and sending `token` (`CHAT_INTERNAL_TOKEN`) on every call.
-    pub fn connect_lazy(
-        url: &str,
+    /// A tracker for gateway `gateway_id` reporting to the presence service through
+    /// `transport` ([`crate::history::transport`]), recording every call in `grpc` and
+    /// the number of distinct users connected here in `online_users`, and sending
+    /// `token` (`CHAT_INTERNAL_TOKEN`) on every call.
+    pub fn new(
+        transport: Transport,
         gateway_id: &str,
         grpc: &GrpcMetrics,
         online_users: Gauge,
         token: Option<&InternalToken>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let channel = crate::history::backend_endpoint(url, CALL_TIMEOUT)?.connect_lazy();
-        Ok(Self {
+    ) -> Self {
+        Self {
             grpc: Grpc::new(InterceptedService::new(
-                grpc.client_channel(channel),
+                grpc.client_channel(transport),
                 AttachToken::new(token),
             )),
             gateway_id: lease_id(gateway_id),
@@ -206,7 +207,7 @@ impl PresenceTracker {
             reestablished: AtomicBool::new(false),
             announced: std::sync::Mutex::new(0),
             undetached: std::sync::Mutex::new(HashSet::new()),
-        })
+        }
     }
 
     fn user_request(&self, user: &UserId) -> UserRequest {

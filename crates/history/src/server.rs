@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::ping_check;
+use chat_proto::auth::RequireToken;
 use chat_proto::history::history_server::{HistoryServer as HistoryGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -53,16 +54,17 @@ impl HistoryServer {
 
     chat_runtime::grpc_server_methods!();
 
+    /// What it serves: History over its store, behind the token check it is given.
+    fn routes(&self) -> impl FnOnce(RequireToken) -> Routes + use<> {
+        let service = HistoryService::new(Arc::clone(&self.store));
+        |auth| Routes::new(HistoryGrpc::with_interceptor(service, auth))
+    }
+
     /// Serves History and `grpc.health.v1.Health` until `shutdown` is cancelled, then
     /// drains (see [`GrpcServer::serve`]). Health is SERVING while the store answers
     /// pings.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let service = HistoryService::new(self.store);
-        self.grpc
-            .serve(
-                |auth| Routes::new(HistoryGrpc::with_interceptor(service, auth)),
-                shutdown,
-            )
-            .await
+        let routes = self.routes();
+        self.grpc.serve(routes, shutdown).await
     }
 }

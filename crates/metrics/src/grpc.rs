@@ -21,7 +21,8 @@
 //! a client call that never got a response is `DEADLINE_EXCEEDED` on the channel's
 //! timeout (tonic hands the caller `CANCELLED` then) and `UNAVAILABLE` otherwise.
 //!
-//! Servers: `Server::builder().layer(metrics.server_layer())`. Clients:
+//! Servers: `Server::builder().layer(metrics.server_layer())`, or
+//! `metrics.server_service(routes)` for routes called in process. Clients:
 //! `HistoryClient::new(metrics.client_channel(channel))`.
 
 use std::future::Future;
@@ -131,9 +132,16 @@ impl GrpcMetrics {
         }
     }
 
-    /// `channel`, with every call it carries counted and timed as a client call.
-    pub fn client_channel(&self, channel: tonic::transport::Channel) -> MeteredChannel {
+    /// `channel` (a tonic channel, or any service of gRPC requests), with every call it
+    /// carries counted and timed as a client call.
+    pub fn client_channel<S>(&self, channel: S) -> Metered<S> {
         self.client_layer().layer(channel)
+    }
+
+    /// `service` (a server's routes), with every call it serves counted and timed as a
+    /// server call: what [`GrpcMetrics::server_layer`] does to a tonic server's routes.
+    pub fn server_service<S>(&self, service: S) -> Metered<S> {
+        self.server_layer().layer(service)
     }
 }
 
@@ -160,9 +168,6 @@ pub struct Metered<S> {
     inner: S,
     side: Side,
 }
-
-/// A client channel whose calls are counted and timed.
-pub type MeteredChannel = Metered<tonic::transport::Channel>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Metered<S>
 where

@@ -42,7 +42,7 @@ pub mod ws;
 pub use prometheus_client;
 pub use prometheus_client::registry::Registry;
 
-pub use crate::grpc::{GrpcLayer, GrpcMetrics, MeteredChannel};
+pub use crate::grpc::{GrpcLayer, GrpcMetrics, Metered};
 pub use crate::http_metrics::HttpMetrics;
 pub use crate::process::ProcessMetrics;
 pub use crate::redis::RedisConnectionMetrics;

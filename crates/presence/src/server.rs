@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chat_metrics::Metrics;
 use chat_metrics::serve::ping_check;
+use chat_proto::auth::RequireToken;
 use chat_proto::presence::presence_server::{PresenceServer as PresenceGrpc, SERVICE_NAME};
 use chat_runtime::grpc::GrpcServer;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +99,12 @@ impl PresenceServer {
 
     chat_runtime::grpc_server_methods!();
 
+    /// What it serves: Presence over its store, behind the token check it is given.
+    fn routes(&self) -> impl FnOnce(RequireToken) -> Routes + use<> {
+        let service = PresenceService::new(Arc::clone(&self.store));
+        |auth| Routes::new(PresenceGrpc::with_interceptor(service, auth))
+    }
+
     /// Serves Presence and `grpc.health.v1.Health` until `shutdown` is cancelled, then
     /// drains (see [`GrpcServer::serve`]). Health is SERVING while the store answers
     /// pings. Meanwhile background tasks sweep expired gateways every
@@ -111,14 +118,8 @@ impl PresenceServer {
             stop.clone(),
         ));
         let sweep_task = tokio::spawn(sweep_expired(Arc::clone(&self.store), stop.clone()));
-        let service = PresenceService::new(self.store);
-        let result = self
-            .grpc
-            .serve(
-                |auth| Routes::new(PresenceGrpc::with_interceptor(service, auth)),
-                shutdown,
-            )
-            .await;
+        let routes = self.routes();
+        let result = self.grpc.serve(routes, shutdown).await;
         stop.cancel();
         chat_runtime::join_background("presence stats", stats_task).await;
         chat_runtime::join_background("presence sweeper", sweep_task).await;

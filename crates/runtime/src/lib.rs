@@ -10,7 +10,8 @@
 //! - [`env`]: typed reading of environment variables with errors that name the
 //!   variable, the secret wrapper, and the settings every gRPC service shares.
 //! - [`grpc`]: [`grpc::GrpcServer`], bind + serve one gRPC service with health, token
-//!   check, metrics and the NOT_SERVING-then-drain shutdown.
+//!   check, metrics and the NOT_SERVING-then-drain shutdown; the same routes in process
+//!   ([`grpc::LocalService`]) and [`grpc::Transport`], a client's way to either.
 //! - [`health`]: the health reporter behind it, and the shutdown timings.
 //! - [`store`]: what the services with a database share: [`store::StoreError`] (and its
 //!   gRPC status), opening the backend [`env::StoreSettings`] choose, and behind the

@@ -343,3 +343,46 @@ impl Drop for ConnBody {
         self.conn.finished.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Arc<Conn> {
+        Conn::new(1, UserId::parse("alice").expect("valid id"))
+    }
+
+    fn queued(conn: &Conn) -> usize {
+        conn.outbound().frames.len()
+    }
+
+    /// Once a close is asked for, nothing more is queued: the close frame is the last
+    /// frame the client gets.
+    #[test]
+    fn nothing_is_queued_once_closing() {
+        let conn = conn();
+        let frame = ByteString::from_static("{}");
+        assert!(conn.try_deliver(&frame));
+        conn.close(Disconnect::Normal);
+        assert!(!conn.try_deliver(&frame), "queued after the close");
+        assert_eq!(
+            queued(&conn),
+            1,
+            "what was queued before stays, to be written"
+        );
+    }
+
+    /// A full queue closes the connection as a slow consumer and drops what it held.
+    #[test]
+    fn a_full_queue_closes_as_a_slow_consumer() {
+        let conn = conn();
+        let frame = ByteString::from_static("{}");
+        for _ in 0..OUTBOUND_QUEUE {
+            assert!(conn.try_deliver(&frame));
+        }
+        assert!(!conn.try_deliver(&frame), "past the bound");
+        assert_eq!(conn.reason(), Some(Disconnect::SlowConsumer));
+        assert_eq!(queued(&conn), 0, "a slow consumer's queue is dropped");
+        assert!(!conn.try_deliver(&frame));
+    }
+}

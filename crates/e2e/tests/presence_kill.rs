@@ -76,15 +76,7 @@ async fn gateway_kill9_cluster(h: &Harness) -> anyhow::Result<()> {
     const VICTIMS: [&str; 9] = [
         "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
     ];
-    let mut running = Topology::new()
-        .gateways(2)
-        .gateway_env(0, "CHAT_GATEWAY_ID", "survivor")
-        .gateway_env(VICTIM, "CHAT_GATEWAY_ID", "victim")
-        .presence_ttl(TTL)
-        .jwt_secret(SECRET)
-        .redis(Redis::Cluster)
-        .start(h)
-        .await?;
+    let mut running = kill_topology().redis(Redis::Cluster).start(h).await?;
     let mut alice = WsClient::connect(&ws_url(&running.gateways[0], "alice")?).await?;
     alice.join("watch", None).await?;
     // Kept until the kill: dropping a client would close it politely.
@@ -301,6 +293,17 @@ async fn run(
 /// Index of the `victim` gateway in a [`Scene`].
 const VICTIM: usize = 1;
 
+/// The topology of the kill tests: presence with lease [`TTL`], gateway `survivor` and
+/// gateway `victim` (index [`VICTIM`]), JWT mode.
+fn kill_topology() -> Topology {
+    Topology::new()
+        .gateways(2)
+        .gateway_env(0, "CHAT_GATEWAY_ID", "survivor")
+        .gateway_env(VICTIM, "CHAT_GATEWAY_ID", "victim")
+        .presence_ttl(TTL)
+        .jwt_secret(SECRET)
+}
+
 /// The scene of the kill tests: presence (lease [`TTL`]), gateway `survivor` and gateway
 /// `victim`, with alice on the survivor watching bob on the victim.
 struct Scene {
@@ -312,14 +315,7 @@ struct Scene {
 
 impl Scene {
     async fn start(h: &Harness) -> anyhow::Result<Self> {
-        let running = Topology::new()
-            .gateways(2)
-            .gateway_env(0, "CHAT_GATEWAY_ID", "survivor")
-            .gateway_env(VICTIM, "CHAT_GATEWAY_ID", "victim")
-            .presence_ttl(TTL)
-            .jwt_secret(SECRET)
-            .start(h)
-            .await?;
+        let running = kill_topology().start(h).await?;
         let (alice, bob) =
             alice_watches_bob(&running.gateways[0], &running.gateways[VICTIM], 2 * TTL).await?;
         Ok(Self {

@@ -13,6 +13,7 @@ use chat_bench::wire::sample_message as message;
 use chat_gateway::conn::{Conn, ConnBody};
 use chat_gateway::fanout::memory::InProcessBus;
 use chat_gateway::fanout::{FanOut, Signal};
+use chat_gateway::lane::Lane;
 use chat_gateway::rooms::message_frame;
 use chat_model::{RoomId, UserId};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -61,12 +62,14 @@ fn bus(c: &mut Criterion) {
 fn broadcast(c: &mut Criterion) {
     let msg = message();
     let user = UserId::parse("bench-u1").expect("valid user");
+    // Not run: the loop below does what a lane's task does, on this thread.
+    let lane = Lane::new();
     let mut g = c.benchmark_group("room_broadcast_and_drain");
     for members in [10usize, 100, 1000] {
         let conns: Vec<_> = (0..members as u64)
-            .map(|id| Conn::new(id, user.clone()))
+            .map(|id| Conn::new(id, user.clone(), lane.clone()))
             .collect();
-        // No control frames: the bodies write the queues only.
+        // actix-ws's body only stands in for the close signal each `ConnBody` holds.
         let mut bodies: Vec<_> = conns
             .iter()
             .map(|conn| ConnBody::new(conn.clone(), BoxBody::new(()), Default::default()))
@@ -75,8 +78,8 @@ fn broadcast(c: &mut Criterion) {
         g.throughput(Throughput::Elements(members as u64));
         g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, _| {
             b.iter(|| {
-                // What a sequencer does per message: one frame, shared by every member's
-                // queue; then what each connection's body encodes for the socket.
+                // What a lane does per message: one frame, shared by every member's queue on
+                // its worker; then what each connection's body encodes for the socket.
                 let frame = message_frame(&msg);
                 for conn in &conns {
                     black_box(conn.try_deliver(&frame));

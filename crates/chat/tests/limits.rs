@@ -2,7 +2,8 @@
 //! rate limit (`rate_limited`, then close 1008 for a flood), the slow consumer (close
 //! 1013, and the session released even when the client never reads again), the
 //! connection limit (HTTP 503 on upgrade), the `Origin` allow-list (HTTP 403), the idle
-//! timeout, and the room limit per connection. Each with the metric it moves.
+//! timeout, and the room limit per connection. Each with the metric it moves. Also the
+//! heartbeat's pings and the answers to a client's pings.
 
 mod common;
 
@@ -292,6 +293,33 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout() -> anyhow::Result<(
         alive.request(json!({"type": "ping"})).await?["type"],
         "pong"
     );
+    Ok(())
+}
+
+/// WebSocket control frames: the server pings every `ping_interval`, and answers a
+/// client's ping with its payload, also while room frames are being written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_answers_pings() -> anyhow::Result<()> {
+    let cluster = gateway_with(Limits {
+        ping_interval: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await?;
+    let mut alice = cluster.client(0, "alice").await?;
+    let mut bob = cluster.client(0, "bob").await?;
+    alice.join("pings", None).await?;
+    bob.join("pings", None).await?;
+    assert_eq!(alice.server_ping().await?, b"");
+    assert_eq!(alice.server_ping().await?, b"", "pings keep coming");
+    for i in 0..20 {
+        bob.send_message("pings", "hi", &format!("c{i}")).await?;
+        let payload = format!("p{i}");
+        assert_eq!(alice.ping(payload.as_bytes()).await?, payload.as_bytes());
+    }
+    // The room's frames are all there, in order, around the pongs.
+    for i in 1..=20 {
+        assert_eq!(alice.next_message("pings").await?["seq"], i);
+    }
     Ok(())
 }
 

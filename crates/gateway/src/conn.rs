@@ -4,9 +4,10 @@
 //! The queue is drained by the connection's response body, [`ConnBody`]: actix-http's
 //! dispatcher polls it whenever it can write, so a delivery is a push under the queue's
 //! lock and, when the socket's worker is idle, one wake-up of it. No task of our own and
-//! no second channel sit between a room and the socket. A client that does not read
-//! stops the dispatcher polling, the queue fills, and the next delivery closes it as a
-//! slow consumer (1013).
+//! no second channel sit between a room and the socket: rooms deliver through the
+//! socket's worker's [`Lane`], and the heartbeat's pings and the answers to the client's
+//! pings go through the same queue. A client that does not read stops the dispatcher
+//! polling, the queue fills, and the next delivery closes it as a slow consumer (1013).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -23,6 +24,8 @@ use chat_model::UserId;
 use chat_model::revocation::RevocationReason;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::lane::Lane;
 
 /// Gateway-local connection number.
 pub type ConnId = u64;
@@ -98,6 +101,8 @@ impl Disconnect {
 pub struct Conn {
     pub id: ConnId,
     pub user: UserId,
+    /// The delivery lane of the HTTP worker that owns the socket.
+    lane: Arc<Lane>,
     /// Frames to write, in order. Bounded: see [`OUTBOUND_QUEUE`].
     outbound: Mutex<Outbound>,
     /// Told when a full queue has room again (senders of replies wait for it).
@@ -113,6 +118,11 @@ pub struct Conn {
 #[derive(Debug, Default)]
 struct Outbound {
     frames: VecDeque<ByteString>,
+    /// A ping to send (the heartbeat's), ahead of the frames.
+    ping: bool,
+    /// The payload of the client's latest unanswered ping, answered ahead of the frames
+    /// (only the latest needs an answer, RFC 6455 5.5.3).
+    pong: Option<Bytes>,
     /// The body's waker while it waits for frames (or the close).
     writer: Option<Waker>,
     /// The body is done (close frame encoded, or dropped): nothing more is queued.
@@ -124,11 +134,13 @@ struct Outbound {
 pub struct Closed;
 
 impl Conn {
-    /// A new connection with an empty outbound queue.
-    pub fn new(id: ConnId, user: UserId) -> Arc<Self> {
+    /// A new connection with an empty outbound queue, whose socket is on `lane`'s
+    /// worker.
+    pub fn new(id: ConnId, user: UserId, lane: Arc<Lane>) -> Arc<Self> {
         Arc::new(Self {
             id,
             user,
+            lane,
             outbound: Mutex::new(Outbound::default()),
             room: Notify::new(),
             finished: Notify::new(),
@@ -139,6 +151,35 @@ impl Conn {
 
     fn outbound(&self) -> MutexGuard<'_, Outbound> {
         self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The delivery lane of the socket's worker.
+    pub fn lane(&self) -> &Arc<Lane> {
+        &self.lane
+    }
+
+    /// Asks the body to send a ping (the heartbeat).
+    pub fn ping(&self) {
+        self.control(|q| q.ping = true);
+    }
+
+    /// Asks the body to answer the client's ping carrying `payload`.
+    pub fn pong(&self, payload: Bytes) {
+        self.control(move |q| q.pong = Some(payload));
+    }
+
+    /// Queues a control frame ahead of the text frames, unless the body is done.
+    fn control(&self, set: impl FnOnce(&mut Outbound)) {
+        let mut q = self.outbound();
+        if q.gone {
+            return;
+        }
+        set(&mut q);
+        let writer = q.writer.take();
+        drop(q);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// Queues `frame` if there is room: `Ok(true)` queued, `Ok(false)` full.
@@ -226,25 +267,27 @@ impl Conn {
     }
 }
 
-/// The WebSocket response body of a connection: actix-ws's own body (control frames:
-/// pings, pongs) first, then the connection's queued text frames, then the close frame.
+/// The WebSocket response body of a connection: pending control frames (ping, pong)
+/// first, then the connection's queued text frames, then the close frame.
 #[derive(Debug)]
 pub struct ConnBody {
     conn: Arc<Conn>,
-    /// actix-ws's body, fed by its `Session` handle (pings and pongs only); `None` once
-    /// it ended.
-    control: Option<BoxBody>,
+    /// actix-ws's own response body, never polled: dropping it (with this body, when
+    /// the socket is gone) is what tells actix-ws's message stream that the connection
+    /// closed.
+    _closed_signal: BoxBody,
     buf: BytesMut,
     metrics: WsMetrics,
     done: bool,
 }
 
 impl ConnBody {
-    /// The body writing `conn`'s queue after `control`'s frames.
-    pub fn new(conn: Arc<Conn>, control: BoxBody, metrics: WsMetrics) -> Self {
+    /// The body writing `conn`'s queue, holding actix-ws's own body (`closed_signal`)
+    /// until the socket is gone.
+    pub fn new(conn: Arc<Conn>, closed_signal: BoxBody, metrics: WsMetrics) -> Self {
         Self {
             conn,
-            control: Some(control),
+            _closed_signal: closed_signal,
             buf: BytesMut::new(),
             metrics,
             done: false,
@@ -257,6 +300,12 @@ impl ConnBody {
         let conn = &*self.conn;
         let mut q = conn.outbound();
         let was_full = q.frames.len() >= OUTBOUND_QUEUE;
+        if let Some(payload) = q.pong.take() {
+            Parser::write_message(&mut self.buf, payload, OpCode::Pong, true, false);
+        }
+        if std::mem::take(&mut q.ping) {
+            Parser::write_message(&mut self.buf, &b""[..], OpCode::Ping, true, false);
+        }
         let mut written = 0;
         while self.buf.len() < BODY_CHUNK {
             let Some(frame) = q.frames.pop_front() else {
@@ -297,6 +346,15 @@ impl ConnBody {
     }
 }
 
+#[cfg(test)]
+impl Conn {
+    /// The text frames queued, oldest first.
+    pub(crate) fn queued(&self) -> Vec<String> {
+        let q = self.outbound();
+        q.frames.iter().map(|f| f.to_string()).collect()
+    }
+}
+
 impl MessageBody for ConnBody {
     type Error = Box<dyn std::error::Error>;
 
@@ -311,15 +369,6 @@ impl MessageBody for ConnBody {
         let this = self.get_mut();
         if this.done && this.buf.is_empty() {
             return Poll::Ready(None);
-        }
-        if let Some(control) = this.control.as_mut() {
-            match Pin::new(control).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(bytes))),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                // Every `Session` handle dropped: control frames are over, text is not.
-                Poll::Ready(None) => this.control = None,
-                Poll::Pending => {}
-            }
         }
         if !this.done {
             this.fill(cx);
@@ -349,11 +398,11 @@ mod tests {
     use super::*;
 
     fn conn() -> Arc<Conn> {
-        Conn::new(1, UserId::parse("alice").expect("valid id"))
+        Conn::new(1, UserId::parse("alice").expect("valid id"), Lane::new())
     }
 
     fn queued(conn: &Conn) -> usize {
-        conn.outbound().frames.len()
+        conn.queued().len()
     }
 
     /// Once a close is asked for, nothing more is queued: the close frame is the last

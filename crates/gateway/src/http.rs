@@ -17,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::conn::{Conn, ConnBody};
 use crate::error::{GatewayError, json_error};
+use crate::lane::Lane;
 use crate::metrics::Refusal;
 use crate::state::AppState;
 
@@ -122,17 +123,22 @@ async fn websocket(
             .insert_header(("Retry-After", "5"))
             .json(json_error(ErrorCode::Unavailable, &message)));
     };
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
-    let conn = Conn::new(state.next_conn_id(), identity.user.clone());
+    // actix-ws's `Session` is not used: pings and pongs go through the connection's own
+    // queue, written by `ConnBody`.
+    let (response, _, stream) = actix_ws::handle(&req, body)?;
+    let conn = Conn::new(
+        state.next_conn_id(),
+        identity.user.clone(),
+        Lane::for_this_worker(),
+    );
     let metrics = state.metrics.ws.clone();
     let response = response
-        .map_body(|_, control| ConnBody::new(conn.clone(), control, metrics))
+        .map_body(|_, closed_signal| ConnBody::new(conn.clone(), closed_signal, metrics))
         .map_into_boxed_body();
     actix_web::rt::spawn(crate::session::serve(
         state.into_inner(),
         identity,
         conn,
-        ws,
         stream,
         admitted,
     ));

@@ -25,6 +25,8 @@
 //! - [`session`]: one WebSocket connection: reading frames, writing the outbound queue.
 //! - [`conn`]: a connection's shared half: bounded outbound queue and close reasons.
 //! - [`rooms`]: per-room sequencers: ordering, gap fill from history, catch-up.
+//! - [`lane`]: each HTTP worker's delivery lane, through which rooms hand frames to
+//!   the worker's sockets.
 //! - [`fanout`]: the [`fanout::FanOut`] trait, in-process and Redis backends.
 //! - [`history`]: the gRPC client of the history service.
 //! - [`presence`]: connection counting and the gRPC client of the presence service;
@@ -48,6 +50,7 @@ pub mod error;
 pub mod fanout;
 pub mod history;
 pub mod http;
+pub mod lane;
 pub mod limits;
 pub mod metrics;
 pub mod open_files;

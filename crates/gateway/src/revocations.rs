@@ -292,6 +292,7 @@ mod tests {
     use chat_model::UserId;
 
     use super::*;
+    use crate::lane::Lane;
 
     fn revocation(sessions: &[&str]) -> Revocation {
         Revocation {
@@ -305,9 +306,9 @@ mod tests {
     fn closes_listed_sessions_and_remembers_them() {
         let revocations = Revocations::new(TokenMetrics::default());
         let user = UserId::parse("u1").expect("valid");
-        let a = Conn::new(1, user.clone());
-        let b = Conn::new(2, user.clone());
-        let c = Conn::new(3, user);
+        let a = Conn::new(1, user.clone(), Lane::new());
+        let b = Conn::new(2, user.clone(), Lane::new());
+        let c = Conn::new(3, user, Lane::new());
         assert_eq!(revocations.register("s1", &a), Ok(()));
         assert_eq!(revocations.register("s1", &b), Ok(()));
         assert_eq!(revocations.register("s2", &c), Ok(()));
@@ -322,7 +323,7 @@ mod tests {
         assert!(revocations.is_revoked("s1") && revocations.is_revoked("s9"));
         assert!(!revocations.is_revoked("s2"));
         // A socket of a revoked session cannot register (revoked between check and use).
-        let d = Conn::new(4, UserId::parse("u1").expect("valid"));
+        let d = Conn::new(4, UserId::parse("u1").expect("valid"), Lane::new());
         assert_eq!(
             revocations.register("s1", &d),
             Err(RevocationReason::LogOutAll)

@@ -13,6 +13,11 @@
 //! then asks the sequencer to go live at its cursor; if `head` moved on meanwhile it
 //! reads again. Because the sequencer handles "go live" between two deliveries, the
 //! switch-over has no gap and no duplicate.
+//!
+//! A sequencer does not queue frames into its members' connections itself: it hands
+//! each frame once to each HTTP worker that has live members, with the list of them
+//! there (a [`crate::lane::Lane`]); the worker queues it for each. The list is kept per
+//! worker and rebuilt only when membership changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +34,7 @@ use crate::conn::{Conn, ConnId};
 use crate::error::GatewayError;
 use crate::fanout::{FanOut, Signal};
 use crate::history::HistoryClient;
+use crate::lane::{Batch, Lane};
 use crate::metrics::RoomMetrics;
 
 /// Commands a sequencer may have queued before senders wait (joins) or drop and resync
@@ -315,6 +321,7 @@ impl Hub {
             filling: false,
             stalled_fills: 0,
             members: HashMap::new(),
+            by_lane: None,
             subscribed: false,
         };
         // Decremented when the sequencer ends.
@@ -412,7 +419,53 @@ struct Sequencer {
     /// Fills in a row that delivered nothing while messages waited in `pending`.
     stalled_fills: u32,
     members: HashMap<ConnId, Member>,
+    /// The live members, by the lane of their socket's worker; `None` after a change of
+    /// membership, rebuilt at the next delivery.
+    by_lane: Option<Vec<LaneMembers>>,
     subscribed: bool,
+}
+
+/// Some of a room's members, all on one lane.
+struct LaneMembers {
+    lane: Arc<Lane>,
+    conns: Arc<[Arc<Conn>]>,
+}
+
+/// `members` grouped by the lane of their socket's worker.
+fn by_lane<'a>(members: impl Iterator<Item = &'a Member>) -> Vec<LaneMembers> {
+    let mut lanes: Vec<(Arc<Lane>, Vec<Arc<Conn>>)> = Vec::new();
+    for member in members {
+        let lane = member.conn.lane();
+        match lanes.iter_mut().find(|(l, _)| Arc::ptr_eq(l, lane)) {
+            Some((_, conns)) => conns.push(member.conn.clone()),
+            None => lanes.push((lane.clone(), vec![member.conn.clone()])),
+        }
+    }
+    lanes
+        .into_iter()
+        .map(|(lane, conns)| LaneMembers {
+            lane,
+            conns: conns.into(),
+        })
+        .collect()
+}
+
+/// Hands `frame` to each lane for its members, except `except`'s connections. Each lane
+/// after the first gets its own copy, so that a frame's reference count is only ever
+/// touched by the worker it is written on (and the sequencer).
+fn hand_over(groups: &[LaneMembers], frame: &ByteString, except: Option<&UserId>) {
+    for (i, group) in groups.iter().enumerate() {
+        let frame = if i == 0 {
+            frame.clone()
+        } else {
+            ByteString::from(String::from(&**frame))
+        };
+        group.lane.deliver(Batch {
+            frame,
+            to: group.conns.clone(),
+            except: except.cloned(),
+        });
+    }
 }
 
 impl Sequencer {
@@ -500,8 +553,14 @@ impl Sequencer {
                     head: self.head,
                     live,
                 };
+                // Answered through the joiner's lane: whatever this room handed that lane
+                // before (a frame from before a `leave`, say) is queued ahead of anything
+                // the join sends (catch-up pages, `joined`).
+                conn.lane().then(move || {
+                    let _ = reply.send(Ok(state));
+                });
                 self.members.insert(conn.id, Member { conn, cursor, live });
-                let _ = reply.send(Ok(state));
+                self.by_lane = None;
             }
             RoomCmd::GoLive {
                 conn,
@@ -514,17 +573,20 @@ impl Sequencer {
                     Some(member) => {
                         member.cursor = cursor;
                         member.live = true;
+                        self.by_lane = None;
                         GoLive::Live(cursor.max(self.head))
                     }
                 };
                 let _ = reply.send(answer);
             }
             RoomCmd::Leave { conn } => {
-                self.members.remove(&conn);
+                if self.members.remove(&conn).is_some() {
+                    self.by_lane = None;
+                }
             }
             RoomCmd::Message { seq, frame } => self.on_message(seq, frame),
             RoomCmd::Ephemeral { from, frame } => {
-                self.broadcast(|m| m.live && m.conn.user != from, &frame);
+                hand_over(self.live_by_lane(), &frame, Some(&from));
             }
             RoomCmd::Filled(result) => self.on_filled(result),
             RoomCmd::Resync => self.fill(),
@@ -559,11 +621,19 @@ impl Sequencer {
         }
     }
 
-    /// Sends the next message in order to every live member that has not had it.
+    /// Sends the next message in order to every live member that has not had it. (A
+    /// slow consumer is closed by its lane and leaves when its session ends.)
     fn deliver(&mut self, seq: Seq, frame: &ByteString) {
         debug_assert_eq!(seq, self.head + 1);
         self.head = seq;
-        self.broadcast(|m| m.live && m.cursor < seq, frame);
+        // A member whose catch-up read past `head` already has this seq; rare, so the
+        // usual case reuses the cached grouping.
+        if self.members.values().any(|m| m.live && m.cursor >= seq) {
+            let to = by_lane(self.members.values().filter(|m| m.live && m.cursor < seq));
+            hand_over(&to, frame, None);
+        } else {
+            hand_over(self.live_by_lane(), frame, None);
+        }
         for member in self.members.values_mut() {
             if member.live && member.cursor < seq {
                 member.cursor = seq;
@@ -571,17 +641,11 @@ impl Sequencer {
         }
     }
 
-    /// Queues `frame` for the members selected; slow consumers are closed and removed.
-    fn broadcast(&mut self, to: impl Fn(&Member) -> bool, frame: &ByteString) {
-        let mut slow = Vec::new();
-        for member in self.members.values() {
-            if to(member) && !member.conn.try_deliver(frame) {
-                slow.push(member.conn.id);
-            }
-        }
-        for id in slow {
-            self.members.remove(&id);
-        }
+    /// The live members by lane, rebuilt if membership changed since the last use.
+    fn live_by_lane(&mut self) -> &[LaneMembers] {
+        let members = &self.members;
+        self.by_lane
+            .get_or_insert_with(|| by_lane(members.values().filter(|m| m.live)))
     }
 
     /// Starts reading the messages after `head` from history, unless a read is running.

@@ -47,7 +47,6 @@ pub async fn serve(
     state: Arc<AppState>,
     identity: Identity,
     conn: Arc<Conn>,
-    ws: actix_ws::Session,
     stream: actix_ws::MessageStream,
     admitted: Admitted,
 ) {
@@ -65,7 +64,6 @@ pub async fn serve(
         deadline: expiry_deadline(identity.expires_at, state.limits.token_expiry_grace),
         state,
         conn,
-        ws,
         joined: HashMap::new(),
         received: Instant::now(),
         identity,
@@ -119,8 +117,6 @@ struct Session {
     conn: Arc<Conn>,
     /// `<gateway>-<n>`, the `conn` of `hello`.
     conn_name: String,
-    /// For control frames (ping/pong), which bypass the queue.
-    ws: actix_ws::Session,
     /// Joined rooms, with when this connection last relayed `typing` there.
     joined: HashMap<RoomId, Option<Instant>>,
     /// When the frame being handled was read: the start of `ws_message_latency_seconds`.
@@ -177,7 +173,7 @@ impl Session {
                         self.conn.close(Disconnect::Idle);
                         return;
                     }
-                    let _ = self.ws.ping(b"").await;
+                    self.conn.ping();
                 }
                 item = stream.recv() => {
                     last_seen = Instant::now();
@@ -220,7 +216,7 @@ impl Session {
                             continue;
                         }
                         Some(Ok(AggregatedMessage::Ping(payload))) => {
-                            let _ = self.ws.pong(&payload).await;
+                            self.conn.pong(payload);
                             continue;
                         }
                         Some(Ok(AggregatedMessage::Pong(_))) => continue,

@@ -189,6 +189,53 @@ impl WsClient {
         }
     }
 
+    /// Sends a WebSocket ping carrying `payload` and returns the payload of the next pong;
+    /// text frames arriving meanwhile stay in the backlog.
+    pub async fn ping(&mut self, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.stream
+            .send(WsMessage::Ping(payload.to_vec().into()))
+            .await?;
+        self.next_control(|m| match m {
+            WsMessage::Pong(p) => Some(p.to_vec()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the server's next WebSocket ping (the library answers it); text frames
+    /// arriving meanwhile stay in the backlog.
+    pub async fn server_ping(&mut self) -> anyhow::Result<Vec<u8>> {
+        self.next_control(|m| match m {
+            WsMessage::Ping(p) => Some(p.to_vec()),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn next_control<T>(
+        &mut self,
+        wanted: impl Fn(WsMessage) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        loop {
+            let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
+            match item {
+                Some(Ok(WsMessage::Text(text))) => {
+                    self.backlog.push_back(serde_json::from_str(&text)?);
+                }
+                Some(Ok(WsMessage::Close(frame))) => return Err(Closed::from_frame(frame).into()),
+                Some(Ok(message)) => {
+                    if let Some(found) = wanted(message) {
+                        return Ok(found);
+                    }
+                }
+                Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
+                None => anyhow::bail!("connection ended"),
+            }
+        }
+    }
+
     /// Sends `frame` with a fresh `ref` and returns the reply carrying that `ref`; frames
     /// arriving meanwhile stay in the backlog.
     pub async fn request(&mut self, mut frame: Value) -> anyhow::Result<Value> {

@@ -30,7 +30,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The channel settings every gRPC client of the gateway uses (history, presence): a
 /// call deadline, no Nagle, keep-alive PINGs that find a dead link in
 /// [`KEEP_ALIVE_INTERVAL`] + [`KEEP_ALIVE_TIMEOUT`]. Connects lazily.
-pub fn backend_endpoint(
+fn backend_endpoint(
     url: &str,
     call_timeout: Duration,
 ) -> Result<Endpoint, tonic::transport::Error> {

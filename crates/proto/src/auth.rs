@@ -208,11 +208,6 @@ impl RequireToken {
         }
     }
 
-    /// Whether calls need a token at all.
-    pub fn is_enabled(&self) -> bool {
-        self.expected.is_some()
-    }
-
     /// Checks a call's metadata.
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
         self.refusal(metadata).map_or(Ok(()), |r| Err(r.status()))
@@ -428,7 +423,6 @@ mod tests {
         assert!(health.check(&right).is_ok());
         assert!(health.check(&wrong).is_err());
 
-        assert!(!off.is_enabled() && required.is_enabled());
         for metadata in [&none, &right, &wrong] {
             assert!(off.check(metadata).is_ok());
         }

@@ -96,6 +96,28 @@ impl Disconnect {
     }
 }
 
+/// Keeps `waker` in `slot` for whoever gives its task work ([`unpark`]); no clone when
+/// it is the waker already there.
+pub(crate) fn park(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(parked) if parked.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+/// Releases `guard` and then wakes the task parked in its `slot` ([`park`]), if any, so
+/// that the task never wakes into a lock still held.
+pub(crate) fn unpark<T>(
+    mut guard: MutexGuard<'_, T>,
+    slot: impl FnOnce(&mut T) -> &mut Option<Waker>,
+) {
+    let waker = slot(&mut guard).take();
+    drop(guard);
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 /// A connection's shared half: rooms deliver into it, its [`ConnBody`] drains it.
 #[derive(Debug)]
 pub struct Conn {
@@ -175,11 +197,7 @@ impl Conn {
             return;
         }
         set(&mut q);
-        let writer = q.writer.take();
-        drop(q);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        unpark(q, |q| &mut q.writer);
     }
 
     /// Queues `frame` if there is room: `Ok(true)` queued, `Ok(false)` full.
@@ -192,11 +210,7 @@ impl Conn {
             return Ok(false);
         }
         q.frames.push_back(frame.clone());
-        let writer = q.writer.take();
-        drop(q);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        unpark(q, |q| &mut q.writer);
         Ok(true)
     }
 
@@ -239,11 +253,7 @@ impl Conn {
         if self.reason() == Some(Disconnect::SlowConsumer) {
             q.frames = VecDeque::new();
         }
-        let writer = q.writer.take();
-        drop(q);
-        if let Some(writer) = writer {
-            writer.wake();
-        }
+        unpark(q, |q| &mut q.writer);
     }
 
     /// Completes when the connection must close.
@@ -327,10 +337,7 @@ impl ConnBody {
                     false,
                 );
             } else if self.buf.is_empty() {
-                match &q.writer {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => q.writer = Some(cx.waker().clone()),
-                }
+                park(&mut q.writer, cx.waker());
             }
         }
         drop(q);

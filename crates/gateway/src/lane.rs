@@ -27,7 +27,7 @@ use std::task::{Poll, Waker};
 use bytestring::ByteString;
 use chat_model::UserId;
 
-use crate::conn::{Conn, Disconnect};
+use crate::conn::{Conn, Disconnect, park, unpark};
 
 /// Frames a lane holds before the recipients of the next one are closed as slow
 /// consumers (the bound of a room's mailbox).
@@ -111,7 +111,7 @@ impl Lane {
         }
         q.frames += 1;
         q.items.push_back(Item::Frame(batch));
-        Self::wake(q);
+        unpark(q, |q| &mut q.waker);
     }
 
     /// Runs `then` on the lane's task once everything handed to the lane before has been
@@ -119,15 +119,7 @@ impl Lane {
     pub fn then(&self, then: impl FnOnce() + Send + 'static) {
         let mut q = self.queue();
         q.items.push_back(Item::Then(Box::new(then)));
-        Self::wake(q);
-    }
-
-    fn wake(mut q: MutexGuard<'_, LaneQueue>) {
-        let waker = q.waker.take();
-        drop(q);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        unpark(q, |q| &mut q.waker);
     }
 
     /// The lane's task: queues every batch for its connections, in order, for as long as
@@ -138,10 +130,7 @@ impl Lane {
             poll_fn(|cx| {
                 let mut q = self.queue();
                 if q.items.is_empty() {
-                    match &q.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => q.waker = Some(cx.waker().clone()),
-                    }
+                    park(&mut q.waker, cx.waker());
                     return Poll::Pending;
                 }
                 std::mem::swap(&mut q.items, &mut taken);

@@ -172,20 +172,27 @@ impl WsClient {
         self.read().await
     }
 
+    /// The next text frame from the socket, skipping control frames.
     async fn read(&mut self) -> anyhow::Result<Value> {
         loop {
-            let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
-            match item {
-                Some(Ok(WsMessage::Text(text))) => return Ok(serde_json::from_str(&text)?),
-                // A typed error, so callers can tell a close (and its code) from other
-                // failures: `e.downcast_ref::<Closed>()`.
-                Some(Ok(WsMessage::Close(frame))) => return Err(Closed::from_frame(frame).into()),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
-                None => anyhow::bail!("connection ended"),
+            if let WsMessage::Text(text) = self.next_frame().await? {
+                return Ok(serde_json::from_str(&text)?);
             }
+        }
+    }
+
+    /// The next frame from the socket other than a close. A close is an error of type
+    /// [`Closed`], so callers can tell it (and its code) from other failures:
+    /// `e.downcast_ref::<Closed>()`.
+    async fn next_frame(&mut self) -> anyhow::Result<WsMessage> {
+        let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
+        match item {
+            Some(Ok(WsMessage::Close(frame))) => Err(Closed::from_frame(frame).into()),
+            Some(Ok(message)) => Ok(message),
+            Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
+            None => anyhow::bail!("connection ended"),
         }
     }
 
@@ -217,21 +224,13 @@ impl WsClient {
         wanted: impl Fn(WsMessage) -> Option<T>,
     ) -> anyhow::Result<T> {
         loop {
-            let item = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("no frame within {RECV_TIMEOUT:?}"))?;
-            match item {
-                Some(Ok(WsMessage::Text(text))) => {
-                    self.backlog.push_back(serde_json::from_str(&text)?);
-                }
-                Some(Ok(WsMessage::Close(frame))) => return Err(Closed::from_frame(frame).into()),
-                Some(Ok(message)) => {
+            match self.next_frame().await? {
+                WsMessage::Text(text) => self.backlog.push_back(serde_json::from_str(&text)?),
+                message => {
                     if let Some(found) = wanted(message) {
                         return Ok(found);
                     }
                 }
-                Some(Err(e)) => anyhow::bail!("websocket error: {e}"),
-                None => anyhow::bail!("connection ended"),
             }
         }
     }
